@@ -1,0 +1,58 @@
+"""lt_punch: libtorrent peers behind NATs find each other by infohash and connect.
+
+Public API (imported lazily, so the parts that need no libtorrent work without it)::
+
+    from lt_punch import EnhancedTorrentSession, P2PCoordinator, Config
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from .config import Config
+from .errors import (
+    ConfigError,
+    LabError,
+    LocalProtocolError,
+    LtPunchError,
+    LtTimeoutError,
+    NATDiscoveryError,
+    ProtocolError,
+    PunchError,
+    RemoteProtocolError,
+    SignalingError,
+)
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "EnhancedTorrentSession": "lt_punch.torrent.session",
+    "P2PCoordinator": "lt_punch.coordinator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lt_punch' has no attribute {name!r}")
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "EnhancedTorrentSession",
+    "LabError",
+    "LocalProtocolError",
+    "LtPunchError",
+    "LtTimeoutError",
+    "NATDiscoveryError",
+    "P2PCoordinator",
+    "ProtocolError",
+    "PunchError",
+    "RemoteProtocolError",
+    "SignalingError",
+]

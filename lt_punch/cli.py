@@ -1,0 +1,61 @@
+"""The ``lt-punch`` command.
+
+Subcommands are imported lazily so that ``lt-punch nat`` and ``lt-punch signal serve``
+work without libtorrent being importable. Exit codes: 0 success, 1 failure,
+2 bad input (click's usage errors and :class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .errors import ConfigError, LtPunchError
+
+# name -> (module, attribute, short help)
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("lt_punch.demo", "demo_command", "Run two peers that meet by infohash and download."),
+    "signal": ("lt_punch.signaling.cli", "signal_group", "Run or query a signaling server."),
+    "nat": ("lt_punch.nat.cli", "nat_command", "Detect the NAT in front of this host."),
+    "lab": ("lt_punch.netlab.cli", "lab_group", "Build and inspect the emulated NAT lab."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _COMMANDS:
+            module_name, attr, _ = _COMMANDS[cmd_name]
+            module = importlib.import_module(module_name)
+            command: click.Command = getattr(module, attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _COMMANDS[name][2]) for name in sorted(_COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        except LtPunchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=LazyGroup)
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="lt_punch")
+def main(verbose: int) -> None:
+    """lt-punch: let libtorrent reach peers behind NATs."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")

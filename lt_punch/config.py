@@ -1,0 +1,216 @@
+"""Configuration: keyword arguments, ``P2P_*`` environment variables, validation.
+
+Precedence is keyword arguments > environment > defaults. Durations are seconds in
+Python and milliseconds in the environment (as in the original design's
+``P2P_CONNECTION_TIMEOUT=30000``). Every invalid value raises :class:`ConfigError`
+naming the variable or argument.
+
+=============================  ===============================================
+variable                       meaning
+=============================  ===============================================
+``P2P_SIGNALING_ENABLED``      join signaling rooms (``true``/``false``)
+``P2P_SIGNALING_URL``          ``ws://host:port`` of the signaling server
+``P2P_SIGNALING_HOST``         address an embedded server binds
+``P2P_SIGNALING_PORT``         port an embedded server binds (and the URL's)
+``P2P_HOLE_PUNCHING_ENABLED``  punch to room peers (``true``/``false``)
+``P2P_STUN_SERVERS``           comma-separated ``host:port`` list
+``P2P_TURN_SERVER``            ``host:port`` of a TURN relay
+``P2P_TURN_USERNAME``          TURN user name
+``P2P_TURN_PASSWORD``          TURN password
+``P2P_CONNECTION_TIMEOUT``     milliseconds for one punch / connection
+``P2P_KEEP_ALIVE_INTERVAL``    milliseconds between NAT keep-alives
+=============================  ===============================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .types import Address
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def parse_port(value: str | int, name: str, *, allow_zero: bool = True) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a port number, got {value!r}") from None
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ConfigError(f"{name}: port {port} out of range")
+    return port
+
+
+def parse_hostport(value: str, name: str) -> Address:
+    """Parse ``host:port`` (``[v6]:port`` accepted for IPv6 literals)."""
+    text = value.strip()
+    if not text:
+        raise ConfigError(f"{name}: empty host:port")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"{name}: expected [host]:port, got {value!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"{name}: expected host:port, got {value!r}")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ConfigError(f"{name}: invalid host {host!r}")
+    return host, parse_port(port_text, name, allow_zero=False)
+
+
+def parse_hostports(value: str, name: str) -> tuple[Address, ...]:
+    items = [item for item in value.split(",") if item.strip()]
+    return tuple(parse_hostport(item, name) for item in items)
+
+
+def parse_ms(value: str, name: str, *, minimum: int = 1, maximum: int = 86_400_000) -> float:
+    """Parse a duration in milliseconds; returns seconds."""
+    try:
+        ms = int(value.strip())
+    except (AttributeError, ValueError):
+        raise ConfigError(f"{name}: expected milliseconds as an integer, got {value!r}") from None
+    if not minimum <= ms <= maximum:
+        raise ConfigError(f"{name}: {ms} ms out of range [{minimum}, {maximum}]")
+    return ms / 1000.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of a coordinator / session. All fields are optional."""
+
+    signaling_enabled: bool = True
+    """Join a signaling room per torrent."""
+
+    signaling_url: str | None = None
+    """URL of the signaling server (``ws://`` or ``wss://``). When None and
+    ``signaling_enabled``, an embedded server is started on ``signaling_host``."""
+
+    signaling_host: str = "127.0.0.1"
+    """Bind address of an embedded signaling server."""
+
+    signaling_port: int = 8765
+    """Port of an embedded signaling server (0 picks a free one)."""
+
+    hole_punching_enabled: bool = True
+    """Punch to every peer of a room and inject it into libtorrent."""
+
+    stun_servers: tuple[Address, ...] = ()
+    """STUN servers for NAT type detection. Empty: no STUN, the public endpoint
+    comes from the signaling server only (no traffic to third parties by default)."""
+
+    turn_server: Address | None = None
+    """TURN relay (used by the relay fallback, a later milestone)."""
+
+    turn_username: str | None = None
+    turn_password: str | None = None
+
+    connection_timeout: float = 10.0
+    """Seconds one punch may take before it is reported failed."""
+
+    keep_alive_interval: float = 25.0
+    """Seconds between keep-alives; below the 30 s UDP timeout of many routers."""
+
+    punch_attempts: int = 3
+    """Attempts per peer and method before giving up (bounded retry schedule)."""
+
+    listen_port: int = 0
+    """libtorrent listen port (TCP and UDP); 0 picks a free one."""
+
+    listen_host: str = "0.0.0.0"
+    """libtorrent listen address."""
+
+    methods: tuple[str, ...] = ("utp", "tcp")
+    """Punch methods, in order of preference."""
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.signaling_url is not None and not self.signaling_url.startswith(
+            ("ws://", "wss://")
+        ):
+            raise ConfigError(
+                f"signaling_url: expected ws:// or wss:// URL, got {self.signaling_url!r}"
+            )
+        parse_port(self.signaling_port, "signaling_port")
+        parse_port(self.listen_port, "listen_port")
+        try:
+            ipaddress.ip_address(self.listen_host)
+        except ValueError:
+            raise ConfigError(f"listen_host: not an IP address: {self.listen_host!r}") from None
+        for name in ("connection_timeout", "keep_alive_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value <= 86400:
+                raise ConfigError(f"{name}: expected seconds in (0, 86400], got {value!r}")
+        if not isinstance(self.punch_attempts, int) or not 1 <= self.punch_attempts <= 20:
+            raise ConfigError(f"punch_attempts: expected 1..20, got {self.punch_attempts!r}")
+        if not self.methods:
+            raise ConfigError("methods: at least one punch method is required")
+        for m in self.methods:
+            if m not in ("utp", "tcp"):
+                raise ConfigError(f"methods: unknown method {m!r} (known: utp, tcp)")
+        if (self.turn_username is None) != (self.turn_password is None):
+            raise ConfigError("turn_username and turn_password must be given together")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Config:
+        """Build a config from ``P2P_*`` variables, then apply keyword overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        parsers: dict[str, tuple[str, Any]] = {
+            "P2P_SIGNALING_ENABLED": ("signaling_enabled", parse_bool),
+            "P2P_SIGNALING_URL": ("signaling_url", lambda v, n: v.strip()),
+            "P2P_SIGNALING_HOST": ("signaling_host", lambda v, n: v.strip()),
+            "P2P_SIGNALING_PORT": ("signaling_port", parse_port),
+            "P2P_HOLE_PUNCHING_ENABLED": ("hole_punching_enabled", parse_bool),
+            "P2P_STUN_SERVERS": ("stun_servers", parse_hostports),
+            "P2P_TURN_SERVER": ("turn_server", parse_hostport),
+            "P2P_TURN_USERNAME": ("turn_username", lambda v, n: v),
+            "P2P_TURN_PASSWORD": ("turn_password", lambda v, n: v),
+            "P2P_CONNECTION_TIMEOUT": ("connection_timeout", parse_ms),
+            "P2P_KEEP_ALIVE_INTERVAL": ("keep_alive_interval", parse_ms),
+        }
+        for var, (attr, parse) in parsers.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[attr] = parse(raw, var)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in overrides:
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("stun_servers"), str):
+            values["stun_servers"] = parse_hostports(values["stun_servers"], "stun_servers")
+        if isinstance(values.get("turn_server"), str):
+            values["turn_server"] = parse_hostport(values["turn_server"], "turn_server")
+        if "stun_servers" in values:
+            values["stun_servers"] = tuple(tuple(s) for s in values["stun_servers"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["Config", "parse_bool", "parse_hostport", "parse_hostports", "parse_ms", "parse_port"]
+

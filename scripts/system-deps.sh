@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the Debian packages the NAT lab uses, when root and when missing.
+set -euo pipefail
+need=()
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "system-deps: not root; lab tests will skip (missing: ${need[*]})" >&2
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: no apt-get; install ${need[*]} yourself, lab tests will skip" >&2
+    exit 0
+fi
+echo "system-deps: installing ${need[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
