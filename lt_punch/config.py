@@ -10,6 +10,7 @@ variable                       meaning
 =============================  ===============================================
 ``P2P_SIGNALING_ENABLED``      join signaling rooms (``true``/``false``)
 ``P2P_SIGNALING_URL``          ``ws://host:port`` of the signaling server
+``P2P_SIGNALING_UDP_PORT``     UDP port of the server's reflector (default: URL's)
 ``P2P_SIGNALING_HOST``         address an embedded server binds
 ``P2P_SIGNALING_PORT``         port an embedded server binds (and the URL's)
 ``P2P_HOLE_PUNCHING_ENABLED``  punch to room peers (``true``/``false``)
@@ -103,6 +104,10 @@ class Config:
     """URL of the signaling server (``ws://`` or ``wss://``). When None and
     ``signaling_enabled``, an embedded server is started on ``signaling_host``."""
 
+    signaling_udp_port: int | None = None
+    """UDP port of the server's DHT reflector (BEP 42 endpoint discovery);
+    None means the same number as the signaling URL's port."""
+
     signaling_host: str = "127.0.0.1"
     """Bind address of an embedded signaling server."""
 
@@ -152,6 +157,8 @@ class Config:
             )
         parse_port(self.signaling_port, "signaling_port")
         parse_port(self.listen_port, "listen_port")
+        if self.signaling_udp_port is not None:
+            parse_port(self.signaling_udp_port, "signaling_udp_port", allow_zero=False)
         try:
             ipaddress.ip_address(self.listen_host)
         except ValueError:
@@ -180,6 +187,7 @@ class Config:
         parsers: dict[str, tuple[str, Any]] = {
             "P2P_SIGNALING_ENABLED": ("signaling_enabled", parse_bool),
             "P2P_SIGNALING_URL": ("signaling_url", lambda v, n: v.strip()),
+            "P2P_SIGNALING_UDP_PORT": ("signaling_udp_port", parse_port),
             "P2P_SIGNALING_HOST": ("signaling_host", lambda v, n: v.strip()),
             "P2P_SIGNALING_PORT": ("signaling_port", parse_port),
             "P2P_HOLE_PUNCHING_ENABLED": ("hole_punching_enabled", parse_bool),

@@ -1,0 +1,162 @@
+"""Small network probes that the lab runs *inside* namespaces (``python -m ...probe``).
+
+Subcommands (each prints one JSON line on stdout):
+
+* ``stun-wait [--timeout S] IP:PORT...`` - send STUN Binding requests (RFC 5389 section 6)
+  to every target until each has answered; exit 1 when the deadline passes first.
+* ``classify --bind IP --server IP [--port N] [--timeout S]`` - pystun3's RFC 3489
+  classification from a socket bound to the given (real, not wildcard) address.
+* ``udp-recv --bind IP --port N --duration S [--idle S]`` - count datagrams received.
+* ``udp-send --to IP:PORT --count N [--bind IP --port N] [--interval S]`` - send datagrams.
+
+Kept free of lab logic so that a test can also run these by hand with ``ip netns exec``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+
+MAGIC_COOKIE = 0x2112A442
+BINDING_REQUEST = 0x0001
+BINDING_SUCCESS = 0x0101
+
+
+def _emit(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def stun_wait(targets: Sequence[tuple[str, int]], timeout: float) -> int:
+    """Poll every target with Binding requests until all answered or the deadline passed."""
+    deadline = time.monotonic() + timeout
+    pending = {t: os.urandom(12) for t in targets}
+    answered: dict[str, float] = {}
+    start = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.05)
+        while pending and time.monotonic() < deadline:
+            for target, tid in pending.items():
+                # RFC 5389 section 6: type, length 0, magic cookie, 96-bit transaction id.
+                sock.sendto(struct.pack("!HHI", BINDING_REQUEST, 0, MAGIC_COOKIE) + tid, target)
+            until = time.monotonic() + 0.1
+            while pending and time.monotonic() < until:
+                try:
+                    data, addr = sock.recvfrom(2048)
+                except (TimeoutError, ConnectionRefusedError):
+                    continue
+                if len(data) < 20:
+                    continue
+                mtype, _, cookie = struct.unpack("!HHI", data[:8])
+                for target, tid in list(pending.items()):
+                    if mtype == BINDING_SUCCESS and cookie == MAGIC_COOKIE and data[8:20] == tid:
+                        del pending[target]
+                        answered[f"{target[0]}:{target[1]}"] = round(time.monotonic() - start, 3)
+    _emit({"answered": answered, "missing": [f"{h}:{p}" for h, p in pending]})
+    return 0 if not pending else 1
+
+
+def classify(bind: str, server: str, port: int, timeout: float) -> int:
+    """Run pystun3's classification from a socket bound to ``bind`` (an ephemeral port)."""
+    import stun  # pystun3; imported here so the other probes work without it
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.bind((bind, 0))
+        source_ip, source_port = sock.getsockname()
+        nat_type, info = stun.get_nat_type(
+            sock, source_ip, source_port, stun_host=server, stun_port=port
+        )
+    _emit({
+        "nat_type": nat_type,
+        "source": [source_ip, source_port],
+        "external": [info.get("ExternalIP"), info.get("ExternalPort")],
+    })
+    return 0
+
+
+def udp_recv(bind: str, port: int, duration: float, idle: float | None = None) -> int:
+    """Count datagrams arriving on ``bind:port``.
+
+    Stops after ``duration`` seconds, or ``idle`` seconds after the last datagram once one
+    has arrived. Prints ``{"ready": true}`` as soon as the socket is bound.
+    """
+    count = 0
+    sources: set[str] = set()
+    deadline = time.monotonic() + duration
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((bind, port))
+        _emit({"ready": True})
+        while (left := deadline - time.monotonic()) > 0:
+            if count and idle is not None:
+                left = min(left, idle)
+            sock.settimeout(left)
+            try:
+                _, addr = sock.recvfrom(2048)
+            except TimeoutError:
+                break
+            count += 1
+            sources.add(f"{addr[0]}:{addr[1]}")
+    _emit({"received": count, "sources": sorted(sources)})
+    return 0
+
+
+def udp_send(to: tuple[str, int], count: int, bind: str, port: int, interval: float) -> int:
+    """Send ``count`` numbered datagrams to ``to``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((bind, port))
+        for i in range(count):
+            sock.sendto(b"ltp %d" % i, to)
+            if interval:
+                time.sleep(interval)
+        _emit({"sent": count, "from": list(sock.getsockname())})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m lt_punch.netlab.probe``."""
+    parser = argparse.ArgumentParser(prog="lt_punch.netlab.probe")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("stun-wait")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("targets", nargs="+", type=_endpoint)
+    p = sub.add_parser("classify")
+    p.add_argument("--bind", required=True)
+    p.add_argument("--server", required=True)
+    p.add_argument("--port", type=int, default=3478)
+    p.add_argument("--timeout", type=float, default=0.3)
+    p = sub.add_parser("udp-recv")
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--idle", type=float, default=None)
+    p = sub.add_parser("udp-send")
+    p.add_argument("--to", type=_endpoint, required=True)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--interval", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    if args.cmd == "stun-wait":
+        return stun_wait(args.targets, args.timeout)
+    if args.cmd == "classify":
+        return classify(args.bind, args.server, args.port, args.timeout)
+    if args.cmd == "udp-recv":
+        return udp_recv(args.bind, args.port, args.duration, args.idle)
+    return udp_send(args.to, args.count, args.bind, args.port, args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Punch planning: roles, methods, retry schedule and the punch messages. No I/O.
+
+Theory of operation
+-------------------
+Two lt_punch peers of one signaling room know each other's *public* endpoints
+(the mapping of libtorrent's own UDP socket, learnt from a BEP 42 ``ip`` reply of
+the signaling server's DHT reflector, and the mapping of libtorrent's outgoing
+TCP port, learnt from ``GET /whoami``) and NAT kinds, from the metadata each one
+registered. From those values alone both ends compute the same plan, so no extra
+round trip is needed to agree on roles:
+
+* the **initiator** is the side behind the harder NAT (rank below); on a tie the
+  smaller peer id. Its packets must reach the other side's NAT after that NAT
+  has been opened towards it, which an endpoint-dependent (symmetric) mapping
+  makes impossible the other way round (RFC 4787 §4.1: its public port for our
+  flow is unknown to the peer).
+* ``utp``: the initiator sends ``punch-offer``; the responder opens its NAT
+  towards the initiator's public UDP endpoint with a packet from libtorrent's own
+  UDP socket (a DHT query through ``add_dht_node``), *then* sends
+  ``punch-answer``; the initiator then calls ``connect_peer``. Only one side
+  connects: two simultaneous uTP connects kill each other as duplicate peer ids
+  (FIELD-NOTES).
+* ``tcp``: TCP simultaneous open (RFC 9293 §3.5 fig. 8). The responder calls
+  ``connect_peer`` on receiving the offer (its SYN opens its NAT; the initiator's
+  NAT may drop it), the initiator on receiving the answer: its SYN finds the
+  responder's NAT open and the responder in SYN-SENT. Both ends are then
+  "outgoing", which breaks MSE/PE (both send the initiator's half), so
+  sessions that punch TCP use plaintext handshakes (see README).
+
+A failed attempt is retried on a bounded schedule; each failure is recorded with
+its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RemoteProtocolError
+from ..types import Address
+
+METHODS = ("utp", "tcp")
+
+# Harder NATs initiate. "unknown" is treated like a port-restricted cone.
+NAT_RANK: dict[str, int] = {
+    "open": 0,
+    "full": 1,
+    "restricted": 2,
+    "port": 3,
+    "unknown": 3,
+    "symmetric-firewall": 3,
+    "symmetric": 4,
+    "blocked": 5,
+}
+
+# Retry schedule: delay before attempt n (seconds). Bounded: attempts beyond the
+# list reuse its last value; the number of attempts comes from the config.
+RETRY_DELAYS = (0.0, 0.5, 2.0, 5.0)
+
+
+def retry_delay(attempt: int) -> float:
+    """Delay before ``attempt`` (1-based)."""
+    if attempt < 1:
+        raise ValueError("attempt is 1-based")
+    return RETRY_DELAYS[min(attempt - 1, len(RETRY_DELAYS) - 1)]
+
+
+@dataclass(frozen=True)
+class PeerProfile:
+    """What a peer tells its room about itself (the ``metadata`` of ``register``)."""
+
+    peer_id: str
+    nat: str = "unknown"
+    udp: Address | None = None
+    tcp: Address | None = None
+    methods: tuple[str, ...] = METHODS
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {
+            "nat": self.nat,
+            "udp": list(self.udp) if self.udp else None,
+            "tcp": list(self.tcp) if self.tcp else None,
+            "methods": list(self.methods),
+            "agent": "lt_punch",
+        }
+
+    @classmethod
+    def from_metadata(cls, peer_id: str, metadata: Mapping[str, Any]) -> PeerProfile:
+        """Parse a room member's metadata; raises RemoteProtocolError when invalid."""
+        if not isinstance(metadata, Mapping):
+            raise RemoteProtocolError(f"peer {peer_id}: metadata is not an object")
+        nat = metadata.get("nat", "unknown")
+        if not isinstance(nat, str) or nat not in NAT_RANK:
+            raise RemoteProtocolError(f"peer {peer_id}: unknown nat {nat!r}")
+        methods_raw = metadata.get("methods", list(METHODS))
+        if not isinstance(methods_raw, list) or not all(
+            isinstance(m, str) for m in methods_raw
+        ):
+            raise RemoteProtocolError(f"peer {peer_id}: methods must be a list of strings")
+        methods = tuple(m for m in methods_raw if m in METHODS)
+        return cls(
+            peer_id=peer_id,
+            nat=nat,
+            udp=parse_endpoint(metadata.get("udp"), f"peer {peer_id}: udp"),
+            tcp=parse_endpoint(metadata.get("tcp"), f"peer {peer_id}: tcp"),
+            methods=methods,
+        )
+
+    def is_lt_punch(self) -> bool:
+        return self.udp is not None or self.tcp is not None
+
+
+def parse_endpoint(value: Any, what: str) -> Address | None:
+    """``[ip, port]`` → ``(ip, port)``; None stays None; anything else is an error."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not isinstance(value[0], str)
+        or not isinstance(value[1], int)
+        or isinstance(value[1], bool)
+    ):
+        raise RemoteProtocolError(f"{what}: expected [ip, port], got {value!r}")
+    try:
+        ip = ipaddress.IPv4Address(value[0])
+    except ValueError:
+        raise RemoteProtocolError(f"{what}: not an IPv4 address: {value[0]!r}") from None
+    if not 1 <= value[1] <= 65535:
+        raise RemoteProtocolError(f"{what}: port out of range: {value[1]}")
+    return str(ip), value[1]
+
+
+def is_initiator(me: PeerProfile, peer: PeerProfile) -> bool:
+    """True when ``me`` connects and ``peer`` only opens its NAT. Same answer on both ends."""
+    mine, theirs = NAT_RANK.get(me.nat, 3), NAT_RANK.get(peer.nat, 3)
+    if mine != theirs:
+        return mine > theirs
+    return me.peer_id < peer.peer_id
+
+
+def agreed_methods(initiator: PeerProfile, responder: PeerProfile) -> tuple[str, ...]:
+    """Methods both support, in the initiator's order of preference."""
+    return tuple(m for m in initiator.methods if m in responder.methods)
+
+
+def usable(method: str, me: PeerProfile, peer: PeerProfile) -> str | None:
+    """None when ``method`` can be tried between us, else why not."""
+    if method == "utp" and peer.udp is None:
+        return "peer has no public UDP endpoint"
+    if method == "tcp" and peer.tcp is None:
+        return "peer has no public TCP endpoint"
+    if method == "tcp" and "symmetric" in (me.nat, peer.nat):
+        # The SYN of the responder goes to the initiator's observed port, which an
+        # endpoint-dependent mapping does not reuse for a new destination.
+        return "tcp simultaneous open cannot cross a symmetric NAT without prediction"
+    return None
+
+
+# --- punch messages (carried opaque inside signaling ``relay`` data) -------------
+
+OFFER = "punch-offer"
+ANSWER = "punch-answer"
+FAILED = "punch-failed"
+
+
+@dataclass(frozen=True)
+class PunchMessage:
+    """``punch-offer`` / ``punch-answer`` / ``punch-failed`` between two peers."""
+
+    kind: str
+    infohash: str
+    method: str
+    attempt: int
+    punch_id: str
+    reason: str | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "t": self.kind,
+            "infohash": self.infohash,
+            "method": self.method,
+            "attempt": self.attempt,
+            "punch_id": self.punch_id,
+        }
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return data
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> PunchMessage:
+        kind = data.get("t")
+        if kind not in (OFFER, ANSWER, FAILED):
+            raise RemoteProtocolError(f"punch message: unknown type {kind!r}")
+        method = data.get("method")
+        if method not in METHODS:
+            raise RemoteProtocolError(f"punch message: unknown method {method!r}")
+        attempt = data.get("attempt")
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= 100:
+            raise RemoteProtocolError(f"punch message: bad attempt {attempt!r}")
+        infohash = data.get("infohash")
+        if not isinstance(infohash, str) or len(infohash) not in (40, 64):
+            raise RemoteProtocolError(f"punch message: bad infohash {infohash!r}")
+        punch_id = data.get("punch_id")
+        if not isinstance(punch_id, str) or not 1 <= len(punch_id) <= 64:
+            raise RemoteProtocolError(f"punch message: bad punch_id {punch_id!r}")
+        reason = data.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 200):
+            raise RemoteProtocolError("punch message: bad reason")
+        return cls(kind, infohash.lower(), method, attempt, punch_id, reason)
+
+    def reply(self, kind: str, reason: str | None = None) -> PunchMessage:
+        return dataclasses.replace(self, kind=kind, reason=reason)
+
+
+def plan_methods(me: PeerProfile, peer: PeerProfile, wanted: Sequence[str]) -> list[str]:
+    """Ordered methods to try with ``peer`` (initiator's order, restricted to ``wanted``)."""
+    init, resp = (me, peer) if is_initiator(me, peer) else (peer, me)
+    return [
+        m
+        for m in agreed_methods(init, resp)
+        if m in wanted and usable(m, me, peer) is None
+    ]

@@ -1,0 +1,188 @@
+"""Room bookkeeping of the signaling server. No I/O.
+
+A *connection* is any hashable token the shell chooses (the server uses its websocket
+connection object). A connection registers one peer id; a peer is in any number of rooms;
+a room (an infohash) is a set of peer ids. Every operation returns the messages to send
+as ``(peer_id, message)`` pairs -- the reply to the requester first, then the
+notifications -- or raises :class:`RoomError` with the ``code`` of the ``error`` reply.
+
+Duplicate peer ids are refused with ``peer-id-taken``: the first connection keeps its id
+until it disconnects. Letting a newcomer evict the holder would let anyone who learns a
+peer id (every room member does) hijack that peer's signaling; a client that lost its
+connection can reconnect as soon as the server noticed the loss (websocket keepalive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RemoteProtocolError
+from ..types import Address, InfoHash, PeerId
+from .protocol import (
+    Joined,
+    Left,
+    Message,
+    PeerInfo,
+    PeerJoined,
+    PeerLeft,
+    Registered,
+    Relayed,
+)
+
+__all__ = ["Outgoing", "RoomError", "Rooms"]
+
+Outgoing = tuple[PeerId, Message]
+
+
+class RoomError(RemoteProtocolError):
+    """A request that the room rules refuse; ``code`` goes into the error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Peer:
+    peer_id: PeerId
+    conn: Hashable
+    metadata: dict[str, Any]
+    rooms: set[InfoHash] = field(default_factory=set)
+
+    def info(self) -> PeerInfo:
+        return PeerInfo(self.peer_id, self.metadata)
+
+
+class Rooms:
+    """Who is registered, and who is in which room."""
+
+    def __init__(self) -> None:
+        self._peers: dict[PeerId, _Peer] = {}
+        self._by_conn: dict[Hashable, _Peer] = {}
+        self._rooms: dict[InfoHash, dict[PeerId, None]] = {}  # dict keeps join order
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def peer_of(self, conn: Hashable) -> PeerId | None:
+        """The peer id registered by ``conn``, if any."""
+        peer = self._by_conn.get(conn)
+        return None if peer is None else peer.peer_id
+
+    def conn_of(self, peer_id: PeerId) -> Hashable | None:
+        """The connection holding ``peer_id``, if any."""
+        peer = self._peers.get(peer_id)
+        return None if peer is None else peer.conn
+
+    def members(self, room: InfoHash) -> list[PeerInfo]:
+        """The peers in ``room``, in join order (empty if nobody is in it)."""
+        return [self._peers[p].info() for p in self._rooms.get(room, ())]
+
+    def rooms_of(self, peer_id: PeerId) -> set[InfoHash]:
+        peer = self._peers.get(peer_id)
+        return set() if peer is None else set(peer.rooms)
+
+    @property
+    def peer_count(self) -> int:
+        return len(self._peers)
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    # --- operations ------------------------------------------------------------------------
+
+    def register(
+        self, conn: Hashable, peer_id: PeerId, metadata: dict[str, Any], observed: Address
+    ) -> list[Outgoing]:
+        """Bind ``peer_id`` to ``conn``.
+
+        Raises:
+            RoomError: ``already-registered`` if ``conn`` has a peer id,
+                ``peer-id-taken`` if another connection holds ``peer_id``.
+        """
+        if conn in self._by_conn:
+            current = self._by_conn[conn].peer_id
+            raise RoomError("already-registered", f"this connection is already {current!r}")
+        if peer_id in self._peers:
+            raise RoomError("peer-id-taken", f"peer id {peer_id!r} is in use")
+        peer = _Peer(peer_id, conn, dict(metadata))
+        self._peers[peer_id] = peer
+        self._by_conn[conn] = peer
+        return [(peer_id, Registered(peer_id, observed))]
+
+    def join(self, peer_id: PeerId, room: InfoHash) -> list[Outgoing]:
+        """Put ``peer_id`` in ``room``: ``joined`` for it, ``peer-joined`` for the others.
+
+        Joining a room one is already in is not an error: it answers ``joined`` again and
+        notifies nobody.
+        """
+        peer = self._require(peer_id)
+        members = self._rooms.setdefault(room, {})
+        others = [self._peers[p] for p in members if p != peer_id]
+        out: list[Outgoing] = [(peer_id, Joined(room, tuple(o.info() for o in others)))]
+        if peer_id in members:
+            return out
+        members[peer_id] = None
+        peer.rooms.add(room)
+        note = PeerJoined(room, peer_id, peer.metadata)
+        out.extend((o.peer_id, note) for o in others)
+        return out
+
+    def leave(self, peer_id: PeerId, room: InfoHash) -> list[Outgoing]:
+        """Take ``peer_id`` out of ``room``: ``left`` for it, ``peer-left`` for the others.
+
+        Raises:
+            RoomError: ``not-in-room``.
+        """
+        peer = self._require(peer_id)
+        if room not in peer.rooms:
+            raise RoomError("not-in-room", f"not in room {room}")
+        return [(peer_id, Left(room)), *self._remove(peer, room)]
+
+    def relay(
+        self, sender: PeerId, to: PeerId, room: InfoHash, data: dict[str, Any]
+    ) -> list[Outgoing]:
+        """Pass ``data`` from ``sender`` to ``to``; both must be in ``room``.
+
+        Raises:
+            RoomError: ``not-in-room`` if the sender is not in ``room``, ``unknown-peer``
+                if ``to`` is not registered or not in ``room``.
+        """
+        peer = self._require(sender)
+        if room not in peer.rooms:
+            raise RoomError("not-in-room", f"not in room {room}")
+        target = self._peers.get(to)
+        if target is None or room not in target.rooms:
+            raise RoomError("unknown-peer", f"no peer {to!r} in room {room}")
+        return [(to, Relayed(sender, room, data))]
+
+    def disconnect(self, conn: Hashable) -> list[Outgoing]:
+        """Forget ``conn``'s peer: ``peer-left`` to the members of each of its rooms."""
+        peer = self._by_conn.pop(conn, None)
+        if peer is None:
+            return []
+        del self._peers[peer.peer_id]
+        out: list[Outgoing] = []
+        for room in sorted(peer.rooms):
+            out.extend(self._remove(peer, room))
+        return out
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _require(self, peer_id: PeerId) -> _Peer:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            raise RoomError("not-registered", "register first")
+        return peer
+
+    def _remove(self, peer: _Peer, room: InfoHash) -> list[Outgoing]:
+        peer.rooms.discard(room)
+        members = self._rooms.get(room, {})
+        members.pop(peer.peer_id, None)
+        if not members:
+            self._rooms.pop(room, None)
+            return []
+        note = PeerLeft(room, peer.peer_id)
+        return [(p, note) for p in members]

@@ -1,0 +1,934 @@
+"""EnhancedTorrentSession: one libtorrent session whose torrents meet peers by infohash.
+
+Flow: :meth:`start` creates the libtorrent session and learns our public
+endpoints (UDP from the signaling server's DHT reflector, BEP 42; TCP from
+``GET /whoami`` on libtorrent's outgoing port) and NAT type (STUN when
+configured), then registers on the signaling server with that profile.
+:meth:`add` adds a torrent and joins the room named by its infohash; every
+lt_punch peer of the room is punched to (see :mod:`lt_punch.punch.plan`) and
+injected into libtorrent with ``connect_peer``. Payload never passes through
+Python: libtorrent's own sockets carry it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libtorrent as lt
+
+from ..config import Config
+from ..errors import ConfigError, LtPunchError, LtTimeoutError, ProtocolError, SignalingError
+from ..nat.info import NATInfo
+from ..punch import plan
+from ..punch.plan import PeerProfile, PunchMessage
+from ..signaling import protocol as sp
+from ..signaling.client import SignalingClient, whoami
+from ..types import Address
+from . import native
+from .alerts import AlertPump
+
+logger = logging.getLogger(__name__)
+
+ISOLATED_SETTINGS: dict[str, Any] = {
+    # No public DHT bootstrap, no LSD, no UPnP / NAT-PMP: peers only come from
+    # the signaling room (tests, the demo and the lab use this).
+    "dht_bootstrap_nodes": "",
+    "enable_lsd": False,
+    "enable_upnp": False,
+    "enable_natpmp": False,
+}
+
+# States in which a torrent accepts peer connections (not queued or checking).
+_READY_STATES = {2, 3, 4, 5}
+
+_STATE_NAMES = {
+    0: "queued",
+    1: "checking",
+    2: "downloading_metadata",
+    3: "downloading",
+    4: "finished",
+    5: "seeding",
+    6: "allocating",
+    7: "checking_resume",
+}
+
+
+def _free_tcp_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _local_ip_towards(host: str, port: int) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
+        ip: str = s.getsockname()[0]
+        return ip
+
+
+@dataclass
+class PunchRecord:
+    """What happened between us and one peer of one torrent."""
+
+    infohash: str
+    peer_id: str
+    role: str
+    started_at: float
+    peer_nat: str = "unknown"
+    state: str = "pending"  # pending | punching | connected | failed | skipped
+    method: str | None = None
+    endpoint: Address | None = None
+    attempts: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    connected_at: float | None = None
+    immediate: bool = False
+
+    @property
+    def time_to_connect(self) -> float | None:
+        if self.connected_at is None:
+            return None
+        return self.connected_at - self.started_at
+
+    def fail(self, method: str, attempt: int, reason: str) -> None:
+        self.failures.append({"method": method, "attempt": attempt, "reason": reason})
+        logger.info("punch %s %s attempt %d failed: %s", self.peer_id, method, attempt, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "role": self.role,
+            "peer_nat": self.peer_nat,
+            "state": self.state,
+            "method": self.method,
+            "endpoint": list(self.endpoint) if self.endpoint else None,
+            "attempts": self.attempts,
+            "failures": list(self.failures),
+            "time_to_connect": self.time_to_connect,
+        }
+
+
+@dataclass
+class Torrent:
+    """A torrent in an :class:`EnhancedTorrentSession`."""
+
+    infohash: str
+    handle: lt.torrent_handle
+    punches: dict[str, PunchRecord] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    error: str | None = None
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def stats(self) -> dict[str, Any]:
+        st = self.handle.status()
+        punched = {
+            rec.endpoint: rec.method for rec in self.punches.values()
+            if rec.state == "connected" and rec.endpoint
+        }
+        by_source: dict[str, int] = {}
+        peers = self.handle.get_peer_info()
+        for p in peers:
+            ep = (str(p.ip[0]), int(p.ip[1]))
+            if ep in punched:
+                key = f"punched_{punched[ep]}"
+            else:
+                names = [n for bit, n in native.SOURCE_NAMES.items() if p.source & bit]
+                key = names[0] if names else "other"
+            by_source[key] = by_source.get(key, 0) + 1
+        return {
+            "infohash": self.infohash,
+            "name": st.name,
+            "state": _STATE_NAMES.get(int(st.state), str(st.state)),
+            "paused": bool(self.handle.flags() & lt.torrent_flags.paused),
+            "progress": st.progress,
+            "download_rate": st.download_payload_rate,
+            "upload_rate": st.upload_payload_rate,
+            "total_download": st.total_payload_download,
+            "total_upload": st.total_payload_upload,
+            "total_wanted": st.total_wanted,
+            "num_peers": len(peers),
+            "peers_by_source": by_source,
+            "punches": [rec.to_dict() for rec in self.punches.values()],
+            "error": self.error,
+        }
+
+
+class EnhancedTorrentSession:
+    """A libtorrent session whose torrents punch to the peers of their signaling room.
+
+    Args:
+        config: settings (defaults from ``P2P_*`` environment variables).
+        peer_id: our id on the signaling server (random when None).
+        lt_settings: libtorrent settings applied over ours (e.g. ``ISOLATED_SETTINGS``).
+        save_path: default download directory.
+        nat_info: a known NAT description (skips STUN detection).
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        peer_id: str | None = None,
+        lt_settings: dict[str, Any] | None = None,
+        save_path: str | os.PathLike[str] = ".",
+        nat_info: NATInfo | None = None,
+    ) -> None:
+        self.config = config if config is not None else Config.from_env()
+        self.peer_id = peer_id or "ltp-" + secrets.token_hex(6)
+        self.save_path = str(save_path)
+        self._lt_settings = dict(lt_settings or {})
+        self.nat_info: NATInfo | None = nat_info
+        self.public_udp: Address | None = None
+        self.public_tcp: Address | None = None
+        self.outgoing_port: int | None = None
+        self.session: lt.session | None = None
+        self.client: SignalingClient | None = None
+        self.torrents: dict[str, Torrent] = {}
+        self._pump: AlertPump | None = None
+        self._injector = native.Injector()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._answers: dict[str, asyncio.Future[PunchMessage]] = {}
+        self._profiles: dict[str, PeerProfile] = {}
+        self._alert_mask = 0
+        self._reflector_ip: Address | None = None
+        self._tcp_lock = asyncio.Lock()
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._started_at = time.monotonic()
+        self._closed = False
+        self.signaling_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> EnhancedTorrentSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def reflector(self) -> Address | None:
+        url = self.config.signaling_url
+        if not url:
+            return None
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname is None:
+            return None
+        port = self.config.signaling_udp_port or parts.port or 80
+        return parts.hostname, port
+
+    def _settings(self) -> dict[str, Any]:
+        cfg = self.config
+        settings: dict[str, Any] = {
+            "listen_interfaces": f"{cfg.listen_host}:{cfg.listen_port}",
+            "enable_dht": True,
+            "alert_mask": (
+                lt.alert_category.error
+                | lt.alert_category.status
+                | lt.alert_category.peer
+                | lt.alert_category.connect
+                | lt.alert_category.storage
+                | lt.alert_category.dht
+            ),
+            "user_agent": "lt_punch/0.1 libtorrent/" + lt.__version__,
+        }
+        if "tcp" in cfg.methods and cfg.hole_punching_enabled:
+            self.outgoing_port = _free_tcp_port(cfg.listen_host)
+            settings["outgoing_port"] = self.outgoing_port
+            settings["num_outgoing_ports"] = 1
+            # TCP simultaneous open makes both ends "outgoing": MSE/PE cannot
+            # work (both send the initiator's half), so outgoing handshakes are
+            # plaintext; incoming ones still accept encryption.
+            settings["out_enc_policy"] = 2  # pe_disabled
+            settings["in_enc_policy"] = 1  # pe_enabled
+        settings.update(self._lt_settings)
+        self._alert_mask = int(settings["alert_mask"])
+        return settings
+
+    async def start(self) -> None:
+        """Create the libtorrent session, learn our endpoints and join signaling."""
+        if self.session is not None:
+            return
+        self.session = lt.session(self._settings())
+        self._pump = AlertPump(self.session)
+        self._pump.start()
+        self._pump.subscribe(self._on_alert)
+        if self.config.signaling_enabled and self.config.signaling_url:
+            try:
+                await self._discover()
+                await self._connect_signaling()
+            except (SignalingError, LtTimeoutError, OSError) as exc:
+                # Other peer sources keep working; say so once, clearly.
+                self.signaling_error = str(exc) or type(exc).__name__
+                logger.warning("signaling unavailable (%s): continuing without it",
+                               self.signaling_error)
+        if self.config.hole_punching_enabled and self.reflector is not None:
+            self._spawn(self._keepalive(), "keepalive")
+
+    async def close(self) -> None:
+        """Leave rooms, stop tasks, close signaling and the libtorrent session."""
+        if self._closed:
+            return
+        self._closed = True
+        for t in self.torrents.values():
+            for task in t.tasks.values():
+                task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *[
+            task for t in self.torrents.values() for task in t.tasks.values()
+        ], return_exceptions=True)
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+        if self._pump is not None:
+            self._pump.close()
+            self._pump = None
+        if self.session is not None:
+            holder = [self.session]
+            self.session = None
+            for t in self.torrents.values():
+                t.finished.set()
+            # Destroying a session blocks while it says goodbye to peers and
+            # trackers: do it off the event loop.
+            await asyncio.to_thread(_drop_session, holder)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- discovery ---------------------------------------------------------------
+
+    async def _discover(self) -> None:
+        assert self.session is not None and self._pump is not None
+        reflector = self.reflector
+        assert reflector is not None and self.config.signaling_url
+        host = socket.gethostbyname(reflector[0])
+        reflector = (host, reflector[1])
+        self._reflector_ip = reflector
+        self.public_udp = await self._query_reflector(reflector)
+        if self.outgoing_port is not None:
+            try:
+                self.public_tcp = await whoami(
+                    self.config.signaling_url,
+                    local_port=self.outgoing_port,
+                    local_host=self.config.listen_host,
+                    timeout=3.0,
+                )
+            except (SignalingError, LtTimeoutError, OSError) as exc:
+                logger.warning("public TCP endpoint unknown: %s", exc)
+        if self.nat_info is None:
+            self.nat_info = await self._detect_nat(reflector)
+
+    async def _query_reflector(self, reflector: Address, tries: int = 3) -> Address | None:
+        assert self.session is not None and self._pump is not None
+        self.session.apply_settings({"alert_mask": self._alert_mask | lt.alert_category.dht_log})
+        try:
+            for attempt in range(tries):
+                fut = self._pump.wait_for(lambda a: native.dht_reply_ip(a, reflector))
+                native.open_udp(self.session, reflector)
+                try:
+                    async with asyncio.timeout(1.0 * (attempt + 1)):
+                        ep: Address = await fut
+                        logger.info("public UDP endpoint %s:%d (BEP 42 via %s:%d)",
+                                    *ep, *reflector)
+                        return ep
+                except TimeoutError:
+                    fut.cancel()
+            logger.warning("no DHT reply from reflector %s:%d", *reflector)
+            return None
+        finally:
+            self.session.apply_settings({"alert_mask": self._alert_mask})
+
+    async def _detect_nat(self, reflector: Address) -> NATInfo:
+        local_ip = _local_ip_towards(*reflector)
+        if self.config.stun_servers:
+            from ..nat.detect import detect_nat
+
+            info = await detect_nat(self.config.stun_servers, local_ip=local_ip)
+            if info.nat_type != "unknown" or info.error is None:
+                return info
+        # Without STUN: the reflector tells whether our address is public.
+        nat_type = "unknown"
+        if self.public_udp is not None and self.public_udp[0] == local_ip:
+            nat_type = "open"
+        return NATInfo(
+            nat_type=nat_type,
+            public_ip=self.public_udp[0] if self.public_udp else None,
+            public_port=self.public_udp[1] if self.public_udp else None,
+            local_ip=local_ip,
+            local_port=self.session.listen_port() if self.session else None,
+            stun_server=None,
+            duration=0.0,
+            error=None if self.public_udp else "no reply from the reflector",
+            source="signaling",
+        )
+
+    @property
+    def profile(self) -> PeerProfile:
+        return PeerProfile(
+            peer_id=self.peer_id,
+            nat=self.nat_info.nat_type if self.nat_info else "unknown",
+            udp=self.public_udp,
+            tcp=self.public_tcp,
+            methods=tuple(self.config.methods) if self.config.hole_punching_enabled else (),
+        )
+
+    async def _connect_signaling(self) -> None:
+        assert self.config.signaling_url
+        self.client = SignalingClient(
+            self.config.signaling_url,
+            self.peer_id,
+            self.profile.to_metadata(),
+            timeout=min(10.0, self.config.connection_timeout),
+        )
+        await self.client.connect()
+        self._spawn(self._signaling_loop(), "signaling")
+
+    # -- torrents ----------------------------------------------------------------
+
+    async def add(self, source: Any, save_path: str | os.PathLike[str] | None = None) -> Torrent:
+        """Add a torrent and join its room.
+
+        ``source``: a magnet URI, a path to a .torrent file, its bytes, a v1/v2
+        hex infohash, an ``lt.torrent_info`` or ``lt.add_torrent_params``.
+        """
+        if self.session is None or self._pump is None:
+            raise LtPunchError("session not started")
+        user_params = isinstance(source, lt.add_torrent_params)
+        atp = _make_params(source)
+        if not user_params:
+            # Start at once instead of waiting for the auto-manager's next tick
+            # (~0.5 s); the torrent stays auto-managed for queueing.
+            atp.flags &= ~lt.torrent_flags.paused
+        atp.save_path = str(save_path if save_path is not None else self.save_path)
+        fut = self._pump.wait_for(
+            lambda a: (a.error, a.handle) if isinstance(a, lt.add_torrent_alert) else None
+        )
+        self.session.async_add_torrent(atp)
+        try:
+            async with asyncio.timeout(30):
+                error, handle = await fut
+        except TimeoutError:
+            raise LtTimeoutError("libtorrent did not confirm the added torrent") from None
+        if error.value():
+            raise LtPunchError(f"cannot add torrent: {error.message()}")
+        infohash = _infohash_of(handle)
+        if infohash in self.torrents:
+            return self.torrents[infohash]
+        torrent = Torrent(infohash, handle)
+        status = handle.status()
+        if status.is_seeding:
+            torrent.finished.set()
+        if int(status.state) in _READY_STATES:
+            torrent.ready.set()
+        self.torrents[infohash] = torrent
+        if self.client is not None and self.client.connected:
+            try:
+                peers = await self.client.join(infohash)
+            except (SignalingError, LtTimeoutError) as exc:
+                logger.warning("cannot join room %s: %s", infohash, exc)
+            else:
+                for info in peers:
+                    self._on_room_peer(torrent, str(info.peer_id), info.metadata)
+        return torrent
+
+    async def remove(self, infohash: str, *, delete_files: bool = False) -> None:
+        """Remove a torrent and leave its room."""
+        torrent = self.torrents.pop(infohash, None)
+        if torrent is None:
+            raise LtPunchError(f"unknown torrent {infohash}")
+        for task in torrent.tasks.values():
+            task.cancel()
+        if self.client is not None and self.client.connected:
+            with contextlib.suppress(SignalingError, LtTimeoutError):
+                await self.client.leave(infohash)
+        if self.session is not None:
+            flags = lt.session.delete_files if delete_files else 0
+            self.session.remove_torrent(torrent.handle, flags)
+
+    async def wait_finished(self, infohash: str, timeout: float) -> None:  # noqa: ASYNC109
+        torrent = self.torrents[infohash]
+        try:
+            async with asyncio.timeout(timeout):
+                await torrent.finished.wait()
+        except TimeoutError:
+            raise LtTimeoutError(f"torrent {infohash} not finished after {timeout:.0f} s") from None
+
+    async def wait_punched(self, infohash: str, timeout: float) -> PunchRecord:  # noqa: ASYNC109
+        """Wait for the first connected punch on a torrent."""
+        torrent = self.torrents[infohash]
+
+        def connected() -> PunchRecord | None:
+            return next((r for r in torrent.punches.values() if r.state == "connected"), None)
+
+        try:
+            async with asyncio.timeout(timeout), torrent.changed:
+                await torrent.changed.wait_for(lambda: connected() is not None)
+        except TimeoutError:
+            raise LtTimeoutError(f"no punched peer on {infohash} after {timeout:g} s") from None
+        rec = connected()
+        assert rec is not None
+        return rec
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Events: ``{"type": "punched"|"punch-failed"|"finished"|"peer-left", ...}``."""
+        while True:
+            yield await self._events.get()
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self._events.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._events.get_nowait()
+        self._events.put_nowait(event)
+
+    # -- alerts ------------------------------------------------------------------
+
+    def _on_alert(self, alert: Any) -> None:
+        if isinstance(alert, lt.state_changed_alert):
+            t = self.torrents.get(_infohash_of(alert.handle))
+            if t is not None:
+                if int(alert.state) in _READY_STATES:
+                    t.ready.set()
+                else:
+                    t.ready.clear()
+        elif isinstance(alert, lt.torrent_finished_alert):
+            ih = _infohash_of(alert.handle)
+            t = self.torrents.get(ih)
+            if t is not None and not t.finished.is_set():
+                t.finished.set()
+                self._emit({"type": "finished", "infohash": ih})
+        elif isinstance(alert, lt.torrent_error_alert):
+            ih = _infohash_of(alert.handle)
+            t = self.torrents.get(ih)
+            if t is not None:
+                t.error = alert.message()
+                self._emit({"type": "error", "infohash": ih, "message": t.error})
+
+    # -- signaling ---------------------------------------------------------------
+
+    async def _signaling_loop(self) -> None:
+        assert self.client is not None
+        try:
+            async for event in self.client.events():
+                try:
+                    self._on_signal(event)
+                except ProtocolError as exc:
+                    logger.warning("ignored bad signaling event %s: %s", event, exc)
+        except SignalingError as exc:
+            self.signaling_error = str(exc)
+            logger.warning("signaling connection lost: %s", exc)
+
+    def _on_signal(self, event: sp.Message) -> None:
+        if isinstance(event, sp.PeerJoined):
+            t = self.torrents.get(event.room)
+            if t is not None:
+                self._on_room_peer(t, str(event.peer_id), event.metadata)
+        elif isinstance(event, sp.PeerLeft):
+            t = self.torrents.get(event.room)
+            if t is not None:
+                task = t.tasks.pop(str(event.peer_id), None)
+                if task is not None:
+                    task.cancel()
+                self._emit({"type": "peer-left", "infohash": event.room,
+                            "peer_id": str(event.peer_id)})
+        elif isinstance(event, sp.Relayed):
+            msg = PunchMessage.from_data(event.data)
+            if msg.kind == plan.OFFER:
+                self._spawn(self._respond(str(event.from_), event.room, msg), "respond")
+            else:
+                fut = self._answers.pop(msg.punch_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        elif isinstance(event, sp.Error):
+            logger.warning("signaling error: %s", event)
+
+    def _on_room_peer(self, torrent: Torrent, peer_id: str, metadata: dict[str, Any]) -> None:
+        now = time.monotonic()
+        try:
+            peer = PeerProfile.from_metadata(peer_id, metadata)
+        except ProtocolError as exc:
+            logger.info("room peer %s not usable: %s", peer_id, exc)
+            return
+        if not peer.is_lt_punch() or not self.config.hole_punching_enabled:
+            return
+        self._profiles[peer_id] = peer
+        me = self.profile
+        role = "initiator" if plan.is_initiator(me, peer) else "responder"
+        rec = PunchRecord(torrent.infohash, peer_id, role, now, peer_nat=peer.nat)
+        torrent.punches[peer_id] = rec
+        self._spawn(torrent.notify(), "notify")
+        if role == "initiator":
+            old = torrent.tasks.pop(peer_id, None)
+            if old is not None:
+                old.cancel()
+            torrent.tasks[peer_id] = asyncio.get_running_loop().create_task(
+                self._initiate(torrent, rec, me, peer), name=f"punch-{peer_id}"
+            )
+
+    # -- punching ----------------------------------------------------------------
+
+    async def _initiate(
+        self, torrent: Torrent, rec: PunchRecord, me: PeerProfile, peer: PeerProfile
+    ) -> None:
+        assert self.client is not None
+        methods = plan.plan_methods(me, peer, self.config.methods)
+        if not methods:
+            rec.state = "failed"
+            rec.fail("none", 0, "no punch method fits this pair of NATs")
+            self._emit({"type": "punch-failed", "infohash": torrent.infohash,
+                        "peer_id": rec.peer_id, "reason": rec.failures[-1]["reason"]})
+            return
+        rec.state = "punching"
+        if not await self._until_ready(torrent):
+            rec.state = "failed"
+            rec.fail(methods[0], 0, "torrent not ready for peers (still checking?)")
+            return
+        for attempt in range(1, self.config.punch_attempts + 1):
+            delay = plan.retry_delay(attempt)
+            if delay:
+                await asyncio.sleep(delay)
+            for method in methods:
+                rec.attempts += 1
+                endpoint = peer.udp if method == "utp" else peer.tcp
+                assert endpoint is not None
+                offer = PunchMessage(plan.OFFER, torrent.infohash, method, attempt,
+                                     f"{self.peer_id}:{secrets.token_hex(4)}")
+                fut: asyncio.Future[PunchMessage] = asyncio.get_running_loop().create_future()
+                self._answers[offer.punch_id] = fut
+                try:
+                    await self.client.relay(peer.peer_id, torrent.infohash, offer.to_data())
+                    async with asyncio.timeout(min(5.0, self.config.connection_timeout)):
+                        answer = await fut
+                except TimeoutError:
+                    rec.fail(method, attempt, "no punch-answer from peer")
+                    continue
+                except SignalingError as exc:
+                    rec.fail(method, attempt, f"signaling: {exc}")
+                    continue
+                finally:
+                    self._answers.pop(offer.punch_id, None)
+                if answer.kind != plan.ANSWER:
+                    rec.fail(method, attempt, f"peer refused: {answer.reason}")
+                    continue
+                reason = await self._connect(torrent, rec, method, endpoint, outgoing=True)
+                if reason is None:
+                    return
+                rec.fail(method, attempt, reason)
+        rec.state = "failed"
+        self._emit({"type": "punch-failed", "infohash": torrent.infohash,
+                    "peer_id": rec.peer_id, "reason": rec.failures[-1]["reason"]})
+
+    async def _respond(self, peer_id: str, room: str, offer: PunchMessage) -> None:
+        assert self.client is not None and self.session is not None
+        torrent = self.torrents.get(offer.infohash)
+        rec = torrent.punches.get(peer_id) if torrent is not None else None
+        if rec is None and torrent is not None:
+            # The offer can overtake our own processing of the room's member list.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0), torrent.changed:
+                    await torrent.changed.wait_for(lambda: peer_id in torrent.punches)
+            rec = torrent.punches.get(peer_id)
+        peer: PeerProfile | None = self._profiles.get(peer_id)
+        refusal = None
+        if torrent is None or offer.infohash != room:
+            refusal = "no such torrent here"
+        elif offer.method not in self.config.methods or not self.config.hole_punching_enabled:
+            refusal = f"method {offer.method} disabled"
+        elif rec is None or peer is None:
+            refusal = "unknown peer"
+        elif not await self._until_ready(torrent):
+            refusal = "torrent not ready for peers"
+        if refusal is not None or torrent is None or rec is None or peer is None:
+            with contextlib.suppress(SignalingError):
+                await self.client.relay(peer_id, room, offer.reply(plan.FAILED, refusal).to_data())
+            return
+        rec.state = "punching"
+        rec.attempts += 1
+        endpoint = peer.udp if offer.method == "utp" else peer.tcp
+        if endpoint is None:
+            await self.client.relay(
+                peer_id, room, offer.reply(plan.FAILED, "no endpoint for method").to_data()
+            )
+            return
+        if offer.method == "utp":
+            # Open our NAT towards the initiator from libtorrent's UDP socket,
+            # then answer: its uTP SYN will find the hole open.
+            native.open_udp(self.session, endpoint)
+            waiter = self._connection_waiter(torrent, endpoint, incoming=True)
+            await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
+            reason = await self._await_connection(rec, "utp", endpoint, waiter, torrent)
+        else:
+            # TCP simultaneous open: our SYN first (opens our NAT), then answer.
+            waiter_task = asyncio.ensure_future(
+                self._connect(torrent, rec, "tcp", endpoint, outgoing=True)
+            )
+            await asyncio.sleep(0)
+            await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
+            reason = await waiter_task
+        if reason is not None:
+            rec.fail(offer.method, offer.attempt, reason)
+            rec.state = "failed" if rec.state != "connected" else rec.state
+
+    async def _until_ready(self, torrent: Torrent) -> bool:
+        """Wait until the torrent accepts peers (a checking torrent rejects them)."""
+        try:
+            async with asyncio.timeout(self.config.connection_timeout):
+                await torrent.ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _connection_waiter(
+        self, torrent: Torrent, endpoint: Address, *, incoming: bool
+    ) -> _ConnectionWatch:
+        """Watch the alerts about ``endpoint`` on ``torrent`` until connected or failed."""
+        assert self._pump is not None
+        watch = _ConnectionWatch(torrent, endpoint, incoming=incoming)
+        watch.future = self._pump.wait_for(watch.match)
+        return watch
+
+    async def _connect(
+        self, torrent: Torrent, rec: PunchRecord, method: str, endpoint: Address,
+        *, outgoing: bool,
+    ) -> str | None:
+        """Inject ``endpoint`` and wait for the connection; None on success, else why not."""
+        assert self.session is not None
+        waiter = self._connection_waiter(torrent, endpoint, incoming=False)
+        if method == "tcp":
+            async with self._tcp_lock:
+                # connect_peer would try uTP first (libtorrent assumes every peer
+                # supports it); for the simultaneous open this dial must be TCP.
+                self.session.apply_settings({"enable_outgoing_utp": False})
+                try:
+                    rec.immediate = self._injector.inject(torrent.handle, endpoint, utp=False)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.5):
+                            await waiter.dialed.wait()
+                finally:
+                    if "utp" in self.config.methods:
+                        self.session.apply_settings({"enable_outgoing_utp": True})
+        else:
+            rec.immediate = self._injector.inject(torrent.handle, endpoint, utp=True)
+        return await self._await_connection(rec, method, endpoint, waiter, torrent)
+
+    async def _await_connection(
+        self, rec: PunchRecord, method: str, endpoint: Address,
+        watch: _ConnectionWatch, torrent: Torrent,
+    ) -> str | None:
+        timeout = self.config.connection_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                kind, detail = await watch.wait()
+        except TimeoutError:
+            watch.cancel()
+            return f"no connection within {timeout:g} s"
+        if kind == "failed":
+            return f"libtorrent: {detail}"
+        rec.state = "connected"
+        rec.method = method
+        rec.endpoint = endpoint
+        rec.connected_at = time.monotonic()
+        logger.info("punched %s via %s to %s:%d in %.3f s", rec.peer_id, method,
+                    endpoint[0], endpoint[1], rec.time_to_connect or 0.0)
+        self._emit({"type": "punched", "infohash": torrent.infohash, "peer_id": rec.peer_id,
+                    "method": method, "endpoint": list(endpoint),
+                    "time_to_connect": rec.time_to_connect})
+        await torrent.notify()
+        return None
+
+    # -- keep-alive --------------------------------------------------------------
+
+    async def _keepalive(self) -> None:
+        """Refresh NAT mappings: the reflector's and every punched uTP peer's."""
+        while True:
+            await asyncio.sleep(self.config.keep_alive_interval)
+            if self.session is None:
+                return
+            reflector = self._reflector_ip
+            if reflector is not None:
+                native.open_udp(self.session, reflector)
+            for t in self.torrents.values():
+                for rec in t.punches.values():
+                    if rec.state == "connected" and rec.method == "utp" and rec.endpoint:
+                        native.open_udp(self.session, rec.endpoint)
+
+    # -- stats -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Torrent metrics merged with P2P metrics."""
+        torrents = [t.stats() for t in self.torrents.values()]
+        punches = [p for t in torrents for p in t["punches"]]
+        by_method: dict[str, int] = {}
+        for p in punches:
+            if p["state"] == "connected" and p["method"]:
+                by_method[p["method"]] = by_method.get(p["method"], 0) + 1
+        times = sorted(p["time_to_connect"] for p in punches if p["time_to_connect"] is not None)
+        return {
+            "peer_id": self.peer_id,
+            "uptime": time.monotonic() - self._started_at,
+            "nat": self.nat_info.to_dict() if self.nat_info else None,
+            "public_endpoints": {
+                "udp": list(self.public_udp) if self.public_udp else None,
+                "tcp": list(self.public_tcp) if self.public_tcp else None,
+            },
+            "listen_port": self.session.listen_port() if self.session else None,
+            "signaling": {
+                "url": self.config.signaling_url,
+                "connected": bool(self.client and self.client.connected),
+                "rooms": len(self.torrents) if self.client else 0,
+                "error": self.signaling_error,
+            },
+            "totals": {
+                "torrents": len(torrents),
+                "punches": len(punches),
+                "connected": sum(1 for p in punches if p["state"] == "connected"),
+                "failed": sum(1 for p in punches if p["state"] == "failed"),
+                "failures": sum(len(p["failures"]) for p in punches),
+                "by_method": by_method,
+                "median_time_to_connect": times[len(times) // 2] if times else None,
+                "download_rate": sum(t["download_rate"] for t in torrents),
+                "upload_rate": sum(t["upload_rate"] for t in torrents),
+            },
+            "torrents": torrents,
+        }
+
+
+_CONNECT_OPS = {
+    lt.operation_t.connect,
+    lt.operation_t.sock_open,
+    lt.operation_t.sock_bind,
+    lt.operation_t.getpeername,
+}
+
+
+def _alert_endpoint(alert: Any) -> Address | None:
+    ep = getattr(alert, "endpoint", None)
+    if ep is None:
+        return None
+    return str(ep[0]), int(ep[1])
+
+
+class _ConnectionWatch:
+    """State of one expected connection, fed by alerts (all seen, even in one batch).
+
+    libtorrent posts ``peer_connect_alert`` when it *starts* dialing and no alert
+    when the handshake completes, so "connected" is: an incoming connection from
+    the endpoint, the peer listed without the connecting/handshake flags, or a
+    disconnect that happened after the connect phase (the data may be done).
+    """
+
+    def __init__(self, torrent: Torrent, endpoint: Address, *, incoming: bool) -> None:
+        self.torrent = torrent
+        self.endpoint = endpoint
+        self.incoming = incoming
+        self.dialed = asyncio.Event()
+        self.socket_type = "?"
+        self.future: asyncio.Future[Any] | None = None
+
+    def match(self, a: Any) -> Any:
+        if _alert_endpoint(a) != self.endpoint:
+            return None
+        if isinstance(a, lt.incoming_connection_alert):
+            return ("connected", native.socket_type_name(a)) if self.incoming else None
+        if isinstance(a, lt.peer_connect_alert):
+            self.socket_type = native.socket_type_name(a)
+            self.dialed.set()
+            return None
+        if isinstance(a, lt.peer_disconnected_alert | lt.peer_error_alert):
+            message = a.error.message()
+            if a.op not in _CONNECT_OPS and message == "torrent finished":
+                # Connected, downloaded everything and closed before we looked.
+                return ("connected", self.socket_type)
+            return ("failed", message)
+        return None
+
+    def _listed(self) -> bool:
+        for p in self.torrent.handle.get_peer_info():
+            if (str(p.ip[0]), int(p.ip[1])) == self.endpoint and not (
+                p.flags & (lt.peer_info.connecting | lt.peer_info.handshake)
+            ):
+                return True
+        return False
+
+    async def wait(self) -> tuple[str, str]:
+        assert self.future is not None
+        # No alert marks a completed handshake: while dialing, look at the peer
+        # list every 10 ms (bounded by the caller's timeout).
+        while not self.future.done():
+            if self.dialed.is_set() and self._listed():
+                self.future.cancel()
+                return "connected", self.socket_type
+            await asyncio.wait({self.future}, timeout=0.01)
+        result: tuple[str, str] = self.future.result()
+        return result
+
+    def cancel(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+
+def _drop_session(holder: list[lt.session]) -> None:
+    session = holder.pop()
+    session.pause()
+    del session
+
+
+def _infohash_of(handle: lt.torrent_handle) -> str:
+    ih = handle.info_hashes()
+    if ih.has_v1():
+        return str(ih.v1)
+    return str(ih.v2)
+
+
+def _make_params(source: Any) -> lt.add_torrent_params:
+    if isinstance(source, lt.add_torrent_params):
+        return source
+    if isinstance(source, lt.torrent_info):
+        atp = lt.add_torrent_params()
+        atp.ti = source
+        return atp
+    if isinstance(source, bytes | bytearray):
+        try:
+            return lt.load_torrent_buffer(bytes(source))
+        except RuntimeError as exc:
+            raise ConfigError(f"not a valid .torrent: {exc}") from None
+    if isinstance(source, Path):
+        source = str(source)
+    if not isinstance(source, str):
+        raise ConfigError(f"cannot add a torrent from {type(source).__name__}")
+    text = source.strip()
+    if text.startswith("magnet:"):
+        try:
+            return lt.parse_magnet_uri(text)
+        except RuntimeError as exc:
+            raise ConfigError(f"bad magnet link: {exc}") from None
+    lowered = text.lower()
+    if len(lowered) in (40, 64) and all(c in "0123456789abcdef" for c in lowered):
+        prefix = "urn:btih:" if len(lowered) == 40 else "urn:btmh:1220"
+        return lt.parse_magnet_uri(f"magnet:?xt={prefix}{lowered}")
+    if os.path.exists(text):
+        try:
+            return lt.load_torrent_file(text)
+        except RuntimeError as exc:
+            raise ConfigError(f"{text}: not a valid .torrent file: {exc}") from None
+    raise ConfigError(f"not a magnet link, infohash or .torrent file: {text!r}")
