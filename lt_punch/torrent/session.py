@@ -609,7 +609,7 @@ class EnhancedTorrentSession:
                 await asyncio.sleep(delay)
             for method in methods:
                 rec.attempts += 1
-                endpoint = peer.udp if method == "utp" else peer.tcp
+                endpoint = _endpoint_for(method, peer)
                 assert endpoint is not None
                 offer = PunchMessage(plan.OFFER, torrent.infohash, method, attempt,
                                      f"{self.peer_id}:{secrets.token_hex(4)}")
@@ -664,7 +664,7 @@ class EnhancedTorrentSession:
             return
         rec.state = "punching"
         rec.attempts += 1
-        endpoint = peer.udp if offer.method == "utp" else peer.tcp
+        endpoint = _endpoint_for(offer.method, peer)
         if endpoint is None:
             await self.client.relay(
                 peer_id, room, offer.reply(plan.FAILED, "no endpoint for method").to_data()
@@ -677,6 +677,13 @@ class EnhancedTorrentSession:
             waiter = self._connection_waiter(torrent, endpoint, incoming=True)
             await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
             reason = await self._await_connection(rec, "utp", endpoint, waiter, torrent)
+        elif self.profile.nat == "open":
+            # We are directly reachable: the initiator connects to our listen
+            # port, nothing to open here.
+            source = peer.tcp or endpoint  # it dials from its outgoing port
+            watch = self._connection_waiter(torrent, source, incoming=True)
+            await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
+            reason = await self._await_connection(rec, "tcp", source, watch, torrent)
         else:
             # TCP simultaneous open: our SYN first (opens our NAT), then answer.
             waiter_task = asyncio.ensure_future(
@@ -885,6 +892,20 @@ class _ConnectionWatch:
     def cancel(self) -> None:
         if self.future is not None:
             self.future.cancel()
+
+
+def _endpoint_for(method: str, peer: PeerProfile) -> Address | None:
+    """Where to send packets of ``method`` to ``peer``.
+
+    uTP goes to libtorrent's UDP listen mapping. TCP goes to the mapping of the
+    peer's outgoing port (simultaneous open) unless the peer is directly
+    reachable, whose TCP listen port has the number of its UDP one.
+    """
+    if method == "utp":
+        return peer.udp
+    if peer.nat == "open" and peer.udp is not None:
+        return peer.udp
+    return peer.tcp
 
 
 def _drop_session(holder: list[lt.session]) -> None:

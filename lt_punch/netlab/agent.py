@@ -1,0 +1,114 @@
+"""A lab peer: one EnhancedTorrentSession run inside a namespace, reporting JSON lines.
+
+Run as ``python -m lt_punch.netlab.agent --role seed|leech ...`` (the scenario
+module starts it with ``ip netns exec``). Every line on stdout is one JSON
+event: ``ready``, ``punched``, ``punch-failed``, ``finished``, ``stats``,
+``error``. A seed runs until stdin closes or SIGTERM; a leech exits after its
+download finished (0), or failed / timed out (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, parse_hostports
+from ..errors import LtPunchError
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **fields}) + "\n")
+    sys.stdout.flush()
+
+
+async def run(args: argparse.Namespace) -> int:
+    from ..torrent.maketorrent import sha256_file
+    from ..torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
+
+    config = Config(
+        signaling_url=args.signal,
+        signaling_udp_port=args.udp_port,
+        stun_servers=parse_hostports(args.stun, "--stun") if args.stun else (),
+        methods=tuple(args.methods.split(",")),
+        connection_timeout=args.connection_timeout,
+        listen_port=args.listen_port,
+    )
+    settings = dict(ISOLATED_SETTINGS)
+    async with EnhancedTorrentSession(
+        config, peer_id=args.peer_id, lt_settings=settings, save_path=args.save
+    ) as session:
+        if session.signaling_error:
+            emit("error", message=f"signaling: {session.signaling_error}")
+            return 1
+        torrent = await session.add(Path(args.torrent).read_bytes())
+        emit("ready", peer_id=session.peer_id, nat=session.nat_info.to_dict()
+             if session.nat_info else None, udp=session.public_udp, tcp=session.public_tcp,
+             infohash=torrent.infohash)
+
+        async def forward_events() -> None:
+            async for ev in session.events():
+                emit(ev.pop("type"), **ev)
+
+        forwarder = asyncio.create_task(forward_events())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        code = 0
+        try:
+            if args.role == "leech":
+                t0 = time.monotonic()
+                try:
+                    await session.wait_finished(torrent.infohash, args.timeout)
+                except LtPunchError as exc:
+                    emit("error", message=str(exc))
+                    code = 1
+                else:
+                    elapsed = time.monotonic() - t0
+                    digest = sha256_file(Path(args.save) / torrent.handle.status().name)
+                    emit("finished", infohash=torrent.infohash, elapsed=elapsed, sha256=digest)
+            else:
+                reader = loop.run_in_executor(None, sys.stdin.read)
+                await asyncio.wait(
+                    {asyncio.ensure_future(stop.wait()), reader},
+                    timeout=args.timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            emit("stats", stats=session.stats())
+            forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forwarder
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lt_punch.netlab.agent")
+    parser.add_argument("--role", choices=("seed", "leech"), required=True)
+    parser.add_argument("--signal", required=True, help="ws:// URL of the signaling server")
+    parser.add_argument("--udp-port", type=int, default=None, help="reflector UDP port")
+    parser.add_argument("--stun", default="", help="host:port[,host:port]")
+    parser.add_argument("--methods", default="utp,tcp")
+    parser.add_argument("--torrent", required=True)
+    parser.add_argument("--save", required=True)
+    parser.add_argument("--peer-id", default=None)
+    parser.add_argument("--listen-port", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--connection-timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except LtPunchError as exc:
+        emit("error", message=str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

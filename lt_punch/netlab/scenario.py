@@ -1,0 +1,190 @@
+"""Two lt_punch peers behind emulated NATs download one torrent: the lab scenario.
+
+Used by the lab tests, ``lt-punch demo --lab`` and ``benchmarks/punch_connect.py``.
+The signaling server (with its DHT reflector) and coturn run in the lab's server
+namespace; the seed and the leech each run :mod:`lt_punch.netlab.agent` in their
+host namespace. Only the signaling room is a peer source: no tracker, no DHT
+bootstrap, no LSD.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LabError, LtTimeoutError
+from .lab import NatLab
+
+SIGNAL_PORT = 8765
+
+
+@dataclass
+class PairResult:
+    """What one run of the scenario measured."""
+
+    kinds: tuple[str, str]
+    methods: tuple[str, ...]
+    size: int
+    ok: bool = False
+    method: str | None = None
+    time_to_connect: float | None = None
+    transfer_time: float | None = None
+    sha_ok: bool = False
+    leech_events: list[dict[str, Any]] = field(default_factory=list)
+    seed_events: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def rate(self) -> float | None:
+        """Payload bytes per second from the first connection to the finish."""
+        if not self.transfer_time:
+            return None
+        return self.size / self.transfer_time
+
+    def leech_stats(self) -> dict[str, Any] | None:
+        for ev in reversed(self.leech_events):
+            if ev.get("event") == "stats":
+                stats: dict[str, Any] = ev["stats"]
+                return stats
+        return None
+
+
+def read_events(
+    proc: subprocess.Popen[str], until: str, timeout: float, sink: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Read JSON lines from ``proc`` into ``sink`` until an event named ``until``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LtTimeoutError(f"no {until!r} event within {timeout:g} s")
+            if not sel.select(left):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                raise LabError(f"process exited (code {proc.poll()}) before {until!r}")
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue  # stray output (e.g. a library's log line)
+            sink.append(ev)
+            if ev.get("event") == until:
+                return dict(ev)
+            if ev.get("event") == "error" and until != "error":
+                raise LabError(f"agent error: {ev.get('message')}")
+
+
+def read_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(deadline - time.monotonic()):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                raise LabError(f"process exited (code {proc.poll()}) before {prefix!r}")
+            if line.startswith(prefix):
+                return line
+    raise LtTimeoutError(f"no line starting with {prefix!r} within {timeout:g} s")
+
+
+def start_signaling(lab: NatLab) -> subprocess.Popen[str]:
+    ip = lab.server_ips[0]
+    proc = lab.popen(
+        "server",
+        [sys.executable, "-m", "lt_punch", "signal", "serve", "--host", ip,
+         "--port", str(SIGNAL_PORT), "--dht-port", str(SIGNAL_PORT)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    read_line(proc, "signaling server listening", 15.0)
+    return proc
+
+
+def make_payload(workdir: Path, size: int) -> tuple[Path, str]:
+    from ..torrent.maketorrent import make_torrent, write_random_file
+
+    payload = workdir / "seed" / "payload.bin"
+    sha = write_random_file(payload, size)
+    torrent = workdir / "payload.torrent"
+    torrent.write_bytes(make_torrent(payload, piece_size=1 << 20))
+    return torrent, sha
+
+
+def run_pair(
+    lab: NatLab,
+    *,
+    seed_side: str,
+    leech_side: str,
+    size: int = 20 << 20,
+    methods: tuple[str, ...] = ("utp", "tcp"),
+    timeout: float = 90.0,
+    workdir: Path | None = None,
+) -> PairResult:
+    """Seed on ``seed_side``, download on ``leech_side``; the lab must be open.
+
+    Starts coturn and the signaling server when not already running in ``lab``.
+    """
+    kinds = (lab.host(seed_side).kind, lab.host(leech_side).kind)
+    result = PairResult(kinds, methods, size)
+    tmp = tempfile.TemporaryDirectory(prefix="ltp-pair-") if workdir is None else None
+    base = Path(tmp.name) if tmp is not None else workdir
+    assert base is not None
+    try:
+        stun = getattr(lab, "_ltp_stun", None) or lab.start_stun()
+        lab._ltp_stun = stun  # type: ignore[attr-defined]
+        if getattr(lab, "_ltp_signal", None) is None:
+            lab._ltp_signal = start_signaling(lab)  # type: ignore[attr-defined]
+        torrent, sha = make_payload(base, size)
+        url = f"ws://{lab.server_ips[0]}:{SIGNAL_PORT}"
+
+        def agent(side: str, role: str, save: Path) -> subprocess.Popen[str]:
+            argv = [sys.executable, "-m", "lt_punch.netlab.agent", "--role", role,
+                    "--signal", url, "--udp-port", str(SIGNAL_PORT),
+                    "--stun", f"{stun[0]}:{stun[1]}", "--methods", ",".join(methods),
+                    "--torrent", str(torrent), "--save", str(save), "--peer-id",
+                    f"{role}-{side}", "--timeout", str(timeout)]
+            return lab.popen(side, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+
+        seed = agent(seed_side, "seed", torrent.parent / "seed")
+        try:
+            read_events(seed, "ready", 30.0, result.seed_events)
+            leech = agent(leech_side, "leech", base / "leech")
+            try:
+                read_events(leech, "ready", 30.0, result.leech_events)
+                punched = read_events(leech, "punched", timeout, result.leech_events)
+                result.method = punched.get("method")
+                result.time_to_connect = punched.get("time_to_connect")
+                finished = read_events(leech, "finished", timeout, result.leech_events)
+                result.transfer_time = finished["t"] - punched["t"]
+                result.sha_ok = finished.get("sha256") == sha
+                read_events(leech, "stats", 30.0, result.leech_events)
+                result.ok = result.sha_ok
+            except (LabError, LtTimeoutError) as exc:
+                result.error = str(exc)
+            finally:
+                lab.stop(leech)
+        finally:
+            if seed.stdin is not None:
+                seed.stdin.close()
+            try:
+                read_events(seed, "stats", 15.0, result.seed_events)
+            except (LabError, LtTimeoutError):
+                pass
+            lab.stop(seed)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return result
