@@ -47,7 +47,7 @@ async def run(args: argparse.Namespace) -> int:
         if session.signaling_error:
             emit("error", message=f"signaling: {session.signaling_error}")
             return 1
-        torrent = await session.add(Path(args.torrent).read_bytes())
+        torrent = await session.add(Path(args.torrent))
         emit("ready", peer_id=session.peer_id, nat=session.nat_info.to_dict()
              if session.nat_info else None, udp=session.public_udp, tcp=session.public_tcp,
              infohash=torrent.infohash)

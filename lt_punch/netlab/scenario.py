@@ -57,9 +57,11 @@ class PairResult:
 
 
 def read_events(
-    proc: subprocess.Popen[str], until: str, timeout: float, sink: list[dict[str, Any]]
+    proc: subprocess.Popen[str], until: str | tuple[str, ...], timeout: float,
+    sink: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Read JSON lines from ``proc`` into ``sink`` until an event named ``until``."""
+    """Read JSON lines from ``proc`` into ``sink`` until an event named in ``until``."""
+    names = (until,) if isinstance(until, str) else until
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
@@ -78,9 +80,9 @@ def read_events(
             except ValueError:
                 continue  # stray output (e.g. a library's log line)
             sink.append(ev)
-            if ev.get("event") == until:
+            if ev.get("event") in names:
                 return dict(ev)
-            if ev.get("event") == "error" and until != "error":
+            if ev.get("event") == "error" and "error" not in names:
                 raise LabError(f"agent error: {ev.get('message')}")
 
 
@@ -130,6 +132,7 @@ def run_pair(
     size: int = 20 << 20,
     methods: tuple[str, ...] = ("utp", "tcp"),
     timeout: float = 90.0,
+    connection_timeout: float = 10.0,
     workdir: Path | None = None,
 ) -> PairResult:
     """Seed on ``seed_side``, download on ``leech_side``; the lab must be open.
@@ -154,7 +157,8 @@ def run_pair(
                     "--signal", url, "--udp-port", str(SIGNAL_PORT),
                     "--stun", f"{stun[0]}:{stun[1]}", "--methods", ",".join(methods),
                     "--torrent", str(torrent), "--save", str(save), "--peer-id",
-                    f"{role}-{side}", "--timeout", str(timeout)]
+                    f"{role}-{side}", "--timeout", str(timeout),
+                    "--connection-timeout", str(connection_timeout)]
             return lab.popen(side, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
 
@@ -164,7 +168,10 @@ def run_pair(
             leech = agent(leech_side, "leech", base / "leech")
             try:
                 read_events(leech, "ready", 30.0, result.leech_events)
-                punched = read_events(leech, "punched", timeout, result.leech_events)
+                punched = read_events(leech, ("punched", "punch-failed"), timeout,
+                                      result.leech_events)
+                if punched["event"] == "punch-failed":
+                    raise LabError(f"punch failed: {punched.get('reason')}")
                 result.method = punched.get("method")
                 result.time_to_connect = punched.get("time_to_connect")
                 finished = read_events(leech, "finished", timeout, result.leech_events)

@@ -37,9 +37,8 @@ def write_random_file(path: Path, size: int, *, seed: int | None = None) -> str:
 
 def make_torrent(path: Path, piece_size: int = 1 << 18) -> bytes:
     """Bencoded .torrent (v1) for the file at ``path``; no trackers."""
-    fs = lt.file_storage()
-    fs.add_file(path.name, path.stat().st_size)
-    ct = lt.create_torrent(fs, piece_size, flags=lt.create_torrent.v1_only)
+    entry = lt.create_file_entry(path.name, path.stat().st_size)
+    ct = lt.create_torrent([entry], piece_size, lt.create_torrent.v1_only)
     lt.set_piece_hashes(ct, str(path.parent))
     data: bytes = lt.bencode(ct.generate())
     return data

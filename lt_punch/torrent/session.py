@@ -674,7 +674,9 @@ class EnhancedTorrentSession:
             # Open our NAT towards the initiator from libtorrent's UDP socket,
             # then answer: its uTP SYN will find the hole open.
             native.open_udp(self.session, endpoint)
-            waiter = self._connection_waiter(torrent, endpoint, incoming=True)
+            waiter = self._connection_waiter(
+                torrent, endpoint, incoming=True, any_port=peer.nat == "symmetric"
+            )
             await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
             reason = await self._await_connection(rec, "utp", endpoint, waiter, torrent)
         elif self.profile.nat == "open":
@@ -694,7 +696,10 @@ class EnhancedTorrentSession:
             reason = await waiter_task
         if reason is not None:
             rec.fail(offer.method, offer.attempt, reason)
-            rec.state = "failed" if rec.state != "connected" else rec.state
+            if rec.state != "connected":
+                rec.state = "failed"
+                self._emit({"type": "punch-failed", "infohash": torrent.infohash,
+                            "peer_id": rec.peer_id, "reason": reason})
 
     async def _until_ready(self, torrent: Torrent) -> bool:
         """Wait until the torrent accepts peers (a checking torrent rejects them)."""
@@ -706,11 +711,11 @@ class EnhancedTorrentSession:
         return True
 
     def _connection_waiter(
-        self, torrent: Torrent, endpoint: Address, *, incoming: bool
+        self, torrent: Torrent, endpoint: Address, *, incoming: bool, any_port: bool = False
     ) -> _ConnectionWatch:
         """Watch the alerts about ``endpoint`` on ``torrent`` until connected or failed."""
         assert self._pump is not None
-        watch = _ConnectionWatch(torrent, endpoint, incoming=incoming)
+        watch = _ConnectionWatch(torrent, endpoint, incoming=incoming, any_port=any_port)
         watch.future = self._pump.wait_for(watch.match)
         return watch
 
@@ -753,7 +758,7 @@ class EnhancedTorrentSession:
             return f"libtorrent: {detail}"
         rec.state = "connected"
         rec.method = method
-        rec.endpoint = endpoint
+        rec.endpoint = endpoint = watch.seen
         rec.connected_at = time.monotonic()
         logger.info("punched %s via %s to %s:%d in %.3f s", rec.peer_id, method,
                     endpoint[0], endpoint[1], rec.time_to_connect or 0.0)
@@ -844,19 +849,31 @@ class _ConnectionWatch:
     disconnect that happened after the connect phase (the data may be done).
     """
 
-    def __init__(self, torrent: Torrent, endpoint: Address, *, incoming: bool) -> None:
+    def __init__(
+        self, torrent: Torrent, endpoint: Address, *, incoming: bool, any_port: bool = False
+    ) -> None:
         self.torrent = torrent
         self.endpoint = endpoint
         self.incoming = incoming
+        # An initiator behind an endpoint-dependent (symmetric) NAT reaches us
+        # from a port we could not know in advance: match its address only.
+        self.any_port = any_port
+        self.seen: Address = endpoint
         self.dialed = asyncio.Event()
         self.socket_type = "?"
         self.future: asyncio.Future[Any] | None = None
 
     def match(self, a: Any) -> Any:
-        if _alert_endpoint(a) != self.endpoint:
+        ep = _alert_endpoint(a)
+        if ep is None:
             return None
-        if isinstance(a, lt.incoming_connection_alert):
-            return ("connected", native.socket_type_name(a)) if self.incoming else None
+        if isinstance(a, lt.incoming_connection_alert) and self.incoming:
+            if ep == self.endpoint or (self.any_port and ep[0] == self.endpoint[0]):
+                self.seen = ep
+                return ("connected", native.socket_type_name(a))
+            return None
+        if ep != self.endpoint:
+            return None
         if isinstance(a, lt.peer_connect_alert):
             self.socket_type = native.socket_type_name(a)
             self.dialed.set()

@@ -1,0 +1,176 @@
+"""Config: P2P_* variables, keyword overrides, validation messages naming the culprit."""
+
+from __future__ import annotations
+
+import pytest
+
+from lt_punch.config import Config, parse_bool, parse_hostport, parse_hostports, parse_ms
+from lt_punch.errors import ConfigError
+
+
+def test_defaults_without_environment() -> None:
+    cfg = Config.from_env({})
+    assert cfg == Config()
+    assert cfg.signaling_enabled and cfg.hole_punching_enabled
+    assert cfg.signaling_url is None and cfg.stun_servers == ()
+
+
+def test_every_variable_parsed() -> None:
+    env = {
+        "P2P_SIGNALING_ENABLED": "false",
+        "P2P_SIGNALING_URL": " ws://sig.example:9000 ",
+        "P2P_SIGNALING_UDP_PORT": "9001",
+        "P2P_SIGNALING_HOST": "0.0.0.0",
+        "P2P_SIGNALING_PORT": "9000",
+        "P2P_HOLE_PUNCHING_ENABLED": "off",
+        "P2P_STUN_SERVERS": "stun.example:3478, 10.0.0.1:19302,[2001:db8::1]:3479",
+        "P2P_TURN_SERVER": "[2001:db8::2]:3478",
+        "P2P_TURN_USERNAME": "user",
+        "P2P_TURN_PASSWORD": "secret",
+        "P2P_CONNECTION_TIMEOUT": "30000",
+        "P2P_KEEP_ALIVE_INTERVAL": "1500",
+    }
+    cfg = Config.from_env(env)
+    assert cfg.signaling_enabled is False
+    assert cfg.signaling_url == "ws://sig.example:9000"
+    assert cfg.signaling_udp_port == 9001
+    assert cfg.signaling_host == "0.0.0.0"
+    assert cfg.signaling_port == 9000
+    assert cfg.hole_punching_enabled is False
+    assert cfg.stun_servers == (
+        ("stun.example", 3478), ("10.0.0.1", 19302), ("2001:db8::1", 3479)
+    )
+    assert cfg.turn_server == ("2001:db8::2", 3478)
+    assert (cfg.turn_username, cfg.turn_password) == ("user", "secret")
+    assert cfg.connection_timeout == 30.0
+    assert cfg.keep_alive_interval == 1.5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("true", True), ("YES", True), (" on ", True),
+     ("0", False), ("False", False), ("no", False), ("off", False)],
+)
+def test_bools(text: str, expected: bool) -> None:
+    assert parse_bool(text, "X") is expected
+    assert Config.from_env({"P2P_SIGNALING_ENABLED": text}).signaling_enabled is expected
+
+
+def test_empty_variable_means_unset() -> None:
+    assert Config.from_env({"P2P_SIGNALING_PORT": "", "P2P_STUN_SERVERS": ""}) == Config()
+
+
+def test_hostport_forms() -> None:
+    assert parse_hostport("[::1]:3478", "X") == ("::1", 3478)
+    assert parse_hostport(" host:1 ", "X") == ("host", 1)
+    assert parse_hostports("a:1,,b:2,", "X") == (("a", 1), ("b", 2))
+
+
+def test_ms_to_seconds() -> None:
+    assert parse_ms("1", "X") == 0.001
+    assert parse_ms("86400000", "X") == 86400.0
+
+
+# config.py checks these two only in Config._validate, whose message names the field
+# (signaling_url, signaling_udp_port) instead of the variable. Strict: fixing it flips these.
+_NAMES_FIELD = pytest.mark.xfail(
+    strict=True, reason="config.py: validated by the dataclass, message names the field"
+)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "fragment"),
+    [
+        ("P2P_SIGNALING_ENABLED", "maybe", "expected true or false"),
+        ("P2P_HOLE_PUNCHING_ENABLED", "2", "expected true or false"),
+        pytest.param("P2P_SIGNALING_URL", "http://x:1", "expected ws:// or wss://",
+                     marks=_NAMES_FIELD),
+        pytest.param("P2P_SIGNALING_UDP_PORT", "0", "out of range", marks=_NAMES_FIELD),
+        ("P2P_SIGNALING_UDP_PORT", "65536", "out of range"),
+        ("P2P_SIGNALING_PORT", "http", "expected a port number"),
+        ("P2P_SIGNALING_PORT", "-1", "out of range"),
+        ("P2P_STUN_SERVERS", "stun.example", "expected host:port"),
+        ("P2P_STUN_SERVERS", "a:1,b:0", "out of range"),
+        ("P2P_STUN_SERVERS", "[::1]3478", "expected [host]:port"),
+        ("P2P_STUN_SERVERS", "bad host:1", "invalid host"),
+        ("P2P_STUN_SERVERS", ":3478", "expected host:port"),
+        ("P2P_TURN_SERVER", "turn:abc", "expected a port number"),
+        ("P2P_TURN_SERVER", "  ", "empty host:port"),
+        ("P2P_CONNECTION_TIMEOUT", "1.5", "milliseconds as an integer"),
+        ("P2P_CONNECTION_TIMEOUT", "0", "out of range"),
+        ("P2P_KEEP_ALIVE_INTERVAL", "86400001", "out of range"),
+        ("P2P_KEEP_ALIVE_INTERVAL", "soon", "milliseconds as an integer"),
+    ],
+)
+def test_invalid_variable_named(var: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({var: value})
+    message = str(info.value)
+    assert fragment in message
+    assert var in message
+
+
+def test_turn_credentials_come_together() -> None:
+    with pytest.raises(ConfigError, match="turn_username and turn_password"):
+        Config.from_env({"P2P_TURN_USERNAME": "user"})
+
+
+def test_keyword_overrides_beat_environment() -> None:
+    env = {"P2P_SIGNALING_PORT": "9000", "P2P_CONNECTION_TIMEOUT": "30000",
+           "P2P_STUN_SERVERS": "a:1"}
+    cfg = Config.from_env(env, signaling_port=0, connection_timeout=2.0,
+                          stun_servers="b:2,[::1]:3")
+    assert cfg.signaling_port == 0
+    assert cfg.connection_timeout == 2.0
+    assert cfg.stun_servers == (("b", 2), ("::1", 3))
+
+
+def test_none_override_keeps_environment() -> None:
+    assert Config.from_env({"P2P_SIGNALING_PORT": "9000"}, signaling_port=None).signaling_port \
+        == 9000
+
+
+def test_process_environment_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2P_SIGNALING_PORT", "9999")
+    assert Config.from_env().signaling_port == 9999
+
+
+def test_unknown_keyword_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'signalling_url'"):
+        Config.from_env({}, signalling_url="ws://x:1")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"signaling_port": 70000}, "signaling_port"),
+        ({"listen_port": -1}, "listen_port"),
+        ({"listen_host": "localhost"}, "listen_host"),
+        ({"connection_timeout": 0}, "connection_timeout"),
+        ({"keep_alive_interval": "25"}, "keep_alive_interval"),
+        ({"punch_attempts": 0}, "punch_attempts"),
+        ({"methods": ()}, "methods"),
+        ({"methods": ("utp", "quic")}, "methods"),
+        ({"stun_servers": "nope"}, "stun_servers"),
+        ({"turn_server": "x:y"}, "turn_server"),
+    ],
+)
+def test_invalid_keyword_named(kwargs: dict[str, object], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({}, **kwargs)
+
+
+def test_replace_validates() -> None:
+    with pytest.raises(ConfigError, match="punch_attempts"):
+        Config().replace(punch_attempts=21)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "field"),
+    [("P2P_SIGNALING_URL", "http://x:1", "signaling_url"),
+     ("P2P_SIGNALING_UDP_PORT", "0", "signaling_udp_port")],
+)
+def test_rejected_by_field_check_today(var: str, value: str, field: str) -> None:
+    # Still a ConfigError today, named after the field (see _NAMES_FIELD).
+    with pytest.raises(ConfigError, match=field):
+        Config.from_env({var: value})

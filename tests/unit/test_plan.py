@@ -1,0 +1,324 @@
+"""Punch planning (no I/O): profiles, roles, methods, messages, retries, strategy."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lt_punch.coordinator import STRATEGY_METHODS, recommend_strategy
+from lt_punch.errors import ConfigError, RemoteProtocolError
+from lt_punch.nat.info import NAT_TYPES
+from lt_punch.punch import plan
+from lt_punch.punch.plan import NAT_RANK, PeerProfile, PunchMessage
+
+IH = "0123456789abcdef0123456789abcdef01234567"
+NATS = sorted(NAT_RANK)
+
+
+def _profile(peer_id: str, nat: str = "port", **kwargs: Any) -> PeerProfile:
+    kwargs.setdefault("udp", ("203.0.113.1", 6881))
+    kwargs.setdefault("tcp", ("203.0.113.1", 6882))
+    return PeerProfile(peer_id, nat, **kwargs)
+
+
+# --- PeerProfile -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        _profile("a"),
+        _profile("b", "symmetric", tcp=None, methods=("tcp", "utp")),
+        PeerProfile("c"),
+        _profile("d", "open", methods=("utp",)),
+    ],
+)
+def test_profile_metadata_round_trip(profile: PeerProfile) -> None:
+    data = profile.to_metadata()
+    assert data["agent"] == "lt_punch"
+    assert PeerProfile.from_metadata(profile.peer_id, data) == profile
+
+
+def test_profile_defaults_and_foreign_peers() -> None:
+    peer = PeerProfile.from_metadata("x", {})
+    assert peer == PeerProfile("x")
+    assert not peer.is_lt_punch()
+    assert _profile("y").is_lt_punch()
+
+
+def test_profile_drops_unknown_methods() -> None:
+    peer = PeerProfile.from_metadata("x", {"methods": ["quic", "tcp"]})
+    assert peer.methods == ("tcp",)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "fragment"),
+    [
+        ([], "metadata is not an object"),
+        ({"nat": "cone"}, "unknown nat 'cone'"),
+        ({"nat": None}, "unknown nat None"),
+        ({"methods": "utp"}, "methods must be a list of strings"),
+        ({"methods": ["utp", 1]}, "methods must be a list of strings"),
+        ({"udp": "1.2.3.4:5"}, "udp: expected [ip, port]"),
+        ({"udp": ["1.2.3.4"]}, "udp: expected [ip, port]"),
+        ({"udp": ["1.2.3.4", 5, 6]}, "udp: expected [ip, port]"),
+        ({"udp": [1234, 5]}, "udp: expected [ip, port]"),
+        ({"udp": ["1.2.3.4", "5"]}, "udp: expected [ip, port]"),
+        ({"udp": ["1.2.3.4", True]}, "udp: expected [ip, port]"),
+        ({"tcp": ["1.2.3.4", 0]}, "tcp: port out of range: 0"),
+        ({"tcp": ["1.2.3.4", 65536]}, "tcp: port out of range: 65536"),
+        ({"tcp": ["::1", 5]}, "tcp: not an IPv4 address"),
+        ({"tcp": ["host.example", 5]}, "tcp: not an IPv4 address"),
+    ],
+)
+def test_profile_bad_metadata(metadata: Any, fragment: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        PeerProfile.from_metadata("p1", metadata)
+    assert fragment in str(info.value)
+    assert "peer p1" in str(info.value)
+
+
+# --- roles and methods --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), list(itertools.product(NATS, repeat=2)))
+def test_exactly_one_initiator_both_ways(nat_a: str, nat_b: str) -> None:
+    a, b = _profile("peer-a", nat_a), _profile("peer-b", nat_b)
+    assert plan.is_initiator(a, b) != plan.is_initiator(b, a)
+    if NAT_RANK[nat_a] != NAT_RANK[nat_b]:
+        # The harder NAT initiates, whatever the ids say.
+        assert plan.is_initiator(a, b) == (NAT_RANK[nat_a] > NAT_RANK[nat_b])
+        a2, b2 = _profile("z", nat_a), _profile("a", nat_b)
+        assert plan.is_initiator(a2, b2) == plan.is_initiator(a, b)
+    else:
+        assert plan.is_initiator(a, b)  # smaller id on a tie
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), list(itertools.product(NATS, repeat=2)))
+def test_plan_methods_same_both_ways(nat_a: str, nat_b: str) -> None:
+    a, b = _profile("a", nat_a), _profile("b", nat_b)
+    assert plan.plan_methods(a, b, plan.METHODS) == plan.plan_methods(b, a, plan.METHODS)
+
+
+def test_plan_methods() -> None:
+    a, b = _profile("a", "port"), _profile("b", "restricted")
+    assert plan.plan_methods(a, b, ("utp", "tcp")) == ["utp", "tcp"]
+    assert plan.plan_methods(a, b, ("tcp",)) == ["tcp"]
+    # TCP simultaneous open never crosses a symmetric NAT.
+    sym = _profile("s", "symmetric")
+    assert plan.plan_methods(a, sym, ("utp", "tcp")) == ["utp"]
+    assert plan.plan_methods(sym, a, ("utp", "tcp")) == ["utp"]
+    # No endpoint, no method.
+    assert plan.plan_methods(a, _profile("n", udp=None), ("utp", "tcp")) == ["tcp"]
+    assert plan.plan_methods(a, _profile("n", udp=None, tcp=None), ("utp", "tcp")) == []
+    # Methods both support, in the initiator's order ("s" is the initiator).
+    tcp_first = _profile("s", "symmetric-firewall", methods=("tcp", "utp"))
+    assert plan.is_initiator(tcp_first, a) is False  # same rank, "a" < "s"
+    assert plan.plan_methods(tcp_first, a, ("utp", "tcp")) == ["utp", "tcp"]
+    assert plan.plan_methods(a, _profile("b", methods=("tcp",)), ("utp", "tcp")) == ["tcp"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="plan.usable checks only the peer's endpoint; the responder needs the "
+    "initiator's too (session._respond refuses 'no endpoint for method')",
+)
+def test_plan_methods_need_both_endpoints() -> None:
+    a, b = _profile("a", udp=None), _profile("b")
+    assert plan.plan_methods(a, b, plan.METHODS) == plan.plan_methods(b, a, plan.METHODS)
+
+
+def test_usable_reasons() -> None:
+    a = _profile("a")
+    assert plan.usable("utp", a, _profile("b")) is None
+    assert "UDP" in (plan.usable("utp", a, _profile("b", udp=None)) or "")
+    assert "TCP" in (plan.usable("tcp", a, _profile("b", tcp=None)) or "")
+    assert "symmetric" in (plan.usable("tcp", _profile("s", "symmetric"), a) or "")
+
+
+# --- retry schedule -----------------------------------------------------------------------
+
+
+def test_retry_delay_schedule_bounded() -> None:
+    delays = [plan.retry_delay(n) for n in range(1, 50)]
+    assert delays[0] == 0.0
+    assert delays == sorted(delays)
+    assert max(delays) == plan.RETRY_DELAYS[-1] <= 10.0
+    assert sum(plan.retry_delay(n) for n in range(1, 21)) <= 20 * plan.RETRY_DELAYS[-1]
+    with pytest.raises(ValueError, match="1-based"):
+        plan.retry_delay(0)
+
+
+# --- punch messages -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        PunchMessage(plan.OFFER, IH, "utp", 1, "a:1234"),
+        PunchMessage(plan.ANSWER, "ab" * 32, "tcp", 100, "x" * 64),
+        PunchMessage(plan.FAILED, IH, "tcp", 3, "p", reason="no such torrent here"),
+    ],
+)
+def test_punch_message_round_trip(msg: PunchMessage) -> None:
+    data = msg.to_data()
+    assert ("reason" in data) == (msg.reason is not None)
+    assert PunchMessage.from_data(data) == msg
+
+
+def test_punch_message_lowercases_infohash_and_replies() -> None:
+    msg = PunchMessage.from_data(PunchMessage(plan.OFFER, IH.upper(), "utp", 1, "p").to_data())
+    assert msg.infohash == IH
+    failed = msg.reply(plan.FAILED, "busy")
+    assert (failed.kind, failed.reason, failed.punch_id, failed.attempt) == (
+        plan.FAILED, "busy", "p", 1
+    )
+    assert msg.reply(plan.ANSWER).reason is None
+
+
+_GOOD = PunchMessage(plan.OFFER, IH, "utp", 1, "p").to_data()
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"t": None}, "unknown type None"),
+        ({"t": "punch-maybe"}, "unknown type"),
+        ({"method": "quic"}, "unknown method 'quic'"),
+        ({"method": None}, "unknown method"),
+        ({"attempt": 0}, "bad attempt 0"),
+        ({"attempt": 101}, "bad attempt 101"),
+        ({"attempt": True}, "bad attempt True"),
+        ({"attempt": "1"}, "bad attempt '1'"),
+        ({"attempt": 1.0}, "bad attempt 1.0"),
+        ({"infohash": IH[:-1]}, "bad infohash"),
+        ({"infohash": 1}, "bad infohash"),
+        ({"infohash": None}, "bad infohash"),
+        ({"punch_id": ""}, "bad punch_id"),
+        ({"punch_id": "x" * 65}, "bad punch_id"),
+        ({"punch_id": 7}, "bad punch_id"),
+        ({"reason": 7}, "bad reason"),
+        ({"reason": "x" * 201}, "bad reason"),
+    ],
+)
+def test_punch_message_bad_fields(changes: dict[str, Any], fragment: str) -> None:
+    data = {**_GOOD, **changes}
+    data = {k: v for k, v in data.items() if v is not None or k in ("t", "method")}
+    with pytest.raises(RemoteProtocolError) as info:
+        PunchMessage.from_data(data)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.xfail(strict=True, reason="plan.PunchMessage.from_data checks only the length")
+def test_punch_message_rejects_non_hex_infohash() -> None:
+    with pytest.raises(RemoteProtocolError):
+        PunchMessage.from_data({**_GOOD, "infohash": "z" * 40})
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+_ENDPOINT = st.lists(st.sampled_from(["1.2.3.4", "::1", "x"]) | st.integers(-1, 70000),
+                     max_size=3)
+_PROFILE_KEYS = st.sampled_from(["nat", "udp", "tcp", "methods", "agent"]) | st.text(max_size=4)
+_PROFILE_VALUES = (
+    _JSON | _ENDPOINT | st.sampled_from(NATS)
+    | st.lists(st.sampled_from(["utp", "tcp", "quic"]), max_size=3)
+)
+_MESSAGE_KEYS = st.sampled_from(["t", "infohash", "method", "attempt", "punch_id", "reason"])
+_MESSAGE_VALUES = _JSON | st.sampled_from(
+    [plan.OFFER, plan.ANSWER, plan.FAILED, "utp", "tcp", IH, "p"]
+) | st.integers(0, 101)
+
+
+@given(st.dictionaries(_PROFILE_KEYS, _PROFILE_VALUES, max_size=6) | _JSON)
+def test_profile_from_random_metadata_raises_only_protocol_errors(metadata: Any) -> None:
+    try:
+        peer = PeerProfile.from_metadata("p", metadata)
+    except RemoteProtocolError:
+        return
+    assert PeerProfile.from_metadata("p", peer.to_metadata()) == peer
+
+
+@given(st.dictionaries(_MESSAGE_KEYS | st.text(max_size=4), _MESSAGE_VALUES, max_size=7))
+def test_punch_message_from_random_data_raises_only_protocol_errors(data: Any) -> None:
+    try:
+        msg = PunchMessage.from_data(data)
+    except RemoteProtocolError:
+        return
+    assert PunchMessage.from_data(msg.to_data()) == msg
+
+
+# --- strategy (lt_punch.coordinator.recommend_strategy: pure rules) -----------------------
+
+_MIRROR = {"us": "peer", "peer": "us", "either": "either"}
+
+
+@pytest.mark.parametrize(("ours", "theirs"), list(itertools.product(NAT_TYPES, repeat=2)))
+def test_strategy_both_ways_round(ours: str, theirs: str) -> None:
+    there, back = recommend_strategy(ours, theirs), recommend_strategy(theirs, ours)
+    assert (there["nat"], there["peer_nat"]) == (ours, theirs)
+    assert there["methods"] == back["methods"]
+    assert there["difficulty"] == back["difficulty"]
+    assert there["excluded"] == back["excluded"]
+    assert there["initiator"] == _MIRROR[back["initiator"]]
+    # Ordered, from the known list, relay always last, every left-out method explained.
+    assert there["methods"] == [m for m in STRATEGY_METHODS if m in there["methods"]]
+    assert there["methods"][-1] == "relay"
+    assert set(there["methods"]) | set(there["excluded"]) == set(STRATEGY_METHODS)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), list(itertools.product(NAT_TYPES, repeat=2)))
+def test_strategy_agrees_with_plan(ours: str, theirs: str) -> None:
+    strategy = recommend_strategy(ours, theirs)
+    me, peer = _profile("a", ours), _profile("b", theirs)
+    if NAT_RANK[ours] != NAT_RANK[theirs]:
+        assert (strategy["initiator"] == "us") == plan.is_initiator(me, peer)
+    else:
+        assert strategy["initiator"] == "either"
+    if "tcp-simultaneous-open" in strategy["methods"]:
+        assert plan.usable("tcp", me, peer) is None
+    if plan.usable("tcp", me, peer) is not None:
+        assert "tcp-simultaneous-open" not in strategy["methods"]
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "methods", "difficulty", "initiator"),
+    [
+        ("open", "open", ["direct", "utp-punch", "tcp-simultaneous-open", "relay"],
+         "easy", "either"),
+        ("port", "open", ["direct", "utp-punch", "tcp-simultaneous-open", "relay"],
+         "easy", "us"),
+        ("port", "port", ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "either"),
+        ("restricted", "full", ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "us"),
+        ("symmetric", "restricted", ["utp-punch", "relay"], "hard", "us"),
+        ("full", "symmetric", ["utp-punch", "relay"], "hard", "peer"),
+        ("symmetric", "port", ["relay"], "impossible-without-relay", "us"),
+        ("symmetric", "unknown", ["relay"], "impossible-without-relay", "us"),
+        ("symmetric", "symmetric", ["relay"], "impossible-without-relay", "either"),
+        ("blocked", "port", ["relay"], "impossible-without-relay", "us"),
+        ("blocked", "open", ["direct", "relay"], "easy", "us"),
+        (None, None, ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "either"),
+    ],
+)
+def test_strategy_cases(
+    ours: str | None, theirs: str | None, methods: list[str], difficulty: str, initiator: str
+) -> None:
+    strategy = recommend_strategy(ours, theirs)
+    assert strategy["methods"] == methods
+    assert strategy["difficulty"] == difficulty
+    assert strategy["initiator"] == initiator
+
+
+def test_strategy_rejects_unknown_nat() -> None:
+    with pytest.raises(ConfigError, match="peer_nat: unknown NAT type 'cone'"):
+        recommend_strategy("open", "cone")
+    with pytest.raises(ConfigError, match="nat: unknown NAT type"):
+        recommend_strategy("Full Cone", None)
