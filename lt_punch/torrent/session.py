@@ -467,12 +467,29 @@ class EnhancedTorrentSession:
             self.session.remove_torrent(torrent.handle, flags)
 
     async def wait_finished(self, infohash: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until every wanted piece is downloaded *and* written to disk."""
         torrent = self.torrents[infohash]
         try:
             async with asyncio.timeout(timeout):
                 await torrent.finished.wait()
+                await self.flush(infohash)
         except TimeoutError:
             raise LtTimeoutError(f"torrent {infohash} not finished after {timeout:.0f} s") from None
+
+    async def flush(self, infohash: str) -> None:
+        """Write libtorrent's buffered blocks of a torrent to disk and wait for it.
+
+        ``torrent_finished_alert`` can come before the last pieces are readable
+        from the file (FIELD-NOTES), so readers of the file flush first.
+        """
+        assert self._pump is not None
+        torrent = self.torrents[infohash]
+        fut = self._pump.wait_for(
+            lambda a: isinstance(a, lt.cache_flushed_alert)
+            and _infohash_of(a.handle) == infohash
+        )
+        torrent.handle.flush_cache()
+        await fut
 
     async def wait_punched(self, infohash: str, timeout: float) -> PunchRecord:  # noqa: ASYNC109
         """Wait for the first connected punch on a torrent."""

@@ -1,0 +1,96 @@
+"""EnhancedTorrentSession on loopback: real libtorrent sessions, real signaling server."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from lt_punch.config import Config
+from lt_punch.errors import ConfigError
+from lt_punch.signaling.server import SignalingServer
+from lt_punch.torrent.maketorrent import make_torrent, sha256_file, write_random_file
+from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
+
+SETTINGS = dict(ISOLATED_SETTINGS, allow_multiple_connections_per_ip=True)
+
+
+@pytest.fixture
+async def server():
+    async with SignalingServer("127.0.0.1", 0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> tuple[bytes, str]:
+    sha = write_random_file(tmp_path / "seed" / "data.bin", 4 << 20)
+    return make_torrent(tmp_path / "seed" / "data.bin"), sha
+
+
+def config_for(srv: SignalingServer, **kw) -> Config:
+    assert srv.dht_address is not None
+    return Config(signaling_url=srv.url, signaling_udp_port=srv.dht_address[1],
+                  listen_host="127.0.0.1", **kw)
+
+
+@pytest.mark.parametrize("methods", [("utp",), ("tcp",)])
+async def test_two_sessions_meet_by_infohash_and_download(server, payload, tmp_path, methods):
+    torrent, sha = payload
+    cfg = config_for(server, methods=methods)
+    async with EnhancedTorrentSession(cfg, peer_id="b-seed", lt_settings=SETTINGS,
+                                      save_path=tmp_path / "seed") as seed, \
+            EnhancedTorrentSession(cfg, peer_id="a-leech", lt_settings=SETTINGS,
+                                   save_path=tmp_path / "leech") as leech:
+        # Public endpoints come from the reflector (BEP 42) and /whoami.
+        assert leech.public_udp == ("127.0.0.1", leech.session.listen_port())
+        if "tcp" in methods:
+            assert leech.public_tcp == ("127.0.0.1", leech.outgoing_port)
+        await seed.add(torrent)
+        t = await leech.add(torrent)
+        rec = await leech.wait_punched(t.infohash, 15)
+        assert rec.method == methods[0]
+        # "a-leech" < "b-seed" and both are open: the leech initiates.
+        assert rec.role == "initiator"
+        assert rec.endpoint is not None and rec.endpoint[0] == "127.0.0.1"
+        await leech.wait_finished(t.infohash, 30)
+        assert sha256_file(tmp_path / "leech" / "data.bin") == sha
+        stats = leech.stats()
+        assert stats["totals"]["connected"] == 1
+        assert stats["totals"]["by_method"] == {methods[0]: 1}
+        assert stats["signaling"]["connected"] is True
+        (ts,) = stats["torrents"]
+        assert ts["progress"] == 1.0 and ts["total_download"] >= 4 << 20
+        # The server sees both in the room, then only the seed after remove.
+        assert len(server.rooms.members(t.infohash)) == 2
+        await leech.remove(t.infohash)
+        assert [p.peer_id for p in server.rooms.members(t.infohash)] == ["b-seed"]
+
+
+async def test_bad_sources_are_clear_errors(server, tmp_path):
+    async with EnhancedTorrentSession(config_for(server), lt_settings=SETTINGS,
+                                      save_path=tmp_path) as s:
+        with pytest.raises(ConfigError, match="not a magnet link"):
+            await s.add("definitely not a torrent")
+        with pytest.raises(ConfigError, match="bad magnet"):
+            await s.add("magnet:?xt=urn:btih:zz")
+        with pytest.raises(ConfigError, match="not a valid .torrent"):
+            await s.add(b"d4:infoi3ee")
+        bad = tmp_path / "bad.torrent"
+        bad.write_bytes(b"garbage")
+        with pytest.raises(ConfigError, match="not a valid .torrent file"):
+            await s.add(bad)
+
+
+async def test_unreachable_signaling_is_reported_and_session_still_works(tmp_path, payload):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on ``port`` any more: connection refused.
+    cfg = Config(signaling_url=f"ws://127.0.0.1:{port}", listen_host="127.0.0.1",
+                 connection_timeout=2.0)
+    async with EnhancedTorrentSession(cfg, lt_settings=SETTINGS, save_path=tmp_path) as s:
+        assert s.signaling_error
+        t = await s.add(payload[0])
+        assert s.stats()["signaling"]["connected"] is False
+        assert t.infohash in s.torrents
