@@ -2,7 +2,7 @@
 
 Run as ``python -m lt_punch.netlab.agent --role seed|leech ...`` (the scenario
 module starts it with ``ip netns exec``). Every line on stdout is one JSON
-event: ``ready``, ``punched``, ``punch-failed``, ``finished``, ``stats``,
+event: ``ready``, ``punched``, ``punch-failed``, ``finished``, ``done`` (data verified on disk), ``stats``,
 ``error``. A seed runs until stdin closes or SIGTERM; a leech exits after its
 download finished (0), or failed / timed out (1).
 """
@@ -73,7 +73,7 @@ async def run(args: argparse.Namespace) -> int:
                 else:
                     elapsed = time.monotonic() - t0
                     digest = sha256_file(Path(args.save) / torrent.handle.status().name)
-                    emit("finished", infohash=torrent.infohash, elapsed=elapsed, sha256=digest)
+                    emit("done", infohash=torrent.infohash, elapsed=elapsed, sha256=digest)
             else:
                 reader = loop.run_in_executor(None, sys.stdin.read)
                 await asyncio.wait(

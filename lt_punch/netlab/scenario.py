@@ -174,8 +174,12 @@ def run_pair(
                     raise LabError(f"punch failed: {punched.get('reason')}")
                 result.method = punched.get("method")
                 result.time_to_connect = punched.get("time_to_connect")
-                finished = read_events(leech, "finished", timeout, result.leech_events)
-                result.transfer_time = finished["t"] - punched["t"]
+                finished = read_events(leech, "done", timeout, result.leech_events)
+                # libtorrent's finish (the session's ``finished`` event), not the
+                # verification that follows it.
+                lt_done = next((e["t"] for e in result.leech_events
+                                if e.get("event") == "finished"), finished["t"])
+                result.transfer_time = lt_done - punched["t"]
                 result.sha_ok = finished.get("sha256") == sha
                 read_events(leech, "stats", 30.0, result.leech_events)
                 result.ok = result.sha_ok
