@@ -20,11 +20,14 @@ from lt_punch.netlab import NatLab, lab_unavailable_reason
 from lt_punch.netlab.scenario import PairResult, run_pair
 
 
-def measure(kinds: tuple[str, str], methods: tuple[str, ...], runs: int, size: int) -> list[PairResult]:
+def measure(
+    kinds: tuple[str, str], methods: tuple[str, ...], runs: int, size: int
+) -> list[PairResult]:
     results = []
     with NatLab({"s": kinds[0], "l": kinds[1]}) as lab:
         for _ in range(runs):
-            r = run_pair(lab, seed_side="s", leech_side="l", size=size, methods=methods, timeout=120)
+            r = run_pair(lab, seed_side="s", leech_side="l", size=size, methods=methods,
+                         timeout=120)
             if not r.ok:
                 print(f"  run failed: {kinds} {methods}: {r.error}", file=sys.stderr)
             results.append(r)
@@ -72,7 +75,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     print(f"\n{args.runs} runs each, {args.size_mb} MB payload, medians")
-    print(f"{'pair':<16}{'method':<8}{'ok':>5}{'connect (s)':>13}{'MB/s':>9}{'vs open TCP':>13}  note")
+    print(f"{'pair':<16}{'method':<8}{'ok':>5}{'connect (s)':>13}{'MB/s':>9}"
+          f"{'vs open TCP':>13}  note")
     for row in rows:
         ttc = row["median_time_to_connect_s"]
         rate = row["median_rate_MBps"]

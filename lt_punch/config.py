@@ -58,6 +58,13 @@ def parse_port(value: str | int, name: str, *, allow_zero: bool = True) -> int:
     return port
 
 
+def parse_ws_url(value: str, name: str) -> str:
+    url = value.strip()
+    if not url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"{name}: expected ws:// or wss:// URL, got {value!r}")
+    return url
+
+
 def parse_hostport(value: str, name: str) -> Address:
     """Parse ``host:port`` (``[v6]:port`` accepted for IPv6 literals)."""
     text = value.strip()
@@ -186,8 +193,10 @@ class Config:
         values: dict[str, Any] = {}
         parsers: dict[str, tuple[str, Any]] = {
             "P2P_SIGNALING_ENABLED": ("signaling_enabled", parse_bool),
-            "P2P_SIGNALING_URL": ("signaling_url", lambda v, n: v.strip()),
-            "P2P_SIGNALING_UDP_PORT": ("signaling_udp_port", parse_port),
+            "P2P_SIGNALING_URL": ("signaling_url", parse_ws_url),
+            "P2P_SIGNALING_UDP_PORT": (
+                "signaling_udp_port", lambda v, n: parse_port(v, n, allow_zero=False)
+            ),
             "P2P_SIGNALING_HOST": ("signaling_host", lambda v, n: v.strip()),
             "P2P_SIGNALING_PORT": ("signaling_port", parse_port),
             "P2P_HOLE_PUNCHING_ENABLED": ("hole_punching_enabled", parse_bool),

@@ -2,9 +2,9 @@
 
 Run as ``python -m lt_punch.netlab.agent --role seed|leech ...`` (the scenario
 module starts it with ``ip netns exec``). Every line on stdout is one JSON
-event: ``ready``, ``punched``, ``punch-failed``, ``finished``, ``done`` (data verified on disk), ``stats``,
-``error``. A seed runs until stdin closes or SIGTERM; a leech exits after its
-download finished (0), or failed / timed out (1).
+event: ``ready``, ``punched``, ``punch-failed``, ``finished``, ``done`` (data
+verified on disk), ``stats``, ``error``. A seed runs until stdin closes or
+SIGTERM; a leech exits after its download finished (0), or failed (1).
 """
 
 from __future__ import annotations

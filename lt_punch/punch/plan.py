@@ -149,10 +149,11 @@ def agreed_methods(initiator: PeerProfile, responder: PeerProfile) -> tuple[str,
 
 def usable(method: str, me: PeerProfile, peer: PeerProfile) -> str | None:
     """None when ``method`` can be tried between us, else why not."""
-    if method == "utp" and peer.udp is None:
-        return "peer has no public UDP endpoint"
-    if method == "tcp" and peer.tcp is None:
-        return "peer has no public TCP endpoint"
+    # Both ends need both endpoints: the initiator dials, the responder opens.
+    if method == "utp" and (peer.udp is None or me.udp is None):
+        return "public UDP endpoint unknown on one side"
+    if method == "tcp" and (peer.tcp is None or me.tcp is None):
+        return "public TCP endpoint unknown on one side"
     if method == "tcp" and "symmetric" in (me.nat, peer.nat):
         # The SYN of the responder goes to the initiator's observed port, which an
         # endpoint-dependent mapping does not reuse for a new destination.
@@ -202,7 +203,11 @@ class PunchMessage:
         if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= 100:
             raise RemoteProtocolError(f"punch message: bad attempt {attempt!r}")
         infohash = data.get("infohash")
-        if not isinstance(infohash, str) or len(infohash) not in (40, 64):
+        if (
+            not isinstance(infohash, str)
+            or len(infohash) not in (40, 64)
+            or any(c not in "0123456789abcdefABCDEF" for c in infohash)
+        ):
             raise RemoteProtocolError(f"punch message: bad infohash {infohash!r}")
         punch_id = data.get("punch_id")
         if not isinstance(punch_id, str) or not 1 <= len(punch_id) <= 64:

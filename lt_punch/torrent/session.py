@@ -276,7 +276,10 @@ class EnhancedTorrentSession:
                 await self._connect_signaling()
             except (SignalingError, LtTimeoutError, OSError) as exc:
                 # Other peer sources keep working; say so once, clearly.
-                self.signaling_error = str(exc) or type(exc).__name__
+                self.signaling_error = (
+                    f"cannot connect to {self.config.signaling_url}: "
+                    f"{str(exc) or type(exc).__name__}"
+                )
                 logger.warning("signaling unavailable (%s): continuing without it",
                                self.signaling_error)
         if self.config.hole_punching_enabled and self.reflector is not None:
@@ -325,17 +328,17 @@ class EnhancedTorrentSession:
         host = socket.gethostbyname(reflector[0])
         reflector = (host, reflector[1])
         self._reflector_ip = reflector
-        self.public_udp = await self._query_reflector(reflector)
+        # TCP first: an unreachable server fails here at once (connection
+        # refused) instead of after the reflector's retries.
+        observed_tcp = await whoami(
+            self.config.signaling_url,
+            local_port=self.outgoing_port,
+            local_host=self.config.listen_host,
+            timeout=3.0,
+        )
         if self.outgoing_port is not None:
-            try:
-                self.public_tcp = await whoami(
-                    self.config.signaling_url,
-                    local_port=self.outgoing_port,
-                    local_host=self.config.listen_host,
-                    timeout=3.0,
-                )
-            except (SignalingError, LtTimeoutError, OSError) as exc:
-                logger.warning("public TCP endpoint unknown: %s", exc)
+            self.public_tcp = observed_tcp
+        self.public_udp = await self._query_reflector(reflector)
         if self.nat_info is None:
             self.nat_info = await self._detect_nat(reflector)
 
@@ -612,6 +615,7 @@ class EnhancedTorrentSession:
         if not methods:
             rec.state = "failed"
             rec.fail("none", 0, "no punch method fits this pair of NATs")
+            await torrent.notify()
             self._emit({"type": "punch-failed", "infohash": torrent.infohash,
                         "peer_id": rec.peer_id, "reason": rec.failures[-1]["reason"]})
             return
@@ -619,6 +623,7 @@ class EnhancedTorrentSession:
         if not await self._until_ready(torrent):
             rec.state = "failed"
             rec.fail(methods[0], 0, "torrent not ready for peers (still checking?)")
+            await torrent.notify()
             return
         for attempt in range(1, self.config.punch_attempts + 1):
             delay = plan.retry_delay(attempt)
@@ -654,6 +659,7 @@ class EnhancedTorrentSession:
         rec.state = "failed"
         self._emit({"type": "punch-failed", "infohash": torrent.infohash,
                     "peer_id": rec.peer_id, "reason": rec.failures[-1]["reason"]})
+        await torrent.notify()
 
     async def _respond(self, peer_id: str, room: str, offer: PunchMessage) -> None:
         assert self.client is not None and self.session is not None
@@ -683,9 +689,13 @@ class EnhancedTorrentSession:
         rec.attempts += 1
         endpoint = _endpoint_for(offer.method, peer)
         if endpoint is None:
-            await self.client.relay(
-                peer_id, room, offer.reply(plan.FAILED, "no endpoint for method").to_data()
-            )
+            rec.state = "failed"
+            rec.fail(offer.method, offer.attempt, "no endpoint for method")
+            await torrent.notify()
+            with contextlib.suppress(SignalingError):
+                await self.client.relay(
+                    peer_id, room, offer.reply(plan.FAILED, "no endpoint for method").to_data()
+                )
             return
         if offer.method == "utp":
             # Open our NAT towards the initiator from libtorrent's UDP socket,
@@ -717,6 +727,7 @@ class EnhancedTorrentSession:
                 rec.state = "failed"
                 self._emit({"type": "punch-failed", "infohash": torrent.infohash,
                             "peer_id": rec.peer_id, "reason": reason})
+                await torrent.notify()
 
     async def _until_ready(self, torrent: Torrent) -> bool:
         """Wait until the torrent accepts peers (a checking torrent rejects them)."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -391,3 +394,39 @@ def test_random_frames_never_break_the_server(
                 assert reply.code in p.ERROR_CODES and reply.code != "internal-error"
             witness.send(p.Ping("w").serialize())
             assert p.parse_message(witness.recv(timeout=WAIT)) == p.Pong("w")
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_serve_runs_until_signal(signum: int) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lt_punch",
+        "signal",
+        "serve",
+        "--port",
+        "0",
+        env={**os.environ, "P2P_SIGNALING_HOST": "127.0.0.1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = (await proc.stdout.readline()).decode()
+        assert line.startswith("signaling server listening on ws://127.0.0.1:"), line
+        url = line.split()[-1]
+        async with SignalingClient(url, "cli-check", timeout=WAIT) as client:
+            assert await client.ping() >= 0
+        proc.send_signal(signum)
+        async with asyncio.timeout(WAIT):
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert b"shutting down" in out
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
