@@ -31,7 +31,7 @@ from websockets.protocol import State
 from ..errors import LocalProtocolError, LtTimeoutError, SignalingError
 from ..types import Address, InfoHash
 from .protocol import (
-    MAX_MESSAGE_SIZE,
+    MAX_SERVER_MESSAGE_SIZE,
     Error,
     Join,
     Joined,
@@ -125,7 +125,7 @@ class SignalingClient:
                 self._ws = await ws_connect(
                     self.url,
                     open_timeout=None,  # the enclosing timeout covers it
-                    max_size=MAX_MESSAGE_SIZE,
+                    max_size=MAX_SERVER_MESSAGE_SIZE,
                     compression=None,
                     close_timeout=self.timeout,
                 )
@@ -147,6 +147,7 @@ class SignalingClient:
     async def close(self) -> None:
         """Close the connection and stop the reader (idempotent)."""
         ws, self._ws = self._ws, None
+        self._finish("closed by us")
         if ws is not None:
             await ws.close()
         if self._reader is not None:

@@ -27,7 +27,9 @@ from ..types import Address, InfoHash, PeerId
 __all__ = [
     "ERROR_CODES",
     "MAX_DATA_SIZE",
+    "MAX_JOINED_PEERS",
     "MAX_MESSAGE_SIZE",
+    "MAX_SERVER_MESSAGE_SIZE",
     "MAX_METADATA_SIZE",
     "PROTOCOL_VERSION",
     "Error",
@@ -48,12 +50,18 @@ __all__ = [
     "Relayed",
     "normalize_infohash",
     "parse_message",
+    "peek_type",
     "validate_peer_id",
 ]
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_SIZE = 64 * 1024
-"""Largest message, in bytes of UTF-8 JSON."""
+"""Largest client-to-server message, in bytes of UTF-8 JSON."""
+MAX_SERVER_MESSAGE_SIZE = 1024 * 1024
+"""Largest server-to-client message (a ``joined`` lists up to :data:`MAX_JOINED_PEERS`
+peers with up to 4 KiB of metadata each)."""
+MAX_JOINED_PEERS = 200
+"""A ``joined`` lists at most this many peers (the most recent joiners)."""
 MAX_METADATA_SIZE = 4 * 1024
 """Largest ``metadata`` object, serialized compactly."""
 MAX_DATA_SIZE = 16 * 1024
@@ -248,6 +256,10 @@ class _Fields:
         value = self._get(name, False)
         if not isinstance(value, list):
             raise self._wrong(name, "an array", value)
+        if len(value) > MAX_JOINED_PEERS:
+            raise MessageError(
+                "too-large", f"{self.type}: more than {MAX_JOINED_PEERS} entries in {name!r}"
+            )
         result = []
         for i, item in enumerate(value):
             if not isinstance(item, dict):
@@ -614,7 +626,7 @@ def peek_type(text: str | bytes) -> str | None:
 
 
 def parse_message(
-    text: str | bytes, *, sent_by: Sender | None = None, max_size: int = MAX_MESSAGE_SIZE
+    text: str | bytes, *, sent_by: Sender | None = None, max_size: int | None = None
 ) -> Message:
     """Parse and validate one message.
 
@@ -623,14 +635,19 @@ def parse_message(
         sent_by: ``"client"`` accepts only client-to-server types, ``"server"`` only
             server-to-client types; ``None`` accepts both (``relay`` is then read as
             :class:`Relayed` when it has a ``from`` field, else as :class:`Relay`).
-        max_size: the size limit in bytes (``too-large`` above it).
+        max_size: the size limit in bytes (``too-large`` above it); by default
+            :data:`MAX_MESSAGE_SIZE` for client-to-server types and
+            :data:`MAX_SERVER_MESSAGE_SIZE` for server-to-client types.
 
     Raises:
         MessageError: with the code and message of the first problem found.
     """
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
-    if size > max_size:
-        raise MessageError("too-large", f"message is {size} bytes, limit {max_size}")
+    limit = max_size
+    if limit is None:
+        limit = MAX_MESSAGE_SIZE if sent_by == "client" else MAX_SERVER_MESSAGE_SIZE
+    if size > limit:
+        raise MessageError("too-large", f"message is {size} bytes, limit {limit}")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -668,6 +685,8 @@ def parse_message(
     if cls is None:
         shown = type_ if len(type_) <= 32 else type_[:29] + "..."
         raise MessageError("unknown-type", f"unknown message type {shown!r}")
+    if max_size is None and cls.SENT_BY == "client" and size > MAX_MESSAGE_SIZE:
+        raise MessageError("too-large", f"message is {size} bytes, limit {MAX_MESSAGE_SIZE}")
     fields = _Fields(type_, obj)
     message: Message = cls._from(fields)
     fields.finish()

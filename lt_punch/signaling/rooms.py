@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import RemoteProtocolError
 from ..types import Address, InfoHash, PeerId
 from .protocol import (
+    MAX_JOINED_PEERS,
     Joined,
     Left,
     Message,
@@ -121,7 +122,10 @@ class Rooms:
         peer = self._require(peer_id)
         members = self._rooms.setdefault(room, {})
         others = [self._peers[p] for p in members if p != peer_id]
-        out: list[Outgoing] = [(peer_id, Joined(room, tuple(o.info() for o in others)))]
+        # The listing is capped (the most recent joiners) to bound the message size;
+        # notifications still go to every member.
+        listed = tuple(o.info() for o in others[-MAX_JOINED_PEERS:])
+        out: list[Outgoing] = [(peer_id, Joined(room, listed))]
         if peer_id in members:
             return out
         members[peer_id] = None

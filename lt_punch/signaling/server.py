@@ -34,6 +34,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..errors import LocalProtocolError
 from ..types import Address
 from .protocol import (
     MAX_MESSAGE_SIZE,
@@ -282,7 +283,11 @@ class SignalingServer:
 
     async def _send_all(self, ws: ServerConnection, out: list[Any]) -> None:
         for target, message in out:
-            text = message.serialize()
+            try:
+                text = message.serialize()
+            except LocalProtocolError:
+                logger.exception("not sending an invalid message to %s", target)
+                continue
             conn = target if isinstance(target, ServerConnection) else self.rooms.conn_of(target)
             if conn is ws:
                 logger.debug("> %s", message)

@@ -456,3 +456,24 @@ def test_core_imports_no_io(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert not imported & {"asyncio", "socket", "websockets", "libtorrent", "selectors"}
+
+
+def test_joined_listing_is_capped_and_fits_the_server_limit() -> None:
+    rooms = Rooms()
+    big = {"pad": "x" * 4000}
+    for i in range(p.MAX_JOINED_PEERS + 2):
+        rooms.register(f"c{i}", PeerId(f"peer{i}"), big, OBS)
+        out = rooms.join(PeerId(f"peer{i}"), IH1)
+    reply = out[0][1]
+    assert isinstance(reply, p.Joined) and len(reply.peers) == p.MAX_JOINED_PEERS
+    assert reply.peers[-1].peer_id == f"peer{p.MAX_JOINED_PEERS}"  # most recent kept
+    assert len(out) == p.MAX_JOINED_PEERS + 2  # but everyone is notified
+    text = reply.serialize()
+    assert len(text) > p.MAX_MESSAGE_SIZE
+    assert p.parse_message(text, sent_by="server") == reply
+
+
+def test_joined_with_too_many_peers_is_rejected() -> None:
+    peers = [{"peer_id": f"p{i}", "metadata": {}} for i in range(p.MAX_JOINED_PEERS + 1)]
+    with pytest.raises(p.MessageError, match="more than 200 entries"):
+        p.parse_message(_msg(type="joined", room=IH1, peers=peers))
