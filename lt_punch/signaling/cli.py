@@ -37,14 +37,17 @@ def signal_group() -> None:
 )
 @click.option(
     "--dht-port",
+    envvar="P2P_SIGNALING_UDP_PORT",
     type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="UDP port of the DHT endpoint reflector (0: any free port).",
+    default=None,
+    help="UDP port of the DHT endpoint reflector (default: the same number as --port, "
+    "which is where clients look for it; 0: any free port).",
 )
 @click.option("--no-dht", is_flag=True, help="Do not run the DHT endpoint reflector.")
-def serve_command(host: str, port: int, dht_port: int, no_dht: bool) -> None:
+def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool) -> None:
     """Serve signaling (websocket + HTTP) until SIGINT or SIGTERM."""
+    if dht_port is None:
+        dht_port = port
     asyncio.run(_serve(host, port, None if no_dht else dht_port))
 
 
