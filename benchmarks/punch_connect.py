@@ -13,24 +13,50 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
 from lt_punch.netlab import NatLab, lab_unavailable_reason
 from lt_punch.netlab.scenario import PairResult, run_pair
 
+CONFIGS: list[tuple[tuple[str, str], tuple[str, ...], str]] = [
+    (("open", "open"), ("tcp",), "baseline: direct TCP, no NAT"),
+    (("port", "port"), ("utp",), "uTP punch"),
+    (("port", "port"), ("tcp",), "TCP simultaneous open"),
+    (("full", "symmetric"), ("utp",), "uTP punch, symmetric initiates"),
+]
+
+
+def row_name(kinds: tuple[str, str], methods: tuple[str, ...]) -> str:
+    return f"{'/'.join(kinds)}/{'+'.join(methods)}"
+
 
 def measure(
-    kinds: tuple[str, str], methods: tuple[str, ...], runs: int, size: int
-) -> list[PairResult]:
-    results = []
-    with NatLab({"s": kinds[0], "l": kinds[1]}) as lab:
+    configs: list[tuple[tuple[str, str], tuple[str, ...], str]], runs: int, size: int,
+    tmp_root: str | None,
+) -> list[list[PairResult]]:
+    """Run every config ``runs`` times in one lab, interleaved run by run.
+
+    Interleaving spreads slow drift of the machine (page cache, other load) over all
+    rows alike, so the ratios against the baseline compare like with like.
+    """
+    sides: dict[str, str] = {}
+    pairs = []
+    for i, (kinds, _, _) in enumerate(configs):
+        seed, leech = f"s{i}", f"l{i}"
+        sides[seed], sides[leech] = kinds
+        pairs.append((seed, leech))
+    results: list[list[PairResult]] = [[] for _ in configs]
+    with NatLab(sides) as lab:
         for _ in range(runs):
-            r = run_pair(lab, seed_side="s", leech_side="l", size=size, methods=methods,
-                         timeout=120)
-            if not r.ok:
-                print(f"  run failed: {kinds} {methods}: {r.error}", file=sys.stderr)
-            results.append(r)
+            for i, (kinds, methods, _) in enumerate(configs):
+                seed, leech = pairs[i]
+                r = run_pair(lab, seed_side=seed, leech_side=leech, size=size,
+                             methods=methods, timeout=120, tmp_root=tmp_root)
+                if not r.ok:
+                    print(f"  run failed: {kinds} {methods}: {r.error}", file=sys.stderr)
+                results[i].append(r)
     return results
 
 
@@ -43,22 +69,28 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size-mb", type=int, default=50)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--tmp", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                        help="directory for payloads and downloads (default: /dev/shm, so "
+                        "that disk writeback does not blur the network path)")
+    parser.add_argument("--only", action="append", default=[], metavar="PAIR/METHOD",
+                        help="run only these rows besides the baseline, e.g. port/port/tcp")
     args = parser.parse_args()
     reason = lab_unavailable_reason()
     if reason:
         print(f"lab unavailable: {reason}", file=sys.stderr)
         return 2
     size = args.size_mb << 20
-    configs = [
-        (("open", "open"), ("tcp",), "baseline: direct TCP, no NAT"),
-        (("port", "port"), ("utp",), "uTP punch"),
-        (("port", "port"), ("tcp",), "TCP simultaneous open"),
-        (("full", "symmetric"), ("utp",), "uTP punch, symmetric initiates"),
-    ]
+    configs = CONFIGS
+    if args.only:
+        known = {row_name(k, m) for k, m, _ in configs}
+        unknown = set(args.only) - known
+        if unknown:
+            parser.error(f"unknown row(s) {sorted(unknown)}; choose from {sorted(known)}")
+        configs = configs[:1] + [c for c in configs[1:] if row_name(c[0], c[1]) in args.only]
     rows = []
     baseline_rate = None
-    for kinds, methods, label in configs:
-        results = measure(kinds, methods, args.runs, size)
+    measured = measure(configs, args.runs, size, args.tmp)
+    for (kinds, methods, label), results in zip(configs, measured, strict=True):
         ok = [r for r in results if r.ok]
         ttc = median([r.time_to_connect for r in ok if r.time_to_connect is not None])
         rate = median([r.rate for r in ok if r.rate])

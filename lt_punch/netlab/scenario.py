@@ -133,17 +133,18 @@ def run_pair(
     methods: tuple[str, ...] = ("utp", "tcp"),
     timeout: float = 90.0,
     connection_timeout: float = 10.0,
-    workdir: Path | None = None,
+    tmp_root: str | None = None,
 ) -> PairResult:
     """Seed on ``seed_side``, download on ``leech_side``; the lab must be open.
 
-    Starts coturn and the signaling server when not already running in ``lab``.
+    Starts coturn and the signaling server when not already running in ``lab``. The
+    payload and the download live in a fresh temporary directory under ``tmp_root``
+    (the system's default when None), removed at the end.
     """
     kinds = (lab.host(seed_side).kind, lab.host(leech_side).kind)
     result = PairResult(kinds, methods, size)
-    tmp = tempfile.TemporaryDirectory(prefix="ltp-pair-") if workdir is None else None
-    base = Path(tmp.name) if tmp is not None else workdir
-    assert base is not None
+    tmp = tempfile.TemporaryDirectory(prefix="ltp-pair-", dir=tmp_root)
+    base = Path(tmp.name)
     try:
         stun = getattr(lab, "_ltp_stun", None) or lab.start_stun()
         lab._ltp_stun = stun  # type: ignore[attr-defined]
@@ -196,6 +197,5 @@ def run_pair(
                 pass
             lab.stop(seed)
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        tmp.cleanup()
     return result
