@@ -333,14 +333,14 @@ class P2PCoordinator:
         """Our NAT description (:meth:`NATInfo.to_dict`) plus ``public_endpoints``.
 
         When the session learnt nothing (signaling disabled) and STUN servers are
-        configured, runs STUN detection once.
+        configured, runs STUN discovery once.
         """
         session = self.session
         info = session.nat_info
         if info is None and self.config.stun_servers:
-            from .nat.detect import detect_nat
+            from .nat.discover import discover_nat
 
-            info = await detect_nat(self.config.stun_servers)
+            info = await discover_nat(self.config.stun_servers)
             # The profile shown to room peers reads it from here.
             session.nat_info = info
         if info is None:

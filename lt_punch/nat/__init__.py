@@ -1,8 +1,9 @@
-"""NAT discovery: a sans-I/O STUN codec, a small STUN server, and NAT type detection.
+"""NAT discovery: a sans-I/O STUN codec, a small STUN server, and RFC 5780 discovery.
 
-``stun`` (codec) and ``info`` (NATInfo) do no I/O; ``server`` and ``detect`` are the
+``stun`` (codec) and ``info`` (NATInfo) do no I/O; ``server`` and ``discover`` are the
 asyncio shells. Names are imported lazily so that ``import lt_punch.nat.stun`` pulls
-in no asyncio, socket or pystun3. Nothing here imports libtorrent.
+in no asyncio or sockets. Nothing here imports libtorrent. (pystun3, the classic
+RFC 3489 client, is the lab's independent reference: :mod:`lt_punch.netlab.probe`.)
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ _LAZY = {
     "StunResponder": "server",
     "StunServer": "server",
     "StunMessage": "stun",
-    "classify_local": "detect",
-    "detect_nat": "detect",
-    "route_local_ip": "detect",
+    "NATTest": "info",
+    "Retransmission": "discover",
+    "classify_local": "discover",
+    "discover_nat": "discover",
+    "route_local_ip": "discover",
 }
 
 

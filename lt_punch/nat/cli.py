@@ -1,4 +1,4 @@
-"""``lt-punch nat``: detect the NAT in front of this host (no libtorrent needed).
+"""``lt-punch nat``: discover the NAT in front of this host (no libtorrent needed).
 
 Servers come from ``--stun host:port`` (repeatable), else from ``P2P_STUN_SERVERS``
 (comma-separated): command line > environment. Without any server the command
@@ -16,12 +16,13 @@ import click
 from ..config import parse_hostport, parse_hostports
 from ..errors import ConfigError
 from ..types import Address
-from .detect import detect_nat
+from .discover import Retransmission, discover_nat
 from .info import NATInfo
 
 _NO_SERVER = (
     "no STUN server configured: pass --stun host:port or set P2P_STUN_SERVERS "
-    "(the server must honour CHANGE-REQUEST, e.g. coturn with two --listening-ip)"
+    "(one server that honours CHANGE-REQUEST, e.g. coturn with two --listening-ip, "
+    "or two ordinary servers)"
 )
 
 
@@ -42,20 +43,36 @@ def _endpoint(ip: str | None, port: int | None) -> str:
 
 
 def format_table(info: NATInfo) -> str:
-    """The human-readable report."""
+    """The human-readable report: the verdict, then each test with its duration."""
     server = _endpoint(*info.stun_server) if info.stun_server else "-"
+    allocation = info.allocation or "-"
+    if info.port_delta is not None:
+        allocation += f" (step {info.port_delta:+d})"
     rows = [
-        ("NAT type", info.nat_type),
-        ("classic name", info.classic_name),
+        ("NAT type", f"{info.nat_type} ({info.classic_name})"),
+        ("mapping", info.mapping or "-"),
+        ("filtering", info.filtering or "-"),
+        ("port allocation", allocation),
         ("public endpoint", _endpoint(info.public_ip, info.public_port)),
         ("local endpoint", _endpoint(info.local_ip, info.local_port)),
         ("STUN server", server),
+        ("confidence", f"{info.confidence:.2f}"),
         ("duration", f"{info.duration:.3f} s"),
     ]
     if info.error:
         rows.append(("error", info.error))
+    rows += [(f"not known: {test}", reason) for test, reason in info.skipped]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    if info.tests:
+        lines.append("")
+        lines.append("tests:")
+        name_width = max(len(t.name) for t in info.tests)
+        lines += [
+            f"  {t.name:<{name_width}}  {t.duration * 1000:7.1f} ms  {t.server:<21}  {t.outcome}"
+            for t in info.tests
+        ]
+    return "\n".join(lines)
 
 
 @click.command("nat")
@@ -68,11 +85,18 @@ def format_table(info: NATInfo) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
-    "--timeout",
+    "--rto",
     type=click.FloatRange(min=0.001),
-    default=0.5,
+    default=Retransmission.rto,
     show_default=True,
-    help="Seconds to wait for each STUN answer.",
+    help="Seconds before a STUN request is first re-sent (then doubling).",
+)
+@click.option(
+    "--sends",
+    type=click.IntRange(min=1, max=10),
+    default=Retransmission.count,
+    show_default=True,
+    help="Sends of each STUN request before it counts as unanswered.",
 )
 @click.option(
     "--overall-timeout",
@@ -82,13 +106,16 @@ def format_table(info: NATInfo) -> str:
     help="Seconds for the whole detection.",
 )
 def nat_command(
-    stun: tuple[str, ...], as_json: bool, timeout: float, overall_timeout: float
+    stun: tuple[str, ...], as_json: bool, rto: float, sends: int, overall_timeout: float
 ) -> None:
-    """Detect the NAT type and public endpoint with RFC 3489 STUN tests."""
+    """Discover the NAT's mapping and filtering behaviour (RFC 5780) and its classic type."""
     servers = _servers(stun)
     if not servers:
         raise click.UsageError(_NO_SERVER)
-    info = asyncio.run(detect_nat(servers, timeout=timeout, overall_timeout=overall_timeout))
+    schedule = Retransmission(rto=rto, count=sends)
+    info = asyncio.run(
+        discover_nat(servers, retransmission=schedule, overall_timeout=overall_timeout)
+    )
     if as_json:
         click.echo(json.dumps(info.to_dict(), indent=2))
     else:

@@ -67,6 +67,20 @@ def from_pystun(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class NATTest:
+    """One STUN test that discovery ran."""
+
+    name: str
+    """What it tests, e.g. ``binding``, ``mapping-other-address``, ``filtering-change-port``."""
+    server: str
+    """``host:port`` the request went to."""
+    duration: float
+    """Seconds from the first send to the answer (or to giving up)."""
+    outcome: str
+    """``mapped IP:PORT from IP:PORT``, ``no answer``, ``error ...``."""
+
+
+@dataclass(frozen=True)
 class NATInfo:
     """Result of NAT discovery."""
 
@@ -96,6 +110,34 @@ class NATInfo:
 
     source: str = "stun"
     """Where the information came from: ``"stun"``, ``"signaling"``, ``"local"``..."""
+
+    mapping: str | None = None
+    """RFC 4787 mapping behaviour: ``no-nat``, ``endpoint-independent``,
+    ``address-dependent``, ``address-and-port-dependent``, ``endpoint-dependent`` (one
+    of the last two, not told apart) or ``unknown``; None when not measured."""
+
+    filtering: str | None = None
+    """RFC 4787 filtering behaviour: ``endpoint-independent``, ``address-dependent``,
+    ``address-and-port-dependent`` or ``unknown``; None when not measured."""
+
+    port_preserved: bool | None = None
+    """The public port equals the local port."""
+
+    allocation: str | None = None
+    """How the NAT picks public ports: ``preserved`` / ``stable`` (one mapping for every
+    destination), ``sequential`` (new flows get ``port_delta`` more) or ``random``."""
+
+    port_delta: int | None = None
+    """Step between consecutive new mappings when ``allocation`` is ``sequential``."""
+
+    confidence: float = 1.0
+    """0..1: 1 when every test ran; lower for each test that could not run."""
+
+    tests: tuple[NATTest, ...] = ()
+    """The tests that ran, in the order they finished."""
+
+    skipped: tuple[tuple[str, str], ...] = ()
+    """``(test, reason)`` for the tests that could not run or were inconclusive."""
 
     def __post_init__(self) -> None:
         if self.nat_type not in NAT_TYPES:
@@ -131,6 +173,8 @@ class NATInfo:
         data = asdict(self)
         data["stun_server"] = list(self.stun_server) if self.stun_server else None
         data["classic_name"] = self.classic_name
+        data["tests"] = [asdict(test) for test in self.tests]
+        data["skipped"] = [{"test": test, "reason": reason} for test, reason in self.skipped]
         return data
 
     def __str__(self) -> str:
@@ -139,4 +183,4 @@ class NATInfo:
         return f"{text} error: {self.error}" if self.error else text
 
 
-__all__ = ["CLASSIC_NAMES", "NATInfo", "NAT_TYPES", "PYSTUN_TYPES", "from_pystun"]
+__all__ = ["CLASSIC_NAMES", "NATInfo", "NATTest", "NAT_TYPES", "PYSTUN_TYPES", "from_pystun"]

@@ -30,6 +30,7 @@ from types import TracebackType
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..types import Address
 from .stun import (
+    ChangeRequest,
     MessageClass,
     Method,
     StunMessage,
@@ -68,11 +69,20 @@ class StunResponder:
         addresses: the bound address of every slot of the grid; ``(0, 0)`` is the
             primary, ``(1, p)`` the alternate host, ``(h, 1)`` the alternate port.
         software: SOFTWARE attribute to send, or None.
+        ignore_change_request: answer every request from the socket it arrived on, as
+            many public servers do (for testing clients against them).
     """
 
-    def __init__(self, addresses: dict[Slot, Address], software: str | None = None) -> None:
+    def __init__(
+        self,
+        addresses: dict[Slot, Address],
+        software: str | None = None,
+        *,
+        ignore_change_request: bool = False,
+    ) -> None:
         self.addresses = dict(addresses)
         self.software = software
+        self.ignore_change_request = ignore_change_request
         self.stats = ServerStats()
         self._has_alt_host = any(h == 1 for h, _ in self.addresses)
         self._has_alt_port = any(p == 1 for _, p in self.addresses)
@@ -114,6 +124,8 @@ class StunResponder:
         self, request: StunMessage, source: Address, slot: Slot
     ) -> tuple[bytes, Slot] | None:
         change = request.change_request
+        if self.ignore_change_request:
+            change = ChangeRequest()
         host_index, port_index = slot
         target = (host_index ^ int(change.change_ip), port_index ^ int(change.change_port))
         if target not in self.addresses:
@@ -161,6 +173,8 @@ class StunServer:
         alternate_port: a second port on each host (0 picks a free one), or None.
         alternate_host: a second IP address of this host (e.g. ``127.0.0.2``), or None.
         software: SOFTWARE attribute sent in answers, or None.
+        ignore_change_request: answer from the receiving socket whatever CHANGE-REQUEST
+            asks (OTHER-ADDRESS is still sent): a server half-supporting RFC 5780.
 
     Use ``async with StunServer(("127.0.0.1", 0), alternate_port=0) as server:``;
     ``server.address`` is the bound primary address.
@@ -173,8 +187,10 @@ class StunServer:
         alternate_host: str | None = None,
         *,
         software: str | None = "lt_punch",
+        ignore_change_request: bool = False,
     ) -> None:
         self._primary = primary
+        self._ignore_change_request = ignore_change_request
         self._alternate_port = alternate_port
         self._alternate_host = alternate_host
         self._software = software
@@ -241,7 +257,9 @@ class StunServer:
             for port_index, p in enumerate(ports):
                 slot = (1, port_index)
                 addresses[slot] = await self._bind(slot, self._alternate_host, p)
-        self._responder = StunResponder(addresses, software=self._software)
+        self._responder = StunResponder(
+            addresses, software=self._software, ignore_change_request=self._ignore_change_request
+        )
         logger.info("STUN server on %s", sorted(addresses.values()))
 
     async def _bind(self, slot: Slot, host: str, port: int) -> Address:
@@ -289,4 +307,43 @@ class StunServer:
         await self.close()
 
 
-__all__ = ["ServerStats", "StunResponder", "StunServer"]
+async def serve(
+    host: str, port: int, alternate_host: str | None, alternate_port: int | None,
+    ignore_change_request: bool,
+) -> None:
+    """Run a server until cancelled; prints one ``STUN server listening on ...`` line."""
+    server = StunServer(
+        (host, port), alternate_port, alternate_host,
+        ignore_change_request=ignore_change_request,
+    )
+    async with server:
+        addresses = " ".join(f"{h}:{p}" for h, p in sorted(server.addresses.values()))
+        print(f"STUN server listening on {addresses}", flush=True)  # noqa: T201
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lt_punch.nat.server``: the responder as a process (the NAT lab uses it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="STUN Binding responder (RFC 5780 subset)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3478)
+    parser.add_argument("--alternate-host")
+    parser.add_argument("--alternate-port", type=int)
+    parser.add_argument("--ignore-change-request", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve(args.host, args.port, args.alternate_host, args.alternate_port,
+                          args.ignore_change_request))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        parser.exit(1, f"cannot start the STUN server: {exc}\n")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["ServerStats", "StunResponder", "StunServer", "serve"]

@@ -6,6 +6,8 @@ Subcommands (each prints one JSON line on stdout):
   to every target until each has answered; exit 1 when the deadline passes first.
 * ``classify --bind IP --server IP [--port N] [--timeout S]`` - pystun3's RFC 3489
   classification from a socket bound to the given (real, not wildcard) address.
+* ``discover --count N IP:PORT...`` - :func:`lt_punch.nat.discover.discover_nat` N times
+  in a row, one JSON line (``NATInfo.to_dict()``) per run.
 * ``udp-recv --bind IP --port N --duration S [--idle S]`` - count datagrams received.
 * ``udp-send --to IP:PORT --count N [--bind IP --port N] [--interval S]`` - send datagrams.
 
@@ -125,6 +127,21 @@ def udp_send(to: tuple[str, int], count: int, bind: str, port: int, interval: fl
     return 0
 
 
+def discover(servers: list[tuple[str, int]], count: int) -> int:
+    """Run NAT discovery ``count`` times; one JSON line each."""
+    import asyncio
+
+    from lt_punch.nat.discover import discover_nat
+
+    async def run() -> None:
+        for _ in range(count):
+            info = await discover_nat(servers)
+            _emit(info.to_dict())
+
+    asyncio.run(run())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m lt_punch.netlab.probe``."""
     parser = argparse.ArgumentParser(prog="lt_punch.netlab.probe")
@@ -137,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--server", required=True)
     p.add_argument("--port", type=int, default=3478)
     p.add_argument("--timeout", type=float, default=0.3)
+    p = sub.add_parser("discover")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("servers", nargs="+", type=_endpoint)
     p = sub.add_parser("udp-recv")
     p.add_argument("--bind", default="0.0.0.0")
     p.add_argument("--port", type=int, required=True)
@@ -153,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stun_wait(args.targets, args.timeout)
     if args.cmd == "classify":
         return classify(args.bind, args.server, args.port, args.timeout)
+    if args.cmd == "discover":
+        return discover(args.servers, args.count)
     if args.cmd == "udp-recv":
         return udp_recv(args.bind, args.port, args.duration, args.idle)
     return udp_send(args.to, args.count, args.bind, args.port, args.interval)

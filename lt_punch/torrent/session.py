@@ -365,11 +365,12 @@ class EnhancedTorrentSession:
     async def _detect_nat(self, reflector: Address) -> NATInfo:
         local_ip = _local_ip_towards(*reflector)
         if self.config.stun_servers:
-            from ..nat.detect import detect_nat
+            from ..nat.discover import discover_nat
 
-            info = await detect_nat(self.config.stun_servers, local_ip=local_ip)
-            if info.nat_type != "unknown" or info.error is None:
+            info = await discover_nat(self.config.stun_servers, local_ip=local_ip)
+            if info.public_endpoint is not None:
                 return info
+            logger.warning("STUN discovery failed (%s); asking the reflector", info.error)
         # Without STUN: the reflector tells whether our address is public.
         nat_type = "unknown"
         if self.public_udp is not None and self.public_udp[0] == local_ip:
