@@ -14,7 +14,7 @@ signaling is enabled and no server URL is configured, then the
 ``connect_peer`` injection). Peers known out of band (no signaling) are added with
 :meth:`~P2PCoordinator.register_peer` and dialled directly.
 
-:func:`recommend_strategy` is the pure rule behind
+:func:`~lt_punch.punch.strategy.recommend_strategy` is the pure rule behind
 :meth:`~P2PCoordinator.get_recommended_strategy` (no I/O; same answer on both ends).
 """
 
@@ -31,8 +31,8 @@ from typing import Any
 
 from .config import Config
 from .errors import ConfigError, LtPunchError, LtTimeoutError, PunchError
-from .nat.info import NAT_TYPES, NATInfo
-from .punch.plan import NAT_RANK
+from .nat.info import NATInfo
+from .punch.strategy import STRATEGY_METHODS, recommend_strategy
 from .signaling.protocol import MessageError, validate_peer_id
 from .signaling.server import SignalingServer
 from .torrent.session import EnhancedTorrentSession, PunchRecord, Torrent
@@ -41,109 +41,6 @@ from .types import Address
 logger = logging.getLogger(__name__)
 
 __all__ = ["STRATEGY_METHODS", "P2PCoordinator", "RegisteredPeer", "recommend_strategy"]
-
-# --- strategy: pure rules ------------------------------------------------------------------
-
-STRATEGY_METHODS = ("direct", "utp-punch", "tcp-simultaneous-open", "relay")
-"""Every method a strategy may list, in the order they are tried."""
-
-# Endpoint-independent filtering towards the ports of a host we have sent to
-# (RFC 4787 §5): a symmetric initiator's packets come from a port the responder has
-# not seen, so only these responders let them in.
-_ADDRESS_FILTERING = frozenset({"open", "full", "restricted"})
-
-
-def _nat_name(value: str | None, what: str) -> str:
-    if value is None:
-        return "unknown"
-    if value not in NAT_RANK:
-        raise ConfigError(f"{what}: unknown NAT type {value!r} (known: {', '.join(NAT_TYPES)})")
-    return value
-
-
-def recommend_strategy(ours: str | None, peer: str | None) -> dict[str, Any]:
-    """How two hosts behind NATs ``ours`` and ``peer`` can connect. Pure; no I/O.
-
-    The roles follow :mod:`lt_punch.punch.plan`: the side behind the harder NAT
-    (:data:`~lt_punch.punch.plan.NAT_RANK`) initiates; on a tie the peer ids decide
-    (``"either"`` here). ``unknown`` counts as a port-restricted cone and
-    ``symmetric-firewall`` (public address, filtered) behaves like one.
-
-    * ``direct``: the responder is ``open``: a plain ``connect_peer`` reaches it.
-    * ``utp-punch``: the responder's mapping is endpoint-independent (not symmetric),
-      so the public UDP endpoint the reflector saw is the one the initiator must dial;
-      a symmetric initiator also needs the responder to filter by address only
-      (``open``/``full``/``restricted``), as its packets come from a new port.
-      Nobody may be ``blocked`` (no UDP).
-    * ``tcp-simultaneous-open``: neither side symmetric (the peer cannot know the
-      port of a new TCP mapping) nor blocked (nothing measured).
-    * ``relay``: always possible with a TURN server; always last.
-
-    Args:
-        ours: our NAT type (None: ``unknown``).
-        peer: the peer's NAT type (None: ``unknown``).
-
-    Returns:
-        ``{"nat", "peer_nat", "methods", "difficulty", "initiator", "excluded"}``;
-        ``excluded`` maps each method left out to the reason. ``difficulty`` is
-        ``easy`` (direct works), ``medium`` (punching with a choice of methods),
-        ``hard`` (one punch method, through a symmetric NAT) or
-        ``impossible-without-relay``.
-
-    Raises:
-        ConfigError: a NAT type is not one of :data:`~lt_punch.nat.info.NAT_TYPES`.
-    """
-    a, b = _nat_name(ours, "nat"), _nat_name(peer, "peer_nat")
-    ra, rb = NAT_RANK[a], NAT_RANK[b]
-    initiator, responder = (a, b) if ra >= rb else (b, a)
-    pair = {a, b}
-    excluded: dict[str, str] = {}
-    methods: list[str] = []
-
-    if responder == "open":
-        methods.append("direct")
-    else:
-        excluded["direct"] = "neither side accepts unsolicited connections"
-
-    if "blocked" in pair:
-        excluded["utp-punch"] = "UDP is blocked"
-    elif responder == "symmetric":
-        excluded["utp-punch"] = "both sides have endpoint-dependent (symmetric) mappings"
-    elif initiator == "symmetric" and responder not in _ADDRESS_FILTERING:
-        excluded["utp-punch"] = (
-            f"a symmetric initiator's new port is filtered by the {responder} side"
-        )
-    else:
-        methods.append("utp-punch")
-
-    if "symmetric" in pair:
-        excluded["tcp-simultaneous-open"] = "cannot cross a symmetric NAT without prediction"
-    elif "blocked" in pair:
-        excluded["tcp-simultaneous-open"] = "nothing measured behind a blocked side"
-    else:
-        methods.append("tcp-simultaneous-open")
-
-    methods.append("relay")
-    punches = [m for m in methods if m in ("utp-punch", "tcp-simultaneous-open")]
-    if "direct" in methods:
-        difficulty = "easy"
-    elif not punches:
-        difficulty = "impossible-without-relay"
-    elif "symmetric" in pair or len(punches) == 1:
-        difficulty = "hard"
-    else:
-        difficulty = "medium"
-    return {
-        "nat": a,
-        "peer_nat": b,
-        "methods": methods,
-        "difficulty": difficulty,
-        "initiator": "either" if ra == rb else ("us" if ra > rb else "peer"),
-        "excluded": excluded,
-    }
-
-
-# --- out-of-band peers ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -330,7 +227,8 @@ class P2PCoordinator:
     # -- NAT and strategy --------------------------------------------------------------------
 
     async def get_nat_info(self) -> dict[str, Any]:
-        """Our NAT description (:meth:`NATInfo.to_dict`) plus ``public_endpoints``.
+        """Our NAT description (:meth:`NATInfo.to_dict`) plus ``public_endpoints`` and
+        ``port_mappings`` (libtorrent's UPnP / NAT-PMP results, when those are enabled).
 
         When the session learnt nothing (signaling disabled) and STUN servers are
         configured, runs STUN discovery once.
@@ -351,12 +249,17 @@ class P2PCoordinator:
             "udp": list(session.public_udp) if session.public_udp else None,
             "tcp": list(session.public_tcp) if session.public_tcp else None,
         }
+        data["port_mappings"] = list(session.port_mappings.values())
         return data
 
-    def get_recommended_strategy(self, peer_nat: str | None = None) -> dict[str, Any]:
-        """:func:`recommend_strategy` for our NAT and ``peer_nat`` (None: unknown)."""
+    def get_recommended_strategy(
+        self, peer_nat: NATInfo | Mapping[str, Any] | str | None = None
+    ) -> dict[str, Any]:
+        """:func:`recommend_strategy` for our NAT (alone when ``peer_nat`` is None: the
+        peer's NAT is then unknown) or for the pair with ``peer_nat`` (a NAT type, or
+        the summary a peer sends in its signaling metadata)."""
         info = self._session.nat_info if self._session is not None else self._nat_info
-        return recommend_strategy(info.nat_type if info else None, peer_nat)
+        return recommend_strategy(info, peer_nat)
 
     # -- peers -------------------------------------------------------------------------------
 

@@ -72,6 +72,10 @@ async def run(args: argparse.Namespace) -> int:
                     code = 1
                 else:
                     elapsed = time.monotonic() - t0
+                    # A small torrent can finish before the punch is reported: give the
+                    # punch its outcome (punched / punch-failed) before saying done.
+                    with contextlib.suppress(LtPunchError):
+                        await session.wait_punched(torrent.infohash, args.connection_timeout)
                     digest = sha256_file(Path(args.save) / torrent.handle.status().name)
                     emit("done", infohash=torrent.infohash, elapsed=elapsed, sha256=digest)
             else:

@@ -313,8 +313,9 @@ def router_ruleset(
         "\t\tct state invalid drop",
         f'\t\tiifname "{lan_if}" oifname "{wan_if}" accept',
     ]
-    if dnat:
-        lines.append(f'\t\tiifname "{wan_if}" oifname "{lan_if}" ct status dnat accept')
+    # Inbound flows the prerouting chain DNATed: the EIF/ADF rules above, or a port
+    # mapping the host asked for (NAT-PMP, :mod:`lt_punch.netlab.natpmp`).
+    lines.append(f'\t\tiifname "{wan_if}" oifname "{lan_if}" ct status dnat accept')
     lines += [
         "\t}",
         "\tchain input {",

@@ -44,8 +44,8 @@ class PairResult:
     @property
     def rate(self) -> float | None:
         """Payload bytes per second from the first connection to the finish."""
-        if not self.transfer_time:
-            return None
+        if not self.transfer_time or self.transfer_time <= 0:
+            return None  # finished before the punch was reported (a tiny torrent)
         return self.size / self.transfer_time
 
     def leech_stats(self) -> dict[str, Any] | None:
@@ -60,8 +60,14 @@ def read_events(
     proc: subprocess.Popen[str], until: str | tuple[str, ...], timeout: float,
     sink: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Read JSON lines from ``proc`` into ``sink`` until an event named in ``until``."""
+    """The first event named in ``until``: from ``sink`` when already read, else read on.
+
+    Every JSON line read from ``proc`` is appended to ``sink``.
+    """
     names = (until,) if isinstance(until, str) else until
+    for ev in sink:  # already read while waiting for another event
+        if ev.get("event") in names:
+            return dict(ev)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:

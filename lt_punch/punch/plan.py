@@ -77,6 +77,9 @@ class PeerProfile:
     udp: Address | None = None
     tcp: Address | None = None
     methods: tuple[str, ...] = METHODS
+    nat_summary: Mapping[str, Any] | None = None
+    """Discovery's verdict in short (:data:`SUMMARY_FIELDS`), so that both ends of a pair
+    compute the same strategy (:func:`lt_punch.punch.strategy.recommend_strategy`)."""
 
     def to_metadata(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class PeerProfile:
             "udp": list(self.udp) if self.udp else None,
             "tcp": list(self.tcp) if self.tcp else None,
             "methods": list(self.methods),
+            "nat_summary": dict(self.nat_summary) if self.nat_summary is not None else None,
             "agent": "lt_punch",
         }
 
@@ -107,10 +111,50 @@ class PeerProfile:
             udp=parse_endpoint(metadata.get("udp"), f"peer {peer_id}: udp"),
             tcp=parse_endpoint(metadata.get("tcp"), f"peer {peer_id}: tcp"),
             methods=methods,
+            nat_summary=parse_summary(metadata.get("nat_summary"), f"peer {peer_id}"),
         )
 
     def is_lt_punch(self) -> bool:
         return self.udp is not None or self.tcp is not None
+
+
+SUMMARY_FIELDS: dict[str, frozenset[str] | None] = {
+    "nat_type": frozenset(NAT_RANK),
+    "mapping": frozenset({"no-nat", "endpoint-independent", "address-dependent",
+                          "address-and-port-dependent", "endpoint-dependent", "unknown"}),
+    "filtering": frozenset({"endpoint-independent", "address-dependent",
+                            "address-and-port-dependent", "unknown"}),
+    "allocation": frozenset({"preserved", "stable", "sequential", "random"}),
+    "port_delta": None,  # an int
+}
+"""The NAT summary a peer publishes: field -> allowed values (None values always allowed)."""
+
+
+def summarize(info: Any) -> dict[str, Any]:
+    """The summary of a :class:`~lt_punch.nat.info.NATInfo` (its public fields by name)."""
+    return {name: getattr(info, name, None) for name in SUMMARY_FIELDS}
+
+
+def parse_summary(value: Any, what: str) -> dict[str, Any] | None:
+    """Validate a peer's ``nat_summary``; None stays None. Unknown keys are dropped."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise RemoteProtocolError(f"{what}: nat_summary is not an object")
+    summary: dict[str, Any] = {}
+    for name, allowed in SUMMARY_FIELDS.items():
+        item = value.get(name)
+        if item is None:
+            summary[name] = None
+        elif allowed is None:
+            if not isinstance(item, int) or isinstance(item, bool) or not -65535 <= item <= 65535:
+                raise RemoteProtocolError(f"{what}: nat_summary.{name}: bad value {item!r}")
+            summary[name] = item
+        elif not isinstance(item, str) or item not in allowed:
+            raise RemoteProtocolError(f"{what}: nat_summary.{name}: bad value {item!r}")
+        else:
+            summary[name] = item
+    return summary
 
 
 def parse_endpoint(value: Any, what: str) -> Address | None:
@@ -147,6 +191,16 @@ def agreed_methods(initiator: PeerProfile, responder: PeerProfile) -> tuple[str,
     return tuple(m for m in initiator.methods if m in responder.methods)
 
 
+FULL_CONE_TCP_RACE = (
+    "tcp simultaneous open between two full-cone NATs races: whichever SYN comes first "
+    "is let in to a host that has no socket for it yet and is answered with RST"
+)
+"""Measured in the lab (0 of 5 runs, benchmarks/pair_matrix.py). With one full-cone side
+the order of the dials avoids it: the responder (the easier NAT, so the full cone) sends
+its SYN first, which the other NAT drops, and the initiator's SYN then finds the
+responder's socket in SYN-SENT."""
+
+
 def usable(method: str, me: PeerProfile, peer: PeerProfile) -> str | None:
     """None when ``method`` can be tried between us, else why not."""
     # Both ends need both endpoints: the initiator dials, the responder opens.
@@ -154,10 +208,14 @@ def usable(method: str, me: PeerProfile, peer: PeerProfile) -> str | None:
         return "public UDP endpoint unknown on one side"
     if method == "tcp" and (peer.tcp is None or me.tcp is None):
         return "public TCP endpoint unknown on one side"
-    if method == "tcp" and "symmetric" in (me.nat, peer.nat):
+    nats = (me.nat, peer.nat)
+    if method == "tcp" and "symmetric" in nats and "open" not in nats:
         # The SYN of the responder goes to the initiator's observed port, which an
-        # endpoint-dependent mapping does not reuse for a new destination.
+        # endpoint-dependent mapping does not reuse for a new destination. (An open
+        # peer is dialled directly: nothing to predict.)
         return "tcp simultaneous open cannot cross a symmetric NAT without prediction"
+    if method == "tcp" and nats == ("full", "full"):
+        return FULL_CONE_TCP_RACE
     return None
 
 

@@ -100,3 +100,15 @@ def socket_type_name(alert: Any) -> str:
     if "(RTC)" in text:
         return "rtc"
     return "tcp"
+
+
+def portmap_transport_name(value: Any) -> str:
+    """``natpmp`` / ``upnp`` for a port mapping alert's ``map_transport``."""
+    return {int(lt.portmap_transport.natpmp): "natpmp",
+            int(lt.portmap_transport.upnp): "upnp"}.get(int(value), str(value))
+
+
+def portmap_protocol_name(value: Any) -> str:
+    """``tcp`` / ``udp`` for a port mapping alert's ``map_protocol``."""
+    return {int(lt.portmap_protocol.tcp): "tcp",
+            int(lt.portmap_protocol.udp): "udp"}.get(int(value), str(value))

@@ -32,6 +32,7 @@ from ..errors import ConfigError, LtPunchError, LtTimeoutError, ProtocolError, S
 from ..nat.info import NATInfo
 from ..punch import plan
 from ..punch.plan import PeerProfile, PunchMessage
+from ..punch.strategy import recommend_strategy
 from ..signaling import protocol as sp
 from ..signaling.client import SignalingClient, whoami
 from ..types import Address
@@ -94,6 +95,8 @@ class PunchRecord:
     failures: list[dict[str, Any]] = field(default_factory=list)
     connected_at: float | None = None
     immediate: bool = False
+    strategy: dict[str, Any] | None = None
+    """:func:`~lt_punch.punch.strategy.recommend_strategy` for the pair (same on both ends)."""
 
     @property
     def time_to_connect(self) -> float | None:
@@ -116,6 +119,9 @@ class PunchRecord:
             "attempts": self.attempts,
             "failures": list(self.failures),
             "time_to_connect": self.time_to_connect,
+            "immediate": self.immediate,
+            "difficulty": self.strategy["difficulty"] if self.strategy else None,
+            "expected_success": self.strategy["expected_success"] if self.strategy else None,
         }
 
 
@@ -198,6 +204,8 @@ class EnhancedTorrentSession:
         self.public_udp: Address | None = None
         self.public_tcp: Address | None = None
         self.outgoing_port: int | None = None
+        self.port_mappings: dict[tuple[str, str], dict[str, Any]] = {}
+        """libtorrent's UPnP / NAT-PMP results by (transport, protocol)."""
         self.session: lt.session | None = None
         self.client: SignalingClient | None = None
         self.torrents: dict[str, Torrent] = {}
@@ -246,6 +254,7 @@ class EnhancedTorrentSession:
                 | lt.alert_category.connect
                 | lt.alert_category.storage
                 | lt.alert_category.dht
+                | lt.alert_category.port_mapping
             ),
             "user_agent": "lt_punch/0.1 libtorrent/" + lt.__version__,
         }
@@ -395,6 +404,7 @@ class EnhancedTorrentSession:
             udp=self.public_udp,
             tcp=self.public_tcp,
             methods=tuple(self.config.methods) if self.config.hole_punching_enabled else (),
+            nat_summary=plan.summarize(self.nat_info) if self.nat_info else None,
         )
 
     async def _connect_signaling(self) -> None:
@@ -512,7 +522,8 @@ class EnhancedTorrentSession:
         return rec
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Events: ``{"type": "punched"|"punch-failed"|"finished"|"peer-left", ...}``."""
+        """Events: ``{"type": "punched"|"punch-failed"|"finished"|"peer-left"|
+        "port-mapping", ...}``."""
         while True:
             yield await self._events.get()
 
@@ -538,12 +549,36 @@ class EnhancedTorrentSession:
             if t is not None and not t.finished.is_set():
                 t.finished.set()
                 self._emit({"type": "finished", "infohash": ih})
+        elif isinstance(alert, lt.portmap_alert | lt.portmap_error_alert):
+            self._on_portmap(alert)
         elif isinstance(alert, lt.torrent_error_alert):
             ih = _infohash_of(alert.handle)
             t = self.torrents.get(ih)
             if t is not None:
                 t.error = alert.message()
                 self._emit({"type": "error", "infohash": ih, "message": t.error})
+
+    def _on_portmap(self, alert: Any) -> None:
+        """Record libtorrent's UPnP / NAT-PMP results (when those are enabled)."""
+        transport = native.portmap_transport_name(alert.map_transport)
+        if isinstance(alert, lt.portmap_alert):
+            protocol = native.portmap_protocol_name(alert.map_protocol)
+            self.port_mappings[(transport, protocol)] = {
+                "transport": transport, "protocol": protocol,
+                "external_port": int(alert.external_port), "error": None,
+            }
+            logger.info("port mapping: %s %s external port %d", transport, protocol,
+                        alert.external_port)
+            self._emit({"type": "port-mapping", **self.port_mappings[(transport, protocol)]})
+        else:
+            # The error alert does not say which protocol: it is about the mapping index.
+            key = (transport, f"mapping-{int(alert.mapping)}")
+            self.port_mappings[key] = {
+                "transport": transport, "protocol": None, "external_port": None,
+                "error": alert.error.message(),
+            }
+            logger.info("port mapping via %s failed: %s", transport, alert.error.message())
+            self._emit({"type": "port-mapping", **self.port_mappings[key]})
 
     # -- signaling ---------------------------------------------------------------
 
@@ -596,6 +631,8 @@ class EnhancedTorrentSession:
         me = self.profile
         role = "initiator" if plan.is_initiator(me, peer) else "responder"
         rec = PunchRecord(torrent.infohash, peer_id, role, now, peer_nat=peer.nat)
+        rec.strategy = recommend_strategy(me.nat_summary or me.nat,
+                                          peer.nat_summary or peer.nat)
         torrent.punches[peer_id] = rec
         self._spawn(torrent.notify(), "notify")
         if role == "initiator":
@@ -711,7 +748,9 @@ class EnhancedTorrentSession:
             # We are directly reachable: the initiator connects to our listen
             # port, nothing to open here.
             source = peer.tcp or endpoint  # it dials from its outgoing port
-            watch = self._connection_waiter(torrent, source, incoming=True)
+            watch = self._connection_waiter(
+                torrent, source, incoming=True, any_port=peer.nat == "symmetric"
+            )
             await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
             reason = await self._await_connection(rec, "tcp", source, watch, torrent)
         else:
@@ -833,6 +872,7 @@ class EnhancedTorrentSession:
                 "tcp": list(self.public_tcp) if self.public_tcp else None,
             },
             "listen_port": self.session.listen_port() if self.session else None,
+            "port_mappings": list(self.port_mappings.values()),
             "signaling": {
                 "url": self.config.signaling_url,
                 "connected": bool(self.client and self.client.connected),
@@ -867,6 +907,11 @@ def _alert_endpoint(alert: Any) -> Address | None:
     if ep is None:
         return None
     return str(ep[0]), int(ep[1])
+
+
+# Disconnect reasons that only come after a complete handshake: the torrent is done on
+# one side (libtorrent's errors::torrent_finished / errors::upload_upload_connection).
+_DONE_MESSAGES = frozenset({"torrent finished", "upload to upload connection"})
 
 
 class _ConnectionWatch:
@@ -909,8 +954,8 @@ class _ConnectionWatch:
             return None
         if isinstance(a, lt.peer_disconnected_alert | lt.peer_error_alert):
             message = a.error.message()
-            if a.op not in _CONNECT_OPS and message == "torrent finished":
-                # Connected, downloaded everything and closed before we looked.
+            if a.op not in _CONNECT_OPS and message in _DONE_MESSAGES:
+                # Connected, transferred everything and closed before we looked.
                 return ("connected", self.socket_type)
             return ("failed", message)
         return None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from lt_punch import Config, P2PCoordinator
 from lt_punch.errors import ConfigError, LtPunchError, LtTimeoutError, PunchError
+from lt_punch.nat.server import StunServer
 from lt_punch.signaling import SignalingServer
 from lt_punch.torrent.maketorrent import make_torrent, sha256_file, write_random_file
 from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession, PunchRecord
@@ -85,6 +88,26 @@ async def test_nat_info(coordinator: P2PCoordinator) -> None:
     assert info["source"] == "signaling" and info["error"] is None
     assert info["public_endpoints"]["udp"] == ["127.0.0.1", listen_port]
     assert info["public_endpoints"]["tcp"][0] == "127.0.0.1"
+
+
+async def test_nat_info_with_stun_matches_the_cli(tmp_path: Path) -> None:
+    """get_nat_info() and ``lt-punch nat --json`` report the same discovery."""
+    async with StunServer(("127.0.0.1", 0), alternate_port=0, alternate_host="127.0.0.2") \
+            as stun:
+        async with _coordinator(tmp_path, stun_servers=(stun.address,)) as p2p:
+            info = await p2p.get_nat_info()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lt_punch", "nat", "--json", "--stun",
+            f"127.0.0.1:{stun.address[1]}", stdout=asyncio.subprocess.PIPE)
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    cli = json.loads(out)
+    keys = ("nat_type", "mapping", "filtering", "allocation", "confidence", "public_ip",
+            "stun_server", "skipped", "source")
+    assert {k: info[k] for k in keys} == {k: cli[k] for k in keys}
+    assert info["nat_type"] == "open" and info["filtering"] == "endpoint-independent"
+    assert [t["name"] for t in info["tests"]] == [t["name"] for t in cli["tests"]]
+    assert info["port_mappings"] == []  # UPnP / NAT-PMP off (ISOLATED_SETTINGS)
 
 
 async def test_recommended_strategy(coordinator: P2PCoordinator) -> None:

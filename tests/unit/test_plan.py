@@ -9,11 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lt_punch.coordinator import STRATEGY_METHODS, recommend_strategy
 from lt_punch.errors import ConfigError, RemoteProtocolError
-from lt_punch.nat.info import NAT_TYPES
+from lt_punch.nat.info import NAT_TYPES, NATInfo
+from lt_punch.netlab.rules import NAT_KINDS
 from lt_punch.punch import plan
 from lt_punch.punch.plan import NAT_RANK, PeerProfile, PunchMessage
+from lt_punch.punch.strategy import (
+    MEASURED_SUCCESS,
+    STRATEGY_METHODS,
+    measured,
+    recommend_strategy,
+)
 
 IH = "0123456789abcdef0123456789abcdef01234567"
 NATS = sorted(NAT_RANK)
@@ -250,7 +256,7 @@ def test_punch_message_from_random_data_raises_only_protocol_errors(data: Any) -
     assert PunchMessage.from_data(msg.to_data()) == msg
 
 
-# --- strategy (lt_punch.coordinator.recommend_strategy: pure rules) -----------------------
+# --- strategy (lt_punch.punch.strategy.recommend_strategy: pure rules) --------------------
 
 _MIRROR = {"us": "peer", "peer": "us", "either": "either"}
 
@@ -262,6 +268,7 @@ def test_strategy_both_ways_round(ours: str, theirs: str) -> None:
     assert there["methods"] == back["methods"]
     assert there["difficulty"] == back["difficulty"]
     assert there["excluded"] == back["excluded"]
+    assert there["expected_success"] == back["expected_success"]
     assert there["initiator"] == _MIRROR[back["initiator"]]
     # Ordered, from the known list, relay always last, every left-out method explained.
     assert there["methods"] == [m for m in STRATEGY_METHODS if m in there["methods"]]
@@ -299,6 +306,7 @@ def test_strategy_agrees_with_plan(ours: str, theirs: str) -> None:
         ("symmetric", "symmetric", ["relay"], "impossible-without-relay", "either"),
         ("blocked", "port", ["relay"], "impossible-without-relay", "us"),
         ("blocked", "open", ["direct", "relay"], "easy", "us"),
+        ("full", "full", ["utp-punch", "relay"], "medium", "either"),
         (None, None, ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "either"),
     ],
 )
@@ -316,3 +324,36 @@ def test_strategy_rejects_unknown_nat() -> None:
         recommend_strategy("open", "cone")
     with pytest.raises(ConfigError, match="nat: unknown NAT type"):
         recommend_strategy("Full Cone", None)
+
+
+def test_strategy_from_summaries_and_port_prediction() -> None:
+    # A symmetric NAT with a sequential allocation can be predicted; a random one cannot.
+    sequential = {"nat_type": "symmetric", "allocation": "sequential", "port_delta": 1}
+    strategy = recommend_strategy(sequential, "port")
+    assert strategy["methods"] == ["port-prediction", "relay"]
+    assert strategy["difficulty"] == "hard"
+    assert strategy["expected_success_by_method"]["port-prediction"] is None  # not measured
+    random = NATInfo(nat_type="symmetric", allocation="random")
+    strategy = recommend_strategy(random, "port")
+    assert strategy["methods"] == ["relay"]
+    assert strategy["excluded"]["port-prediction"].startswith("a symmetric NAT allocates")
+    assert recommend_strategy("port", "port")["excluded"]["port-prediction"] == (
+        "no symmetric NAT to predict")
+    with pytest.raises(ConfigError, match="peer_nat: unknown NAT type 'cone'"):
+        recommend_strategy("open", {"nat_type": "cone"})
+
+
+def test_expected_success_comes_from_the_measured_table() -> None:
+    for (a, b), row in MEASURED_SUCCESS.items():
+        assert a in NAT_KINDS and b in NAT_KINDS
+        assert set(row) <= {"utp", "tcp"} and all(0.0 <= v <= 1.0 for v in row.values())
+        strategy = recommend_strategy(a, b)
+        assert strategy["expected_success"] == max(
+            (v for v in strategy["expected_success_by_method"].values() if v is not None),
+            default=None,
+        )
+    # Kinds the lab does not build are never given a number.
+    assert recommend_strategy("blocked", "port")["expected_success"] is None
+    assert recommend_strategy(None, None)["expected_success"] is None
+    assert measured("port", "port", "utp-punch") == MEASURED_SUCCESS[("port", "port")]["utp"]
+    assert measured("port", "port", "relay") is None

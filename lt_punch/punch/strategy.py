@@ -1,0 +1,191 @@
+"""Which traversal methods fit a pair of NATs, in which order, and how likely each works.
+
+Pure rules, no I/O, no libtorrent: :func:`recommend_strategy` gives the same answer on
+both ends of a pair (mirrored roles) because both sides feed it the same two NAT
+summaries, ours from discovery and the peer's from its signaling metadata.
+
+The roles follow :mod:`lt_punch.punch.plan`: the side behind the harder NAT
+(:data:`~lt_punch.punch.plan.NAT_RANK`) initiates; on a tie the peer ids decide
+(``"either"`` here). ``unknown`` counts as a port-restricted cone and
+``symmetric-firewall`` (public address, filtered) behaves like one.
+
+* ``direct``: the responder is ``open``: a plain ``connect_peer`` reaches it.
+* ``utp-punch``: the responder's mapping is endpoint-independent (not symmetric), so
+  the public UDP endpoint the reflector saw is the one the initiator must dial; a
+  symmetric initiator also needs the responder to filter by address only
+  (``open``/``full``/``restricted``), as its packets come from a new port. Nobody may be
+  ``blocked`` (no UDP).
+* ``tcp-simultaneous-open``: neither side symmetric (the peer cannot know the port of a
+  new TCP mapping) nor blocked (nothing measured), and not both full cones (the first
+  SYN is let in before the other host has a socket for it: RST).
+* ``port-prediction``: a symmetric side whose NAT allocates ports ``sequential``-ly
+  (discovery's ``allocation``) can be predicted; with ``random`` allocation it cannot.
+  Listed for completeness; this version's engine does not implement it yet.
+* ``relay``: always possible with a TURN server; always last.
+
+``expected_success`` comes from measurements, not guesses: :data:`MEASURED_SUCCESS`
+holds the fraction of lab runs (``benchmarks/pair_matrix.py``, figures in
+docs/performance.md) in which each method delivered a verified download for that pair of
+NAT kinds; None where the lab has no such pair or the method was not measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ..errors import ConfigError
+from ..nat.info import NAT_TYPES, NATInfo
+from .plan import FULL_CONE_TCP_RACE, NAT_RANK
+
+STRATEGY_METHODS: Final = (
+    "direct",
+    "utp-punch",
+    "tcp-simultaneous-open",
+    "port-prediction",
+    "relay",
+)
+"""Every method a strategy may list, in the order they are tried."""
+
+# Endpoint-independent filtering towards the ports of a host we have sent to
+# (RFC 4787 section 5): a symmetric initiator's packets come from a port the responder
+# has not seen, so only these responders let them in.
+_ADDRESS_FILTERING = frozenset({"open", "full", "restricted"})
+
+MEASURED_SUCCESS: Final[dict[tuple[str, str], dict[str, float]]] = {}
+"""(kind, kind) in :data:`~lt_punch.netlab.rules.NAT_KINDS` order -> engine method
+(``utp``/``tcp``; with an ``open`` side the engine dials it directly) -> fraction of lab
+runs that succeeded. Produced by ``benchmarks/pair_matrix.py --runs 5``."""
+
+MEASUREMENT_SOURCE: Final = "NAT lab, benchmarks/pair_matrix.py --runs 5 (docs/performance.md)"
+
+_LAB_ORDER = ("open", "full", "restricted", "port", "symmetric")
+_ENGINE_METHOD = {"utp-punch": "utp", "tcp-simultaneous-open": "tcp"}
+
+
+def _summary(value: NATInfo | Mapping[str, Any] | str | None, what: str) -> tuple[str, str | None]:
+    """``(nat_type, allocation)`` from a NATInfo, its dict / signaling summary, or a name."""
+    if value is None:
+        return "unknown", None
+    if isinstance(value, NATInfo):
+        nat, allocation = value.nat_type, value.allocation
+    elif isinstance(value, Mapping):
+        nat, allocation = value.get("nat_type", "unknown"), value.get("allocation")
+    else:
+        nat, allocation = value, None
+    if nat not in NAT_RANK:
+        raise ConfigError(f"{what}: unknown NAT type {nat!r} (known: {', '.join(NAT_TYPES)})")
+    return nat, allocation if isinstance(allocation, str) else None
+
+
+def measured(a: str, b: str, method: str) -> float | None:
+    """The lab's success fraction for ``method`` between kinds ``a`` and ``b``, or None."""
+    if a not in _LAB_ORDER or b not in _LAB_ORDER:
+        return None
+    pair = (a, b) if _LAB_ORDER.index(a) <= _LAB_ORDER.index(b) else (b, a)
+    row = MEASURED_SUCCESS.get(pair, {})
+    if method == "direct":
+        if "open" not in pair:
+            return None
+        rates = list(row.values())
+        return max(rates) if rates else None
+    engine = _ENGINE_METHOD.get(method)
+    return row.get(engine) if engine else None
+
+
+def recommend_strategy(
+    ours: NATInfo | Mapping[str, Any] | str | None,
+    peer: NATInfo | Mapping[str, Any] | str | None,
+) -> dict[str, Any]:
+    """How two hosts behind NATs ``ours`` and ``peer`` can connect (module docstring).
+
+    Args:
+        ours: our NAT: a :class:`NATInfo`, its ``to_dict()`` / signaling summary, a
+            ``nat_type`` name, or None (unknown).
+        peer: the peer's NAT, the same way; None when there is no peer yet (the answer
+            is then for a peer behind an unknown NAT).
+
+    Returns:
+        ``{"nat", "peer_nat", "methods", "difficulty", "initiator", "excluded",
+        "expected_success", "expected_success_by_method", "source"}``. ``excluded`` maps
+        each method left out to the reason; ``difficulty`` is ``easy`` (direct works),
+        ``medium`` (punching), ``hard`` (punching through a symmetric NAT) or
+        ``impossible-without-relay``; ``expected_success`` is the best measured rate
+        among the listed methods (None: not measured).
+
+    Raises:
+        ConfigError: a NAT type is not one of :data:`~lt_punch.nat.info.NAT_TYPES`.
+    """
+    a, alloc_a = _summary(ours, "nat")
+    b, alloc_b = _summary(peer, "peer_nat")
+    ra, rb = NAT_RANK[a], NAT_RANK[b]
+    initiator, responder = (a, b) if ra >= rb else (b, a)
+    pair = {a, b}
+    excluded: dict[str, str] = {}
+    methods: list[str] = []
+
+    if responder == "open":
+        methods.append("direct")
+    else:
+        excluded["direct"] = "neither side accepts unsolicited connections"
+
+    if "blocked" in pair:
+        excluded["utp-punch"] = "UDP is blocked"
+    elif responder == "symmetric":
+        excluded["utp-punch"] = "both sides have endpoint-dependent (symmetric) mappings"
+    elif initiator == "symmetric" and responder not in _ADDRESS_FILTERING:
+        excluded["utp-punch"] = (
+            f"a symmetric initiator's new port is filtered by the {responder} side"
+        )
+    else:
+        methods.append("utp-punch")
+
+    if "symmetric" in pair:
+        excluded["tcp-simultaneous-open"] = "cannot cross a symmetric NAT without prediction"
+    elif "blocked" in pair:
+        excluded["tcp-simultaneous-open"] = "nothing measured behind a blocked side"
+    elif (a, b) == ("full", "full"):
+        excluded["tcp-simultaneous-open"] = FULL_CONE_TCP_RACE
+    else:
+        methods.append("tcp-simultaneous-open")
+
+    symmetric_allocations = [
+        alloc for nat, alloc in ((a, alloc_a), (b, alloc_b)) if nat == "symmetric"
+    ]
+    if not symmetric_allocations:
+        excluded["port-prediction"] = "no symmetric NAT to predict"
+    elif "blocked" in pair:
+        excluded["port-prediction"] = "UDP is blocked"
+    elif all(alloc == "sequential" for alloc in symmetric_allocations):
+        methods.append("port-prediction")
+    else:
+        excluded["port-prediction"] = (
+            "a symmetric NAT allocates ports at random (or its pattern is unknown)"
+        )
+
+    methods.append("relay")
+    punches = [m for m in methods if m not in ("direct", "relay")]
+    if "direct" in methods:
+        difficulty = "easy"
+    elif not punches:
+        difficulty = "impossible-without-relay"
+    elif "symmetric" in pair:
+        difficulty = "hard"
+    else:
+        difficulty = "medium"
+    by_method = {m: measured(a, b, m) for m in methods}
+    rates = [rate for rate in by_method.values() if rate is not None]
+    return {
+        "nat": a,
+        "peer_nat": b,
+        "methods": methods,
+        "difficulty": difficulty,
+        "initiator": "either" if ra == rb else ("us" if ra > rb else "peer"),
+        "excluded": excluded,
+        "expected_success": max(rates) if rates else None,
+        "expected_success_by_method": by_method,
+        "source": MEASUREMENT_SOURCE,
+    }
+
+
+__all__ = ["MEASURED_SUCCESS", "STRATEGY_METHODS", "measured", "recommend_strategy"]
