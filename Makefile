@@ -35,6 +35,8 @@ lint: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(PY) benchmarks/punch_connect.py
+	$(PY) benchmarks/nat_discovery.py
+	$(PY) benchmarks/pair_matrix.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -26,6 +26,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--connection-timeout", type=float, default=3.0)
+    parser.add_argument("--pair", action="append", default=[], metavar="KIND/KIND",
+                        help="only these pairs (repeatable), e.g. full/symmetric")
     args = parser.parse_args()
     reason = lab_unavailable_reason()
     if reason:
@@ -33,6 +35,13 @@ def main() -> int:
         return 2
     tmp = "/dev/shm" if os.path.isdir("/dev/shm") else None
     pairs = list(itertools.combinations_with_replacement(NAT_KINDS, 2))
+    if args.pair:
+        wanted = {tuple(p.split("/")) for p in args.pair}
+        unknown = wanted - set(pairs)
+        if unknown:
+            parser.error(f"unknown pair(s) {sorted('/'.join(p) for p in unknown)}; "
+                         f"kinds in the order {'/'.join(NAT_KINDS)}")
+        pairs = [p for p in pairs if p in wanted]
     rows = []
     started = time.monotonic()
     for a, b in pairs:
@@ -45,6 +54,8 @@ def main() -> int:
                                  methods=(method,), timeout=60,
                                  connection_timeout=args.connection_timeout, tmp_root=tmp)
                     ok += r.ok
+                    if not r.ok:
+                        print(f"  {a}/{b} {method}: {r.error}", file=sys.stderr, flush=True)
                     if r.ok and r.method:
                         used[r.method] = used.get(r.method, 0) + 1
                 rows.append({"pair": f"{a}/{b}", "method": method, "ok": ok,

@@ -101,6 +101,7 @@ def main() -> int:
             "runs": len(results), "ok": len(ok),
             "median_time_to_connect_s": ttc,
             "times_to_connect_s": [round(r.time_to_connect or 0, 4) for r in ok],
+            "rates_MBps": [round(r.rate / 1e6, 1) for r in ok if r.rate],
             "median_rate_MBps": rate / 1e6 if rate else None,
             "rate_vs_open_tcp": (rate / baseline_rate) if rate and baseline_rate else None,
         })

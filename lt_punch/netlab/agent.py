@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import signal
 import sys
 import time
@@ -56,6 +58,10 @@ async def run(args: argparse.Namespace) -> int:
             async for ev in session.events():
                 emit(ev.pop("type"), **ev)
 
+        def forward_pending() -> None:
+            for ev in session.drain_events():
+                emit(ev.pop("type"), **ev)
+
         forwarder = asyncio.create_task(forward_events())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -76,6 +82,7 @@ async def run(args: argparse.Namespace) -> int:
                     # punch its outcome (punched / punch-failed) before saying done.
                     with contextlib.suppress(LtPunchError):
                         await session.wait_punched(torrent.infohash, args.connection_timeout)
+                    forward_pending()
                     digest = sha256_file(Path(args.save) / torrent.handle.status().name)
                     emit("done", infohash=torrent.infohash, elapsed=elapsed, sha256=digest)
             else:
@@ -86,6 +93,7 @@ async def run(args: argparse.Namespace) -> int:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
         finally:
+            forward_pending()
             emit("stats", stats=session.stats())
             forwarder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -107,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--connection-timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
+    level = os.environ.get("LT_PUNCH_LOG")
+    if level:  # e.g. LT_PUNCH_LOG=DEBUG: libtorrent's alerts and our decisions on stderr
+        logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                            format="%(relativeCreated)8.1f %(name)s %(message)s")
     try:
         return asyncio.run(run(args))
     except LtPunchError as exc:

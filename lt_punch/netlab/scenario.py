@@ -10,11 +10,13 @@ bootstrap, no LSD.
 from __future__ import annotations
 
 import json
-import selectors
+import os
+import select
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,45 @@ class PairResult:
         return None
 
 
+_BUFFERS: weakref.WeakKeyDictionary[subprocess.Popen[Any], bytearray] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def next_line(proc: subprocess.Popen[Any], deadline: float) -> str | None:
+    """The next line ``proc`` wrote on stdout, None at end of file.
+
+    Reads the pipe with ``os.read`` into a buffer of our own: a buffered ``readline()``
+    after ``select()`` can swallow two lines at once and then wait in ``select()`` for
+    data that already arrived (it did: a ``punched`` event 0.5 ms after ``ready`` was
+    seen only when the process exited). Use this for every read of ``proc``.
+
+    Raises:
+        LtTimeoutError: ``deadline`` (``time.monotonic()``) passed first.
+    """
+    assert proc.stdout is not None
+    buf = _BUFFERS.setdefault(proc, bytearray())
+    fd = proc.stdout.fileno()
+    while True:
+        end = buf.find(b"\n")
+        if end >= 0:
+            line = bytes(buf[: end + 1])
+            del buf[: end + 1]
+            return line.decode(errors="replace")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LtTimeoutError("no output line in time")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            rest = bytes(buf).decode(errors="replace")
+            buf.clear()
+            return rest or None
+        buf += chunk
+
+
 def read_events(
     proc: subprocess.Popen[str], until: str | tuple[str, ...], timeout: float,
     sink: list[dict[str, Any]],
@@ -68,44 +109,38 @@ def read_events(
     for ev in sink:  # already read while waiting for another event
         if ev.get("event") in names:
             return dict(ev)
-    assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LtTimeoutError(f"no {until!r} event within {timeout:g} s")
-            if not sel.select(left):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                raise LabError(f"process exited (code {proc.poll()}) before {until!r}")
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue  # stray output (e.g. a library's log line)
-            sink.append(ev)
-            if ev.get("event") in names:
-                return dict(ev)
-            if ev.get("event") == "error" and "error" not in names:
-                raise LabError(f"agent error: {ev.get('message')}")
+    while True:
+        try:
+            line = next_line(proc, deadline)
+        except LtTimeoutError:
+            raise LtTimeoutError(f"no {until!r} event within {timeout:g} s") from None
+        if line is None:
+            raise LabError(f"process exited (code {proc.poll()}) before {until!r}")
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue  # stray output (e.g. a library's log line)
+        sink.append(ev)
+        if ev.get("event") in names:
+            return dict(ev)
+        if ev.get("event") == "error" and "error" not in names:
+            raise LabError(f"agent error: {ev.get('message')}")
 
 
-def read_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
-    assert proc.stdout is not None
+def read_line(proc: subprocess.Popen[Any], prefix: str, timeout: float) -> str:
+    """The first line of ``proc``'s stdout that starts with ``prefix``."""
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(deadline - time.monotonic()):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                raise LabError(f"process exited (code {proc.poll()}) before {prefix!r}")
-            if line.startswith(prefix):
-                return line
-    raise LtTimeoutError(f"no line starting with {prefix!r} within {timeout:g} s")
+    while True:
+        try:
+            line = next_line(proc, deadline)
+        except LtTimeoutError:
+            raise LtTimeoutError(
+                f"no line starting with {prefix!r} within {timeout:g} s") from None
+        if line is None:
+            raise LabError(f"process exited (code {proc.poll()}) before {prefix!r}")
+        if line.startswith(prefix):
+            return line
 
 
 def start_signaling(lab: NatLab) -> subprocess.Popen[str]:

@@ -527,6 +527,14 @@ class EnhancedTorrentSession:
         while True:
             yield await self._events.get()
 
+    def drain_events(self) -> list[dict[str, Any]]:
+        """The events queued so far, without waiting (what :meth:`events` would yield
+        next); for a consumer that is about to stop and must not lose them."""
+        drained = []
+        while not self._events.empty():
+            drained.append(self._events.get_nowait())
+        return drained
+
     def _emit(self, event: dict[str, Any]) -> None:
         if self._events.full():
             with contextlib.suppress(asyncio.QueueEmpty):
@@ -536,6 +544,8 @@ class EnhancedTorrentSession:
     # -- alerts ------------------------------------------------------------------
 
     def _on_alert(self, alert: Any) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("alert %s: %s", alert.what(), alert.message())
         if isinstance(alert, lt.state_changed_alert):
             t = self.torrents.get(_infohash_of(alert.handle))
             if t is not None:
@@ -953,6 +963,11 @@ class _ConnectionWatch:
             self.dialed.set()
             return None
         if isinstance(a, lt.peer_disconnected_alert | lt.peer_error_alert):
+            if not self.incoming and not self.dialed.is_set():
+                # About an earlier attempt's connection to the same endpoint, e.g. the
+                # one our own pause + resume kick aborts ("torrent paused") just
+                # before this attempt dials.
+                return None
             message = a.error.message()
             if a.op not in _CONNECT_OPS and message in _DONE_MESSAGES:
                 # Connected, transferred everything and closed before we looked.

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from lt_punch.netlab import NAT_KINDS, NatLab
+from lt_punch.netlab.scenario import read_line
 
 NatLabFactory = Callable[..., NatLab]
 
@@ -73,9 +74,7 @@ def test_coturn_classifies_each_kind_20_of_20(nat_lab: NatLabFactory) -> None:
 def _our_server(lab: NatLab, *args: str) -> subprocess.Popen[str]:
     proc = lab.popen("server", [sys.executable, "-m", "lt_punch.nat.server", *args],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("STUN server listening on "), proc.stderr.read() if proc.stderr else ""
+    read_line(proc, "STUN server listening on ", 15.0)
     return proc
 
 

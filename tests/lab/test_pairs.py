@@ -54,3 +54,6 @@ def test_symmetric_pair_fails_with_reason(nat_lab):
     assert result.error is not None and "punch failed" in result.error
     failures = [e for e in result.leech_events if e.get("event") == "punch-failed"]
     assert failures and failures[0]["reason"]
+    # The last attempt (a retry) waited for its own connection: its pause + resume kick,
+    # which aborts the previous attempt's dial, is not taken for its failure.
+    assert failures[-1]["reason"] == "no connection within 1 s", failures

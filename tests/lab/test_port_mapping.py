@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Callable
 
 from lt_punch.netlab import NatLab
+from lt_punch.netlab.scenario import read_line
 
 NatLabFactory = Callable[..., NatLab]
 
@@ -55,15 +56,11 @@ def test_natpmp_mappings_are_reported_and_real(nat_lab: NatLabFactory) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     session = None
     try:
-        assert gateway.stdout is not None
-        assert gateway.stdout.readline().startswith("NAT-PMP gateway listening")
+        read_line(gateway, "NAT-PMP gateway listening", 15.0)
         session = lab.popen("a", [sys.executable, "-c", SESSION, host.lan_ip],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-        assert session.stdout is not None
-        line = session.stdout.readline()
-        assert line, session.stderr.read() if session.stderr else ""
-        report = json.loads(line)
+        report = json.loads(read_line(session, "{", 30.0))
         mappings = {m["protocol"]: m for m in report["stats"]}
         listen_port = report["listen_port"]
         for protocol in ("tcp", "udp"):

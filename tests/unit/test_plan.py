@@ -41,6 +41,10 @@ def _profile(peer_id: str, nat: str = "port", **kwargs: Any) -> PeerProfile:
         _profile("b", "symmetric", tcp=None, methods=("tcp", "utp")),
         PeerProfile("c"),
         _profile("d", "open", methods=("utp",)),
+        _profile("e", "symmetric", nat_summary={
+            "nat_type": "symmetric", "mapping": "address-and-port-dependent",
+            "filtering": "address-and-port-dependent", "allocation": "sequential",
+            "port_delta": 2}),
     ],
 )
 def test_profile_metadata_round_trip(profile: PeerProfile) -> None:
@@ -54,6 +58,25 @@ def test_profile_defaults_and_foreign_peers() -> None:
     assert peer == PeerProfile("x")
     assert not peer.is_lt_punch()
     assert _profile("y").is_lt_punch()
+
+
+def test_nat_summary_from_discovery_is_what_peers_parse() -> None:
+    info = NATInfo(nat_type="symmetric", mapping="endpoint-dependent", filtering="unknown",
+                   allocation="random")
+    summary = plan.summarize(info)
+    assert summary == {"nat_type": "symmetric", "mapping": "endpoint-dependent",
+                       "filtering": "unknown", "allocation": "random", "port_delta": None}
+    me = _profile("a", "symmetric", nat_summary=summary)
+    parsed = PeerProfile.from_metadata("a", me.to_metadata())
+    assert parsed.nat_summary == summary
+    # Unknown keys from a newer peer are dropped, missing ones are None.
+    assert plan.parse_summary({"nat_type": "port", "hairpin": True}, "p") == {
+        "nat_type": "port", "mapping": None, "filtering": None, "allocation": None,
+        "port_delta": None}
+    # Both ends compute the same strategy from the two summaries.
+    peer = {"nat_type": "restricted", "allocation": "preserved"}
+    there, back = recommend_strategy(summary, peer), recommend_strategy(peer, summary)
+    assert there["methods"] == back["methods"] == ["utp-punch", "relay"]
 
 
 def test_profile_drops_unknown_methods() -> None:
@@ -79,6 +102,12 @@ def test_profile_drops_unknown_methods() -> None:
         ({"tcp": ["1.2.3.4", 65536]}, "tcp: port out of range: 65536"),
         ({"tcp": ["::1", 5]}, "tcp: not an IPv4 address"),
         ({"tcp": ["host.example", 5]}, "tcp: not an IPv4 address"),
+        ({"nat_summary": "port"}, "nat_summary is not an object"),
+        ({"nat_summary": {"mapping": "sideways"}}, "nat_summary.mapping: bad value 'sideways'"),
+        ({"nat_summary": {"nat_type": 3}}, "nat_summary.nat_type: bad value 3"),
+        ({"nat_summary": {"port_delta": "1"}}, "nat_summary.port_delta: bad value '1'"),
+        ({"nat_summary": {"port_delta": True}}, "nat_summary.port_delta: bad value True"),
+        ({"nat_summary": {"port_delta": 70000}}, "nat_summary.port_delta: bad value 70000"),
     ],
 )
 def test_profile_bad_metadata(metadata: Any, fragment: str) -> None:
@@ -357,3 +386,15 @@ def test_expected_success_comes_from_the_measured_table() -> None:
     assert recommend_strategy(None, None)["expected_success"] is None
     assert measured("port", "port", "utp-punch") == MEASURED_SUCCESS[("port", "port")]["utp"]
     assert measured("port", "port", "relay") is None
+
+
+@pytest.mark.parametrize("pair", sorted(MEASURED_SUCCESS))
+def test_strategy_rules_agree_with_the_lab(pair: tuple[str, str]) -> None:
+    """A punch method the rules list worked in the lab, one they exclude did not."""
+    a, b = pair
+    strategy = recommend_strategy(a, b)
+    if "open" in pair:
+        assert strategy["methods"][0] == "direct" and strategy["expected_success"] == 1.0
+        return
+    for method, engine in (("utp-punch", "utp"), ("tcp-simultaneous-open", "tcp")):
+        assert (method in strategy["methods"]) == (MEASURED_SUCCESS[pair][engine] > 0), method
