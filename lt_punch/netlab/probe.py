@@ -9,7 +9,8 @@ Subcommands (each prints one JSON line on stdout):
 * ``discover --count N IP:PORT...`` - :func:`lt_punch.nat.discover.discover_nat` N times
   in a row, one JSON line (``NATInfo.to_dict()``) per run.
 * ``udp-recv --bind IP --port N --duration S [--idle S]`` - count datagrams received.
-* ``udp-send --to IP:PORT --count N [--bind IP --port N] [--interval S]`` - send datagrams.
+* ``udp-send --to IP:PORT --count N [--bind IP --port N] [--interval S] [--end-markers N]``
+  - send datagrams (then N end markers, which stop ``udp-recv``).
 
 Kept free of lab logic so that a test can also run these by hand with ``ip netns exec``.
 """
@@ -88,11 +89,16 @@ def classify(bind: str, server: str, port: int, timeout: float) -> int:
     return 0
 
 
-def udp_recv(bind: str, port: int, duration: float, idle: float | None = None) -> int:
-    """Count datagrams arriving on ``bind:port``.
+END = b"ltp end"
+"""The end marker ``udp-send --end-markers N`` sends after its numbered datagrams."""
 
-    Stops after ``duration`` seconds, or ``idle`` seconds after the last datagram once one
-    has arrived. Prints ``{"ready": true}`` as soon as the socket is bound.
+
+def udp_recv(bind: str, port: int, duration: float, idle: float | None = None) -> int:
+    """Count datagrams arriving on ``bind:port`` (end markers excluded).
+
+    Stops at the first end marker, after ``duration`` seconds, or ``idle`` seconds after
+    the last datagram once one has arrived. Prints ``{"ready": true}`` as soon as the
+    socket is bound.
     """
     count = 0
     sources: set[str] = set()
@@ -106,8 +112,10 @@ def udp_recv(bind: str, port: int, duration: float, idle: float | None = None) -
                 left = min(left, idle)
             sock.settimeout(left)
             try:
-                _, addr = sock.recvfrom(2048)
+                data, addr = sock.recvfrom(2048)
             except TimeoutError:
+                break
+            if data == END:
                 break
             count += 1
             sources.add(f"{addr[0]}:{addr[1]}")
@@ -115,14 +123,20 @@ def udp_recv(bind: str, port: int, duration: float, idle: float | None = None) -
     return 0
 
 
-def udp_send(to: tuple[str, int], count: int, bind: str, port: int, interval: float) -> int:
-    """Send ``count`` numbered datagrams to ``to``."""
+def udp_send(
+    to: tuple[str, int], count: int, bind: str, port: int, interval: float,
+    end_markers: int = 0,
+) -> int:
+    """Send ``count`` numbered datagrams to ``to``, then ``end_markers`` end markers (so
+    that a receiver on a lossy path knows the end without guessing from silence)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((bind, port))
         for i in range(count):
             sock.sendto(b"ltp %d" % i, to)
             if interval:
                 time.sleep(interval)
+        for _ in range(end_markers):
+            sock.sendto(END, to)
         _emit({"sent": count, "from": list(sock.getsockname())})
     return 0
 
@@ -168,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bind", default="0.0.0.0")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--interval", type=float, default=0.0)
+    p.add_argument("--end-markers", type=int, default=0)
     args = parser.parse_args(argv)
     if args.cmd == "stun-wait":
         return stun_wait(args.targets, args.timeout)
@@ -177,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return discover(args.servers, args.count)
     if args.cmd == "udp-recv":
         return udp_recv(args.bind, args.port, args.duration, args.idle)
-    return udp_send(args.to, args.count, args.bind, args.port, args.interval)
+    return udp_send(args.to, args.count, args.bind, args.port, args.interval, args.end_markers)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def dht_reply_ip(alert: Any, reflector: Address) -> Address | None:
     if m is None or m.group(1) != "<==" or (m.group(2), int(m.group(3))) != reflector:
         return None
     try:
-        msg = lt.bdecode(alert.pkt_buf)
+        msg: Any = lt.bdecode(alert.pkt_buf)  # keys are bytes; the stubs say str
     except Exception:
         return None
     if not isinstance(msg, dict):

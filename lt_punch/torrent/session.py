@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import libtorrent as lt
 
@@ -275,7 +275,8 @@ class EnhancedTorrentSession:
         """Create the libtorrent session, learn our endpoints and join signaling."""
         if self.session is not None:
             return
-        self.session = lt.session(self._settings())
+        # The binding takes a plain dict of settings; its stubs only know settings_pack.
+        self.session = lt.session(cast(Any, self._settings()))
         self._pump = AlertPump(self.session)
         self._pump.start()
         self._pump.subscribe(self._on_alert)

@@ -160,14 +160,15 @@ def _send_and_count(
     bind = lab.server_ips[0] if receiver == "server" else lab.host(receiver).lan_ip
     proc = lab.popen(
         receiver,
-        [*PROBE, "udp-recv", "--bind", bind, "--port", str(port), "--duration", "10",
-         "--idle", "0.5"],
+        [*PROBE, "udp-recv", "--bind", bind, "--port", str(port), "--duration", "20"],
         stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
     assert json.loads(proc.stdout.readline()) == {"ready": True}
+    # 30 end markers: all lost with probability 0.2**30 at 20 % loss; the receiver stops
+    # at the first one instead of guessing the end from silence.
     lab.run(sender, [*PROBE, "udp-send", "--to", f"{to_ip}:{port}", "--count", str(count),
-                     "--interval", "0.0005"], timeout=30)
+                     "--interval", "0.0005", "--end-markers", "30"], timeout=30)
     out, _ = proc.communicate(timeout=15)
     received = _last_json(out)["received"]
     assert isinstance(received, int)
