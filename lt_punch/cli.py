@@ -19,6 +19,8 @@ from .errors import ConfigError, LtPunchError
 # name -> (module, attribute, short help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("lt_punch.demo", "demo_command", "Run two peers that meet by infohash and download."),
+    "download": ("lt_punch.download", "download_command",
+                 "Download a magnet link, .torrent file or infohash, with resume."),
     "signal": ("lt_punch.signaling.cli", "signal_group", "Run or query a signaling server."),
     "nat": ("lt_punch.nat.cli", "nat_command", "Detect the NAT in front of this host."),
     "lab": ("lt_punch.netlab.cli", "lab_group", "Build and inspect the emulated NAT lab."),

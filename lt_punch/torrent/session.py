@@ -53,7 +53,7 @@ ISOLATED_SETTINGS: dict[str, Any] = {
 # States in which a torrent accepts peer connections (not queued or checking).
 _READY_STATES = {2, 3, 4, 5}
 
-_STATE_NAMES = {
+STATE_NAMES = {
     0: "queued",
     1: "checking",
     2: "downloading_metadata",
@@ -161,7 +161,7 @@ class Torrent:
         return {
             "infohash": self.infohash,
             "name": st.name,
-            "state": _STATE_NAMES.get(int(st.state), str(st.state)),
+            "state": STATE_NAMES.get(int(st.state), str(st.state)),
             "paused": bool(self.handle.flags() & lt.torrent_flags.paused),
             "progress": st.progress,
             "download_rate": st.download_payload_rate,
@@ -430,7 +430,7 @@ class EnhancedTorrentSession:
         if self.session is None or self._pump is None:
             raise LtPunchError("session not started")
         user_params = isinstance(source, lt.add_torrent_params)
-        atp = _make_params(source)
+        atp = make_params(source)
         if not user_params:
             # Start at once instead of waiting for the auto-manager's next tick
             # (~0.5 s); the torrent stays auto-managed for queueing.
@@ -447,7 +447,7 @@ class EnhancedTorrentSession:
             raise LtTimeoutError("libtorrent did not confirm the added torrent") from None
         if error.value():
             raise LtPunchError(f"cannot add torrent: {error.message()}")
-        infohash = _infohash_of(handle)
+        infohash = infohash_of(handle)
         if infohash in self.torrents:
             return self.torrents[infohash]
         torrent = Torrent(infohash, handle)
@@ -481,6 +481,33 @@ class EnhancedTorrentSession:
             flags = lt.session.delete_files if delete_files else 0
             self.session.remove_torrent(torrent.handle, flags)
 
+    async def resume_data(self, infohash: str, timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
+        """libtorrent's resume data of a torrent (bencoded, with the info dict when known),
+        for ``lt.read_resume_data`` on a later start.
+
+        Raises:
+            LtPunchError: libtorrent could not produce it.
+            LtTimeoutError: no answer within ``timeout``.
+        """
+        torrent = self.torrents[infohash]
+        assert self._pump is not None
+        handle = torrent.handle
+        fut = self._pump.wait_for(
+            lambda a: a if isinstance(a, lt.save_resume_data_alert
+                                      | lt.save_resume_data_failed_alert)
+            and a.handle == handle else None
+        )
+        handle.save_resume_data(lt.torrent_handle.save_info_dict)
+        try:
+            async with asyncio.timeout(timeout):
+                alert = await fut
+        except TimeoutError:
+            raise LtTimeoutError(f"no resume data for {infohash} after {timeout:g} s") from None
+        if isinstance(alert, lt.save_resume_data_failed_alert):
+            raise LtPunchError(f"cannot save resume data: {alert.error.message()}")
+        data: bytes = lt.write_resume_data_buf(alert.params)
+        return data
+
     async def wait_finished(self, infohash: str, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until every wanted piece is downloaded *and* written to disk."""
         torrent = self.torrents[infohash]
@@ -501,7 +528,7 @@ class EnhancedTorrentSession:
         torrent = self.torrents[infohash]
         fut = self._pump.wait_for(
             lambda a: isinstance(a, lt.cache_flushed_alert)
-            and _infohash_of(a.handle) == infohash
+            and infohash_of(a.handle) == infohash
         )
         torrent.handle.flush_cache()
         await fut
@@ -548,14 +575,14 @@ class EnhancedTorrentSession:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("alert %s: %s", alert.what(), alert.message())
         if isinstance(alert, lt.state_changed_alert):
-            t = self.torrents.get(_infohash_of(alert.handle))
+            t = self.torrents.get(infohash_of(alert.handle))
             if t is not None:
                 if int(alert.state) in _READY_STATES:
                     t.ready.set()
                 else:
                     t.ready.clear()
         elif isinstance(alert, lt.torrent_finished_alert):
-            ih = _infohash_of(alert.handle)
+            ih = infohash_of(alert.handle)
             t = self.torrents.get(ih)
             if t is not None and not t.finished.is_set():
                 t.finished.set()
@@ -563,7 +590,7 @@ class EnhancedTorrentSession:
         elif isinstance(alert, lt.portmap_alert | lt.portmap_error_alert):
             self._on_portmap(alert)
         elif isinstance(alert, lt.torrent_error_alert):
-            ih = _infohash_of(alert.handle)
+            ih = infohash_of(alert.handle)
             t = self.torrents.get(ih)
             if t is not None:
                 t.error = alert.message()
@@ -1021,14 +1048,16 @@ def _drop_session(holder: list[lt.session]) -> None:
     del session
 
 
-def _infohash_of(handle: lt.torrent_handle) -> str:
+def infohash_of(handle: lt.torrent_handle) -> str:
     ih = handle.info_hashes()
     if ih.has_v1():
         return str(ih.v1)
     return str(ih.v2)
 
 
-def _make_params(source: Any) -> lt.add_torrent_params:
+def make_params(source: Any) -> lt.add_torrent_params:
+    """``add_torrent_params`` from a magnet URI, .torrent path or bytes, hex infohash,
+    ``torrent_info`` or params; ConfigError naming the problem otherwise."""
     if isinstance(source, lt.add_torrent_params):
         return source
     if isinstance(source, lt.torrent_info):

@@ -1,0 +1,374 @@
+"""``lt-punch download``: one torrent from the command line, with progress and resume.
+
+Peers come from the signaling room (punched through NATs), and from libtorrent's own
+sources (trackers, DHT, LSD) unless the environment turns them off. Resume data is kept
+in ``DIR/.lt_punch/<infohash>.resume``: written every ``--save-every`` seconds, when the
+download finishes and on SIGINT/SIGTERM, and read when the same command starts again,
+so verified pieces are never downloaded twice (after ``kill -9``, at most what arrived
+since the last save).
+
+Output: a live line on a terminal (rich), plain periodic lines otherwise, one JSON
+object per line with ``--json``. Exit codes: 0 done, 1 the download failed, 2 bad input
+(a bad source, an unwritable directory, a port in use...), 130 interrupted (resume
+data saved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from .config import Config, parse_hostport, parse_ws_url
+from .errors import ConfigError, LtPunchError
+
+EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+PHASES = {
+    "downloading_metadata": "fetching metadata",
+    "checking": "checking",
+    "checking_resume": "checking",
+    "allocating": "checking",
+    "queued": "queued",
+    "downloading": "downloading",
+    "finished": "finished",
+    "seeding": "seeding",
+}
+
+
+@dataclass
+class Progress:
+    """One report of the download's state (what every output mode prints)."""
+
+    phase: str
+    progress: float
+    download_rate: int
+    upload_rate: int
+    downloaded: int
+    """Bytes of wanted pieces we have (verified), including those of earlier runs."""
+    wanted: int
+    session_download: int
+    """Payload bytes received by this run (libtorrent's counter)."""
+    eta: float | None
+    peers: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": "progress", **self.__dict__}
+
+    def line(self) -> str:
+        peers = ", ".join(f"{k} {v}" for k, v in sorted(self.peers.items())) or "none"
+        eta = "-" if self.eta is None else f"{self.eta:.0f} s"
+        return (f"{self.phase}: {self.progress * 100:5.1f}%  "
+                f"down {self.download_rate / 1e6:.2f} MB/s  up {self.upload_rate / 1e6:.2f} MB/s  "
+                f"ETA {eta}  peers: {peers}")
+
+
+class Output:
+    """Where reports go: JSON lines, plain lines, or a rich live line on a terminal."""
+
+    def __init__(self, mode: str, stream: TextIO) -> None:
+        self.mode = mode
+        self.stream = stream
+        self._live: Any = None
+        if mode == "live":
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(console=Console(file=stream), auto_refresh=False, transient=False)
+            self._live.start()
+
+    def progress(self, report: Progress) -> None:
+        if self.mode == "json":
+            self._write(json.dumps(report.to_dict()))
+        elif self._live is not None:
+            self._live.update(report.line(), refresh=True)
+        else:
+            self._write(report.line())
+
+    def event(self, kind: str, message: str, **fields: Any) -> None:
+        if self.mode == "json":
+            self._write(json.dumps({"event": kind, "message": message, **fields}))
+        else:
+            self._write(message)
+
+    def _write(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def state_path(out_dir: Path, infohash: str) -> Path:
+    return out_dir / ".lt_punch" / f"{infohash}.resume"
+
+
+def check_writable(out_dir: Path) -> None:
+    """Raises ConfigError naming the problem when files cannot be written in ``out_dir``."""
+    try:
+        (out_dir / ".lt_punch").mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".lt_punch" / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+
+
+def select_files(names: list[str], selectors: tuple[str, ...]) -> set[int]:
+    """File indexes picked by ``--file`` values (an index or a glob on the path)."""
+    picked: set[int] = set()
+    for sel in selectors:
+        if sel.isdigit():
+            index = int(sel)
+            if index >= len(names):
+                raise ConfigError(f"--file {sel}: the torrent has {len(names)} file(s)")
+            picked.add(index)
+            continue
+        matches = {i for i, name in enumerate(names)
+                   if fnmatch.fnmatch(name, sel) or fnmatch.fnmatch(Path(name).name, sel)}
+        if not matches:
+            raise ConfigError(f"--file {sel!r} matches no file of the torrent")
+        picked |= matches
+    return picked
+
+
+async def run_download(
+    source: str,
+    out_dir: Path,
+    *,
+    config: Config,
+    output: Output,
+    files: tuple[str, ...] = (),
+    seed: bool = False,
+    save_every: float = 10.0,
+    report_every: float = 1.0,
+    lt_settings: dict[str, Any] | None = None,
+    stop: asyncio.Event | None = None,
+    download_limit: int = 0,
+    upload_limit: int = 0,
+) -> int:
+    """The download; returns the exit code. ``stop`` set = interrupted (save and leave)."""
+    import libtorrent as lt
+
+    from .torrent.session import EnhancedTorrentSession, infohash_of, make_params
+
+    stop = stop or asyncio.Event()
+    check_writable(out_dir)
+    atp = make_params(source)  # ConfigError on a bad source
+    settings = dict(lt_settings or {})
+    async with EnhancedTorrentSession(config, lt_settings=settings, save_path=out_dir) as session:
+        assert session.session is not None
+        if config.listen_port and session.session.listen_port() != config.listen_port:
+            raise ConfigError(f"cannot listen on port {config.listen_port} (in use?)")
+        if config.signaling_enabled and session.signaling_error:
+            output.event("warning", f"warning: signaling server unreachable "
+                         f"({session.signaling_error}); using the other peer sources")
+        # Resume data of an earlier run of this command, if any.
+        infohash = _atp_infohash(atp)
+        resume = state_path(out_dir, infohash) if infohash else None
+        if resume is not None and resume.exists():
+            try:
+                atp = lt.read_resume_data(resume.read_bytes())
+                output.event("resume", f"resuming from {resume}", path=str(resume))
+            except RuntimeError as exc:
+                output.event("warning", f"warning: ignoring unreadable resume data {resume}: {exc}")
+        atp.save_path = str(out_dir)
+        torrent = await session.add(atp, save_path=out_dir)
+        handle = torrent.handle
+        # Per torrent, so that they hold for every peer (libtorrent exempts peers on local
+        # networks from the session-wide limits).
+        handle.set_download_limit(download_limit)
+        handle.set_upload_limit(upload_limit)
+        infohash = infohash_of(handle)
+        resume = state_path(out_dir, infohash)
+
+        async def save_resume() -> None:
+            await _save_resume(session, infohash, resume)
+
+        last_save = time.monotonic()
+        files_set = False
+        code: int | None = None
+        while code is None:
+            status = handle.status()
+            if files and not files_set and status.has_metadata:
+                ti = handle.torrent_file()
+                assert ti is not None  # has_metadata
+                fs = ti.files()
+                names = [fs.file_path(i) for i in range(fs.num_files())]
+                picked = select_files(names, files)
+                handle.prioritize_files([4 if i in picked else 0 for i in range(len(names))])
+                files_set = True
+            output.progress(_progress(torrent, status))
+            if torrent.error:
+                output.event("error", f"error: {torrent.error}")
+                code = EXIT_FAILED
+                break
+            if status.is_finished and (not files or files_set):
+                await session.flush(infohash)
+                await save_resume()
+                punched = [{"peer_id": r.peer_id, "method": r.method}
+                           for r in torrent.punches.values() if r.state == "connected"]
+                output.event("done", f"done: {status.name} in {out_dir}", infohash=infohash,
+                             name=status.name, punched=punched)
+                if not seed:
+                    code = EXIT_DONE
+                    break
+                output.event("seeding", "seeding; Ctrl-C to stop")
+                await stop.wait()
+                code = EXIT_DONE
+                break
+            if stop.is_set():
+                await save_resume()
+                output.event("interrupted", f"interrupted: resume data saved in {resume}; run "
+                             "the same command again to resume", path=str(resume),
+                             verified=_verified_bytes(handle))
+                code = EXIT_INTERRUPTED
+                break
+            if time.monotonic() - last_save >= save_every and status.has_metadata:
+                await save_resume()
+                last_save = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(report_every):
+                    await stop.wait()
+        return code
+
+
+def _atp_infohash(atp: Any) -> str | None:
+    try:
+        ih = atp.info_hashes
+        best = ih.get_best()
+        text = str(best)
+        return text if text and set(text) != {"0"} else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+async def _save_resume(session: Any, infohash: str, path: Path) -> None:
+    """Write the torrent's resume data atomically (tmp file + rename)."""
+    data = await session.resume_data(infohash)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _verified_bytes(handle: Any) -> int:
+    """Bytes of the pieces we have (hash checked): what resume data keeps."""
+    import libtorrent as lt
+
+    ti = handle.torrent_file()
+    if ti is None:
+        return 0
+    pieces = handle.status(flags=lt.torrent_handle.query_pieces).pieces
+    return sum(ti.piece_size(i) for i, have in enumerate(pieces) if have)
+
+
+def _progress(torrent: Any, status: Any) -> Progress:
+    from .torrent.session import STATE_NAMES
+
+    state = STATE_NAMES.get(int(status.state), str(status.state))
+    rate = status.download_payload_rate
+    left = max(0, status.total_wanted - status.total_wanted_done)
+    stats = torrent.stats()
+    return Progress(
+        phase=PHASES.get(state, state),
+        progress=round(status.progress, 4),
+        download_rate=rate,
+        upload_rate=status.upload_payload_rate,
+        downloaded=status.total_wanted_done,
+        wanted=status.total_wanted,
+        session_download=status.total_payload_download,
+        eta=round(left / rate, 1) if rate > 0 and left else None,
+        peers=stats["peers_by_source"],
+    )
+
+
+@click.command("download")
+@click.argument("source")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True, help="Directory to download into.")
+@click.option("--file", "files", multiple=True, metavar="INDEX|GLOB",
+              help="Only these files (repeatable): an index or a glob on the path.")
+@click.option("--seed/--no-seed", default=False, show_default=True,
+              help="Keep seeding after the download (until Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--signal", "signal_url", metavar="URL",
+              help="Signaling server (ws:// or wss://); default P2P_SIGNALING_URL.")
+@click.option("--stun", multiple=True, metavar="HOST:PORT",
+              help="STUN server for NAT discovery (repeatable); default P2P_STUN_SERVERS.")
+@click.option("--listen-port", type=click.IntRange(0, 65535), default=0,
+              help="TCP/UDP port for peers (0: any free port).")
+@click.option("--max-download-rate", type=click.IntRange(min=0), default=0, metavar="KB/s",
+              help="Download limit in KB/s (0: none).")
+@click.option("--max-upload-rate", type=click.IntRange(min=0), default=0, metavar="KB/s",
+              help="Upload limit in KB/s (0: none).")
+@click.option("--save-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds between resume data saves.")
+@click.option("--isolated", is_flag=True,
+              help="Only the signaling room as peer source (no DHT bootstrap, LSD, UPnP).")
+def download_command(
+    source: str, out_dir: Path, files: tuple[str, ...], seed: bool, as_json: bool,
+    signal_url: str | None, stun: tuple[str, ...], listen_port: int,
+    max_download_rate: int, max_upload_rate: int, save_every: float, isolated: bool,
+) -> None:
+    """Download SOURCE (a magnet link, a .torrent file or an infohash)."""
+    overrides: dict[str, Any] = {"listen_port": listen_port}
+    try:
+        if signal_url:
+            overrides["signaling_url"] = parse_ws_url(signal_url, "--signal")
+        if stun:
+            overrides["stun_servers"] = tuple(parse_hostport(s, "--stun") for s in stun)
+        config = Config.from_env(**overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not config.signaling_url:
+        config = Config.from_env(**{**overrides, "signaling_enabled": False})
+    settings: dict[str, Any] = {}
+    if isolated:
+        from .torrent.session import ISOLATED_SETTINGS
+
+        settings.update(ISOLATED_SETTINGS)
+    mode = "json" if as_json else "live" if sys.stdout.isatty() else "plain"
+    output = Output(mode, sys.stdout)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_download(
+            source, out_dir, config=config, output=output, files=files, seed=seed,
+            save_every=save_every, report_every=1.0 if mode != "plain" else 5.0,
+            lt_settings=settings, stop=stop, download_limit=max_download_rate * 1000,
+            upload_limit=max_upload_rate * 1000,
+        )
+
+    try:
+        code = asyncio.run(main())
+    except ConfigError as exc:
+        output.close()
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_BAD_INPUT) from None
+    except LtPunchError as exc:
+        output.close()
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED) from None
+    output.close()
+    raise click.exceptions.Exit(code)
+
+
+__all__ = ["Progress", "download_command", "run_download", "select_files"]

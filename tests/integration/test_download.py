@@ -1,0 +1,150 @@
+"""``lt-punch download`` as a command on loopback: a real seed in a signaling room, the
+command in a subprocess, its JSON output parsed; bad input; resume after SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lt_punch import Config
+from lt_punch.signaling import SignalingServer
+from lt_punch.torrent.maketorrent import make_torrent, sha256_file, write_random_file
+from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
+
+SIZE = 16 << 20
+PIECE = 1 << 18
+LT = {**ISOLATED_SETTINGS, "allow_multiple_connections_per_ip": True}
+
+
+class Seed:
+    def __init__(self, server: SignalingServer, torrent: Path, digest: str) -> None:
+        self.server = server
+        self.torrent = torrent
+        self.digest = digest
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+        assert self.server.dht_address is not None
+        env["P2P_SIGNALING_UDP_PORT"] = str(self.server.dht_address[1])
+        return env
+
+    def argv(self, out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "lt_punch", "download", str(self.torrent), "-o",
+                str(out), "--json", "--isolated", "--signal", self.server.url, *extra]
+
+
+@pytest.fixture
+async def seed(tmp_path: Path) -> AsyncIterator[Seed]:
+    payload = tmp_path / "seed" / "movie.bin"
+    digest = write_random_file(payload, SIZE, seed=7)
+    torrent = tmp_path / "movie.torrent"
+    torrent.write_bytes(make_torrent(payload, piece_size=PIECE))
+    async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
+        assert server.dht_address is not None
+        config = Config(signaling_url=server.url, signaling_udp_port=server.dht_address[1],
+                        listen_host="127.0.0.1")
+        async with EnhancedTorrentSession(config, peer_id="seed", lt_settings=LT,
+                                          save_path=payload.parent) as session:
+            await session.add(torrent)
+            yield Seed(server, torrent, digest)
+
+
+async def _run(argv: list[str], env: dict[str, str], timeout: float = 60,  # noqa: ASYNC109
+               until: Any = None) -> tuple[int, list[dict[str, Any]], str]:
+    """Run the command; with ``until``, send SIGINT at the first event it accepts."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    events: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            async for line in proc.stdout:
+                event = json.loads(line)
+                events.append(event)
+                if until is not None and until(event):
+                    proc.send_signal(signal.SIGINT)
+                    until = None
+            code = await proc.wait()
+            err = (await proc.stderr.read()).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return code, events, err
+
+
+async def test_download_completes_with_json_progress(seed: Seed, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, events, err = await _run(seed.argv(out), seed.env())
+    assert code == 0, err
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "done" and "progress" in kinds
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress[-1]["progress"] == 1.0 and progress[-1]["downloaded"] == SIZE
+    assert all(set(p) >= {"phase", "download_rate", "eta", "peers"} for p in progress)
+    # The peer came from the signaling room through the punch pipeline.
+    assert [p["peer_id"] for p in events[-1]["punched"]] == ["seed"]
+    assert sha256_file(out / "movie.bin") == seed.digest
+    assert (out / ".lt_punch").is_dir()
+
+
+async def test_resume_after_sigint_downloads_only_the_rest(seed: Seed, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # Slow enough to be stopped half way: 4 MB/s on 16 MB.
+    code, first, err = await _run(
+        seed.argv(out, "--max-download-rate", "4000"), seed.env(),
+        until=lambda e: e["event"] == "progress" and e["progress"] >= 0.3)
+    assert code == 130, err
+    assert first[-1]["event"] == "interrupted"
+    assert "run the same command again to resume" in first[-1]["message"]
+    had = first[-1]["verified"]  # bytes of hash-checked pieces, kept in the resume data
+    assert 0 < had < SIZE and had % PIECE == 0
+    code, second, err = await _run(seed.argv(out), seed.env())
+    assert code == 0, err
+    assert second[0]["event"] == "resume"
+    final = [e for e in second if e["event"] == "progress"][-1]
+    assert final["downloaded"] == SIZE
+    # Nothing verified before the interruption came again: at most the rest was fetched.
+    assert final["session_download"] <= SIZE - had, (final, had)
+    assert sha256_file(out / "movie.bin") == seed.digest
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["not-a-torrent"], "error: not a magnet link, infohash or .torrent file: "
+                            "'not-a-torrent'"),
+        (["magnet:?xt=urn:btih:zz"], "error: bad magnet link"),
+        (["{corrupt}"], "not a valid .torrent file"),
+        (["{torrent}", "-o", "/proc/ltp-no-such-dir"], "error: cannot write to "
+                                                       "/proc/ltp-no-such-dir"),
+        (["{torrent}", "--signal", "http://x"], "--signal"),
+        (["{torrent}", "--max-download-rate", "-1"], "--max-download-rate"),
+    ],
+)
+async def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str],
+                                               message: str) -> None:
+    payload = tmp_path / "p.bin"
+    write_random_file(payload, 1 << 16)
+    torrent = tmp_path / "p.torrent"
+    torrent.write_bytes(make_torrent(payload))
+    corrupt = tmp_path / "c.torrent"
+    corrupt.write_bytes(b"d4:infoi1ee")
+    argv = [a.format(torrent=torrent, corrupt=corrupt) for a in args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    code, events, err = await _run(
+        [sys.executable, "-m", "lt_punch", "download", *argv, "-o", str(tmp_path / "o")]
+        if "-o" not in argv else [sys.executable, "-m", "lt_punch", "download", *argv], env)
+    assert code == 2, (code, err)
+    assert message in err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) <= 3, err  # click's usage lines, or our one line
