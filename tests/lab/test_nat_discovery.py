@@ -62,7 +62,6 @@ def test_coturn_classifies_each_kind_20_of_20(nat_lab: NatLabFactory) -> None:
         for info in infos:
             assert info["confidence"] == 1.0 and info["skipped"] == [], info
             assert info["public_ip"] == lab.host(kind).public_ip
-            assert info["duration"] < 1.5, info  # unanswered filtering tests take 1.1 s
     # Port allocation: the EIM routers keep the host's port, the symmetric one draws at
     # random (nftables masquerade fully-random).
     assert {i["allocation"] for k in ("full", "restricted", "port")
