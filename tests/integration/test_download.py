@@ -58,8 +58,9 @@ async def seed(tmp_path: Path) -> AsyncIterator[Seed]:
 
 
 async def _run(argv: list[str], env: dict[str, str], timeout: float = 60,  # noqa: ASYNC109
-               until: Any = None) -> tuple[int, list[dict[str, Any]], str]:
-    """Run the command; with ``until``, send SIGINT at the first event it accepts."""
+               until: Any = None, sig: signal.Signals = signal.SIGINT,
+               ) -> tuple[int, list[dict[str, Any]], str]:
+    """Run the command; with ``until``, send ``sig`` at the first event it accepts."""
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -70,7 +71,7 @@ async def _run(argv: list[str], env: dict[str, str], timeout: float = 60,  # noq
                 event = json.loads(line)
                 events.append(event)
                 if until is not None and until(event):
-                    proc.send_signal(signal.SIGINT)
+                    proc.send_signal(sig)
                     until = None
             code = await proc.wait()
             err = (await proc.stderr.read()).decode()
@@ -114,6 +115,30 @@ async def test_resume_after_sigint_downloads_only_the_rest(seed: Seed, tmp_path:
     assert final["downloaded"] == SIZE
     # Nothing verified before the interruption came again: at most the rest was fetched.
     assert final["session_download"] <= SIZE - had, (final, had)
+    assert sha256_file(out / "movie.bin") == seed.digest
+
+
+async def test_resume_after_sigkill_loses_at_most_the_last_save_interval(
+    seed: Seed, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    rate = 4_000_000  # 4 MB/s
+    save_every = 0.5
+    code, first, _ = await _run(
+        seed.argv(out, "--max-download-rate", str(rate // 1000), "--save-every",
+                  str(save_every)), seed.env(), sig=signal.SIGKILL,
+        until=lambda e: e["event"] == "progress" and e["progress"] >= 0.5)
+    assert code == -signal.SIGKILL
+    had = max(e["downloaded"] for e in first if e["event"] == "progress")
+    code, second, err = await _run(seed.argv(out), seed.env())
+    assert code == 0, err
+    assert second[0]["event"] == "resume"
+    final = [e for e in second if e["event"] == "progress"][-1]
+    assert final["downloaded"] == SIZE
+    # Lost: what arrived after the last periodic save, bounded by the rate times the save
+    # interval plus the report interval (1 s), plus the pieces in flight.
+    margin = rate * (save_every + 1.0) + 2 * PIECE
+    assert final["session_download"] <= SIZE - had + margin, (final, had)
     assert sha256_file(out / "movie.bin") == seed.digest
 
 
