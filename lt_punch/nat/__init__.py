@@ -23,7 +23,6 @@ _LAZY = {
     "StunMessage": "stun",
     "NATTest": "info",
     "Retransmission": "discover",
-    "classify_local": "discover",
     "discover_nat": "discover",
     "route_local_ip": "discover",
 }

@@ -68,31 +68,6 @@ ENDPOINT_DEPENDENT = "endpoint-dependent"
 NO_NAT = "no-nat"
 UNKNOWN = "unknown"
 
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598 shared address space
-
-
-def classify_local(ip: str) -> bool:
-    """True when ``ip`` is already a public address (so the host is "open").
-
-    Private (RFC 1918), loopback, link-local, CGNAT (100.64.0.0/10), unspecified,
-    multicast and reserved addresses are not public. Unparsable input is not public.
-    """
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
-        return False
-    return not (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    )
-
-
 def route_local_ip(server: Address) -> str:
     """The local IPv4 address the kernel would use to reach ``server`` (no packet sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -575,4 +550,4 @@ async def discover_nat(
     )
 
 
-__all__ = ["Answer", "Retransmission", "classify_local", "discover_nat", "route_local_ip"]
+__all__ = ["Answer", "Retransmission", "discover_nat", "route_local_ip"]

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RemoteProtocolError
+from ..nat.info import NATInfo
 from ..types import Address
 
 METHODS = ("utp", "tcp")
@@ -130,7 +131,7 @@ SUMMARY_FIELDS: dict[str, frozenset[str] | None] = {
 """The NAT summary a peer publishes: field -> allowed values (None values always allowed)."""
 
 
-def summarize(info: Any) -> dict[str, Any]:
+def summarize(info: NATInfo) -> dict[str, Any]:
     """The summary of a :class:`~lt_punch.nat.info.NATInfo` (its public fields by name)."""
     return {name: getattr(info, name, None) for name in SUMMARY_FIELDS}
 

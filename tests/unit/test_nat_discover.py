@@ -23,7 +23,6 @@ from lt_punch.nat.discover import (
     _allocation_pattern,
     _classic,
     _Client,
-    classify_local,
     discover_nat,
     route_local_ip,
 )
@@ -331,31 +330,6 @@ async def test_discovery_does_not_block_the_loop(silent_server: Address) -> None
 
 def test_route_local_ip() -> None:
     assert route_local_ip(("127.0.0.1", 9)) == "127.0.0.1"
-
-
-@pytest.mark.parametrize(
-    ("ip", "public"),
-    [
-        ("8.8.8.8", True),
-        ("203.0.114.1", True),
-        ("2606:4700:4700::1111", True),
-        ("10.1.2.3", False),
-        ("172.16.0.1", False),
-        ("192.168.1.1", False),
-        ("127.0.0.1", False),
-        ("169.254.1.1", False),
-        ("100.64.0.1", False),
-        ("100.127.255.254", False),
-        ("0.0.0.0", False),
-        ("224.0.0.1", False),
-        ("::1", False),
-        ("fe80::1", False),
-        ("fd00::1", False),
-        ("not an ip", False),
-    ],
-)
-def test_classify_local(ip: str, public: bool) -> None:
-    assert classify_local(ip) is public
 
 
 def test_pystun_names_map() -> None:
