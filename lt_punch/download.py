@@ -208,7 +208,7 @@ async def run_download(
             if files and not files_set and status.has_metadata:
                 ti = handle.torrent_file()
                 assert ti is not None  # has_metadata
-                fs = ti.files()
+                fs = ti.layout()
                 names = [fs.file_path(i) for i in range(fs.num_files())]
                 picked = select_files(names, files)
                 handle.prioritize_files([4 if i in picked else 0 for i in range(len(names))])

@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import libtorrent as lt
 
@@ -36,6 +36,9 @@ from ..punch.strategy import recommend_strategy
 from ..signaling import protocol as sp
 from ..signaling.client import SignalingClient, whoami
 from ..types import Address
+
+if TYPE_CHECKING:
+    from .reader import TorrentReader
 from . import native
 from .alerts import AlertPump
 
@@ -480,6 +483,55 @@ class EnhancedTorrentSession:
         if self.session is not None:
             flags = lt.session.delete_files if delete_files else 0
             self.session.remove_torrent(torrent.handle, flags)
+
+    def open(self, infohash: str, file_index: int = 0) -> TorrentReader:
+        """An async, seekable reader of one file of a torrent, usable while it downloads
+        (:class:`~lt_punch.torrent.reader.TorrentReader`)."""
+        from .reader import TorrentReader
+
+        return TorrentReader(self, infohash, file_index)
+
+    async def read_piece(
+        self, infohash: str, piece: int, *, deadline_ms: int = 0, timeout: float = 60.0  # noqa: ASYNC109
+    ) -> bytes:
+        """The bytes of one piece, waiting for it to be downloaded (never polls).
+
+        A piece we have is read from disk; a missing one gets a piece deadline
+        (``deadline_ms`` from now, 0: most urgent) with ``alert_when_available``, and
+        libtorrent hands its bytes over once it is downloaded and checked.
+
+        Raises:
+            LtPunchError: unknown torrent, no metadata, bad piece index, or a read error.
+            LtTimeoutError: not available within ``timeout``.
+        """
+        torrent = self.torrents.get(infohash)
+        if torrent is None:
+            raise LtPunchError(f"unknown torrent {infohash}")
+        handle = torrent.handle
+        ti = handle.torrent_file()
+        if ti is None:
+            raise LtPunchError(f"torrent {infohash} has no metadata yet")
+        if not 0 <= piece < ti.num_pieces():
+            raise LtPunchError(f"piece {piece} out of range (0..{ti.num_pieces() - 1})")
+        assert self._pump is not None
+        fut = self._pump.wait_for(
+            lambda a: a if isinstance(a, lt.read_piece_alert) and a.piece == piece
+            and a.handle == handle else None
+        )
+        if handle.have_piece(piece):
+            handle.read_piece(piece)
+        else:
+            handle.set_piece_deadline(piece, deadline_ms, lt.deadline_flags_t.alert_when_available)
+        try:
+            async with asyncio.timeout(timeout):
+                alert = await fut
+        except TimeoutError:
+            raise LtTimeoutError(f"piece {piece} of {infohash} not available after "
+                                 f"{timeout:g} s") from None
+        if alert.error.value():
+            raise LtPunchError(f"cannot read piece {piece}: {alert.error.message()}")
+        data: bytes = alert.buffer
+        return data
 
     async def resume_data(self, infohash: str, timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
         """libtorrent's resume data of a torrent (bencoded, with the info dict when known),
