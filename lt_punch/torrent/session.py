@@ -484,6 +484,27 @@ class EnhancedTorrentSession:
             flags = lt.session.delete_files if delete_files else 0
             self.session.remove_torrent(torrent.handle, flags)
 
+    async def wait_metadata(self, infohash: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until the torrent's metadata is known (at once for a .torrent)."""
+        torrent = self.torrents.get(infohash)
+        if torrent is None:
+            raise LtPunchError(f"unknown torrent {infohash}")
+        assert self._pump is not None
+        handle = torrent.handle
+        fut = self._pump.wait_for(
+            lambda a: True if isinstance(a, lt.metadata_received_alert) and a.handle == handle
+            else None
+        )
+        try:
+            if handle.status().has_metadata:
+                return
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise LtTimeoutError(f"no metadata for {infohash} after {timeout:g} s") from None
+        finally:
+            fut.cancel()
+
     def open(self, infohash: str, file_index: int = 0) -> TorrentReader:
         """An async, seekable reader of one file of a torrent, usable while it downloads
         (:class:`~lt_punch.torrent.reader.TorrentReader`)."""
@@ -514,24 +535,31 @@ class EnhancedTorrentSession:
         if not 0 <= piece < ti.num_pieces():
             raise LtPunchError(f"piece {piece} out of range (0..{ti.num_pieces() - 1})")
         assert self._pump is not None
-        fut = self._pump.wait_for(
-            lambda a: a if isinstance(a, lt.read_piece_alert) and a.piece == piece
-            and a.handle == handle else None
-        )
+        def extract(a: Any) -> tuple[str | None, bytes] | None:
+            # Alerts die at the next pop: take plain values out now.
+            if not (isinstance(a, lt.read_piece_alert) and a.piece == piece
+                    and a.handle == handle):
+                return None
+            if a.error.value():
+                return a.error.message(), b""
+            return None, bytes(a.buffer)
+
+        fut = self._pump.wait_for(extract)
         if handle.have_piece(piece):
             handle.read_piece(piece)
         else:
             handle.set_piece_deadline(piece, deadline_ms, lt.deadline_flags_t.alert_when_available)
         try:
             async with asyncio.timeout(timeout):
-                alert = await fut
+                error, data = await fut
         except TimeoutError:
             raise LtTimeoutError(f"piece {piece} of {infohash} not available after "
                                  f"{timeout:g} s") from None
-        if alert.error.value():
-            raise LtPunchError(f"cannot read piece {piece}: {alert.error.message()}")
-        data: bytes = alert.buffer
-        return data
+        finally:
+            fut.cancel()
+        if error is not None:
+            raise LtPunchError(f"cannot read piece {piece}: {error}")
+        return bytes(data)
 
     async def resume_data(self, infohash: str, timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
         """libtorrent's resume data of a torrent (bencoded, with the info dict when known),
@@ -544,21 +572,26 @@ class EnhancedTorrentSession:
         torrent = self.torrents[infohash]
         assert self._pump is not None
         handle = torrent.handle
-        fut = self._pump.wait_for(
-            lambda a: a if isinstance(a, lt.save_resume_data_alert
-                                      | lt.save_resume_data_failed_alert)
-            and a.handle == handle else None
-        )
+        def extract(a: Any) -> tuple[str | None, bytes] | None:
+            # Alerts die at the next pop: take plain values out now.
+            if isinstance(a, lt.save_resume_data_alert) and a.handle == handle:
+                return None, bytes(lt.write_resume_data_buf(a.params))
+            if isinstance(a, lt.save_resume_data_failed_alert) and a.handle == handle:
+                return a.error.message(), b""
+            return None
+
+        fut = self._pump.wait_for(extract)
         handle.save_resume_data(lt.torrent_handle.save_info_dict)
         try:
             async with asyncio.timeout(timeout):
-                alert = await fut
+                error, data = await fut
         except TimeoutError:
             raise LtTimeoutError(f"no resume data for {infohash} after {timeout:g} s") from None
-        if isinstance(alert, lt.save_resume_data_failed_alert):
-            raise LtPunchError(f"cannot save resume data: {alert.error.message()}")
-        data: bytes = lt.write_resume_data_buf(alert.params)
-        return data
+        finally:
+            fut.cancel()
+        if error is not None:
+            raise LtPunchError(f"cannot save resume data: {error}")
+        return bytes(data)
 
     async def wait_finished(self, infohash: str, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until every wanted piece is downloaded *and* written to disk."""

@@ -1,0 +1,240 @@
+"""HTTP streaming of torrent files while they download (aiohttp), and ``lt-punch stream``.
+
+:func:`make_app` serves the torrents of an :class:`EnhancedTorrentSession`:
+
+* ``GET /`` - the files, as HTML, or JSON (``?format=json`` or ``Accept:
+  application/json``), each with its stream URL;
+* ``GET /playlist.m3u`` - an M3U playlist of every file;
+* ``GET`` / ``HEAD /files/{infohash}/{index}`` - the file, with ``Range`` (206 and
+  ``Content-Range``; 416 with ``Content-Range: bytes */size`` for a range that is
+  malformed or outside the file), ``Content-Type`` from the name, ``Content-Length``.
+
+Each request reads through its own :class:`~lt_punch.torrent.reader.TorrentReader`, so
+the reading position of every client drives piece deadlines; several clients can read at
+once, and a client that goes away mid-response just ends its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import mimetypes
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import web
+
+from .errors import ConfigError, LtPunchError
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 18
+SESSION_KEY: web.AppKey[Any] = web.AppKey("session", object)
+
+
+def make_app(session: Any) -> web.Application:
+    """The aiohttp application serving ``session``'s torrents."""
+    app = web.Application()
+    app[SESSION_KEY] = session
+    app.router.add_get("/", _index)
+    app.router.add_get("/playlist.m3u", _playlist)
+    app.router.add_get("/files/{infohash}/{index}", _file)  # GET also answers HEAD
+    return app
+
+
+def _files(session: Any, base: str) -> list[dict[str, Any]]:
+    rows = []
+    for infohash, torrent in session.torrents.items():
+        ti = torrent.handle.torrent_file()
+        if ti is None:
+            continue
+        layout = ti.layout()
+        for index in range(layout.num_files()):
+            rows.append({
+                "infohash": infohash,
+                "index": index,
+                "name": layout.file_path(index),
+                "size": layout.file_size(index),
+                "url": f"{base}/files/{infohash}/{index}",
+            })
+    return rows
+
+
+def _base(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+async def _index(request: web.Request) -> web.Response:
+    files = _files(request.app[SESSION_KEY], _base(request))
+    wants_json = (request.query.get("format") == "json"
+                  or "application/json" in request.headers.get("Accept", ""))
+    if wants_json:
+        return web.json_response({"files": files})
+    items = "\n".join(
+        f'<li><a href="{html.escape(f["url"])}">{html.escape(f["name"])}</a> '
+        f'({f["size"]} bytes)</li>' for f in files)
+    body = (f"<!doctype html><title>lt_punch</title><h1>Files</h1><ul>\n{items}\n</ul>"
+            '<p><a href="/playlist.m3u">playlist.m3u</a></p>')
+    return web.Response(text=body, content_type="text/html")
+
+
+async def _playlist(request: web.Request) -> web.Response:
+    lines = ["#EXTM3U"]
+    for f in _files(request.app[SESSION_KEY], _base(request)):
+        lines += [f"#EXTINF:-1,{f['name']}", f["url"]]
+    return web.Response(text="\n".join(lines) + "\n", content_type="audio/x-mpegurl")
+
+
+async def _file(request: web.Request) -> web.StreamResponse:
+    session = request.app[SESSION_KEY]
+    infohash = request.match_info["infohash"].lower()
+    try:
+        index = int(request.match_info["index"])
+        reader = session.open(infohash, index)
+    except (ValueError, LtPunchError) as exc:
+        raise web.HTTPNotFound(text=f"no such file: {exc}\n") from None
+    size = reader.size
+    content_type = mimetypes.guess_type(reader.name)[0] or "application/octet-stream"
+    headers = {"Accept-Ranges": "bytes", "Content-Type": content_type}
+    start, stop, status = 0, size, 200
+    if "Range" in request.headers:
+        try:
+            wanted = request.http_range
+        except ValueError:
+            wanted = None
+        if wanted is None or wanted.step not in (None, 1):
+            return _unsatisfiable(size)
+        first = wanted.start if wanted.start is not None else 0
+        if first < 0:  # "bytes=-N": the last N bytes
+            first = max(0, size + first)
+            last = size
+        else:
+            last = size if wanted.stop is None else min(wanted.stop, size)
+        if first >= size or first >= last:
+            return _unsatisfiable(size)
+        start, stop, status = first, last, 206
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    headers["Content-Length"] = str(stop - start)
+    response = web.StreamResponse(status=status, headers=headers)
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    reader.seek(start)
+    left = stop - start
+    try:
+        while left > 0:
+            chunk = await reader.read(min(CHUNK, left))
+            if not chunk:
+                break
+            await response.write(chunk)
+            left -= len(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        logger.debug("client went away at byte %d of %s", stop - left, reader.name)
+    return response
+
+
+def _unsatisfiable(size: int) -> web.Response:
+    return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"},
+                        text="requested range not satisfiable\n")
+
+
+@click.command("stream")
+@click.argument("source")
+@click.option("--file", "file_index", type=click.IntRange(min=0), default=None,
+              help="File index to stream (default: the largest).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8888, show_default=True)
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True, help="Directory to download into.")
+@click.option("--player", type=click.Choice(["mpv", "vlc"]), default=None,
+              help="Launch this player on the stream URL.")
+@click.option("--signal", "signal_url", metavar="URL", help="Signaling server URL.")
+@click.option("--isolated", is_flag=True, help="Only the signaling room as peer source.")
+def stream_command(source: str, file_index: int | None, host: str, port: int, out_dir: Path,
+                   player: str | None, signal_url: str | None, isolated: bool) -> None:
+    """Stream SOURCE (magnet, .torrent or infohash) over HTTP while it downloads."""
+    from .config import Config, parse_ws_url
+    from .download import check_writable
+
+    try:
+        overrides: dict[str, Any] = {}
+        if signal_url:
+            overrides["signaling_url"] = parse_ws_url(signal_url, "--signal")
+        config = Config.from_env(**overrides)
+        if not config.signaling_url:
+            config = Config.from_env(**{**overrides, "signaling_enabled": False})
+        check_writable(out_dir)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if player and shutil.which(player) is None:
+        raise click.UsageError(f"--player {player}: not installed (not on PATH)")
+    try:
+        asyncio.run(_serve(source, file_index, host, port, out_dir, player, config, isolated))
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(2) from None
+    except OSError as exc:
+        click.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise click.exceptions.Exit(2) from None
+    except LtPunchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
+
+
+async def _serve(source: str, file_index: int | None, host: str, port: int, out_dir: Path,
+                 player: str | None, config: Any, isolated: bool) -> None:
+    from .torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
+
+    settings = dict(ISOLATED_SETTINGS) if isolated else {}
+    async with EnhancedTorrentSession(config, lt_settings=settings, save_path=out_dir) as session:
+        torrent = await session.add(source)
+        await session.wait_metadata(torrent.infohash, timeout=120)
+        ti = torrent.handle.torrent_file()
+        assert ti is not None
+        layout = ti.layout()
+        sizes = [layout.file_size(i) for i in range(layout.num_files())]
+        if file_index is None:
+            file_index = max(range(len(sizes)), key=sizes.__getitem__)
+        elif file_index >= len(sizes):
+            raise ConfigError(f"--file {file_index}: the torrent has {len(sizes)} file(s)")
+        # The streamed file first; its first and last pieces at once (container headers
+        # and indexes live there).
+        torrent.handle.prioritize_files([7 if i == file_index else 1 for i in range(len(sizes))])
+        reader = session.open(torrent.infohash, file_index)
+        last = reader.piece_at(max(0, reader.size - 1))
+        for deadline, piece in ((0, reader.piece_at(0)), (100, last)):
+            torrent.handle.set_piece_deadline(piece, deadline)
+        runner = web.AppRunner(make_app(session))
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = runner.addresses[0]
+            url = f"http://{bound[0]}:{bound[1]}/files/{torrent.infohash}/{file_index}"
+            print(f"streaming {reader.name} at {url}", flush=True)  # noqa: T201
+            proc = await asyncio.create_subprocess_exec(player, url) if player else None
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await proc.wait()
+        finally:
+            await runner.cleanup()
+
+
+__all__ = ["make_app", "stream_command"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(stream_command())
