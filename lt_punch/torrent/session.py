@@ -258,6 +258,7 @@ class EnhancedTorrentSession:
                 | lt.alert_category.storage
                 | lt.alert_category.dht
                 | lt.alert_category.port_mapping
+                | lt.alert_category.piece_progress
             ),
             "user_agent": "lt_punch/0.1 libtorrent/" + lt.__version__,
         }
@@ -545,18 +546,29 @@ class EnhancedTorrentSession:
             return None, bytes(a.buffer)
 
         fut = self._pump.wait_for(extract)
-        if handle.have_piece(piece):
-            handle.read_piece(piece)
-        else:
-            handle.set_piece_deadline(piece, deadline_ms, lt.deadline_flags_t.alert_when_available)
+        # Another reader's set_piece_deadline on this piece (read-ahead) replaces ours and
+        # its alert_when_available flag: the piece_finished_alert is the safety net.
+        finished = self._pump.wait_for(
+            lambda a: isinstance(a, lt.piece_finished_alert) and a.piece_index == piece
+            and a.handle == handle
+        )
         try:
             async with asyncio.timeout(timeout):
+                if handle.have_piece(piece):
+                    handle.read_piece(piece)
+                else:
+                    handle.set_piece_deadline(piece, deadline_ms,
+                                              lt.deadline_flags_t.alert_when_available)
+                    await asyncio.wait({fut, finished}, return_when=asyncio.FIRST_COMPLETED)
+                    if not fut.done():
+                        handle.read_piece(piece)
                 error, data = await fut
         except TimeoutError:
             raise LtTimeoutError(f"piece {piece} of {infohash} not available after "
                                  f"{timeout:g} s") from None
         finally:
             fut.cancel()
+            finished.cancel()
         if error is not None:
             raise LtPunchError(f"cannot read piece {piece}: {error}")
         return bytes(data)

@@ -1,0 +1,47 @@
+"""Fixtures shared by the loopback integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from lt_punch import Config
+from lt_punch.signaling import SignalingServer
+from lt_punch.torrent.maketorrent import make_torrent, write_random_file
+from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
+
+SIZE = (8 << 20) + 12345  # not a multiple of the piece size
+PIECE = 1 << 18
+LT = {**ISOLATED_SETTINGS, "allow_multiple_connections_per_ip": True}
+
+
+class Pair:
+    def __init__(self, leech: EnhancedTorrentSession, infohash: str, data: bytes) -> None:
+        self.leech = leech
+        self.infohash = infohash
+        self.data = data
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """A seed and a leech in one signaling room; the leech downloads at 2 MB/s."""
+    payload = tmp_path / "seed" / "video.mp4"
+    write_random_file(payload, SIZE, seed=3)
+    torrent = make_torrent(payload, piece_size=PIECE)
+    async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
+        assert server.dht_address is not None
+        config = Config(signaling_url=server.url, signaling_udp_port=server.dht_address[1],
+                        listen_host="127.0.0.1")
+        async with EnhancedTorrentSession(config, peer_id="seed", lt_settings=LT,
+                                          save_path=payload.parent) as seed, \
+                EnhancedTorrentSession(config, peer_id="leech", lt_settings=LT,
+                                       save_path=tmp_path / "leech") as leech:
+            await seed.add(torrent)
+            added = await leech.add(torrent)
+            # 2 MB/s: the file (8 MB) is still downloading while the test reads.
+            added.handle.set_download_limit(2_000_000)
+            yield Pair(leech, added.infohash, payload.read_bytes())
+
+
