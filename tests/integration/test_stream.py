@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from lt_punch.stream import make_app
+from lt_punch.torrent.maketorrent import make_torrent, write_random_file
 
 from .conftest import SIZE, Pair
 
@@ -121,3 +126,33 @@ async def test_listing_playlist_and_404(pair: Pair, server: Server,
                 f"{server.base}/files/{pair.infohash}/x"):
         async with http.get(url) as r:
             assert r.status == 404, url
+
+
+async def test_stream_command_serves_a_file(tmp_path: Path) -> None:
+    """``lt-punch stream`` as a user runs it: prints the URL, serves ranges, stops on SIGINT."""
+    payload = tmp_path / "movie.mp4"
+    write_random_file(payload, 3 << 20, seed=2)
+    torrent = tmp_path / "movie.torrent"
+    torrent.write_bytes(make_torrent(payload))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lt_punch", "stream", str(torrent), "-o", str(tmp_path),
+        "--port", "0", "--isolated", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        assert line.startswith("streaming movie.mp4 at http://127.0.0.1:"), line
+        url = line.split(" at ", 1)[1].strip()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
+                http.get(url, headers={"Range": "bytes=1000-1999"}) as r:
+            assert r.status == 206
+            assert await r.read() == payload.read_bytes()[1000:2000]
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
