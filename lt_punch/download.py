@@ -95,10 +95,11 @@ class Output:
         else:
             self._write(report.line())
 
-    def event(self, kind: str, message: str, **fields: Any) -> None:
+    def event(self, kind: str, message: str, *, quiet: bool = False, **fields: Any) -> None:
+        """An event: always a JSON line in JSON mode; printed otherwise unless ``quiet``."""
         if self.mode == "json":
             self._write(json.dumps({"event": kind, "message": message, **fields}))
-        else:
+        elif not quiet:
             self._write(message)
 
     def _write(self, text: str) -> None:
@@ -188,64 +189,93 @@ async def run_download(
             except RuntimeError as exc:
                 output.event("warning", f"warning: ignoring unreadable resume data {resume}: {exc}")
         atp.save_path = str(out_dir)
+        # Per torrent, so that they hold for every peer (libtorrent exempts peers on local
+        # networks from the session-wide limits), and from the start: a peer of the room
+        # may connect before add() returns.
+        atp.download_limit = download_limit or -1
+        atp.upload_limit = upload_limit or -1
+        atp.flags &= ~lt.torrent_flags.paused  # start now, not at the auto-manager's tick
         torrent = await session.add(atp, save_path=out_dir)
         handle = torrent.handle
-        # Per torrent, so that they hold for every peer (libtorrent exempts peers on local
-        # networks from the session-wide limits).
-        handle.set_download_limit(download_limit)
-        handle.set_upload_limit(upload_limit)
         infohash = infohash_of(handle)
         resume = state_path(out_dir, infohash)
 
         async def save_resume() -> None:
+            verified = _verified_bytes(handle)  # before the request: a lower bound
+            started = time.monotonic()
             await _save_resume(session, infohash, resume)
+            output.event("saved", "", quiet=True, verified=verified,
+                         took=round(time.monotonic() - started, 3))
 
-        last_save = time.monotonic()
-        files_set = False
-        code: int | None = None
-        while code is None:
-            status = handle.status()
-            if files and not files_set and status.has_metadata:
-                ti = handle.torrent_file()
-                assert ti is not None  # has_metadata
-                fs = ti.layout()
-                names = [fs.file_path(i) for i in range(fs.num_files())]
-                picked = select_files(names, files)
-                handle.prioritize_files([4 if i in picked else 0 for i in range(len(names))])
-                files_set = True
-            output.progress(_progress(torrent, status))
-            if torrent.error:
-                output.event("error", f"error: {torrent.error}")
-                code = EXIT_FAILED
-                break
-            if status.is_finished and (not files or files_set):
-                await session.flush(infohash)
-                await save_resume()
-                punched = [{"peer_id": r.peer_id, "method": r.method}
-                           for r in torrent.punches.values() if r.state == "connected"]
-                output.event("done", f"done: {status.name} in {out_dir}", infohash=infohash,
-                             name=status.name, punched=punched)
-                if not seed:
-                    code = EXIT_DONE
-                    break
-                output.event("seeding", "seeding; Ctrl-C to stop")
-                await stop.wait()
+        async def save_periodically() -> None:
+            # Its own timer, so that a slow report or save never stretches the interval.
+            while True:
+                await asyncio.sleep(save_every)
+                if handle.status().has_metadata:
+                    with contextlib.suppress(LtPunchError):
+                        await save_resume()
+
+        saver = asyncio.create_task(save_periodically())
+        try:
+            return await _report_until_done(
+                torrent, session, output, out_dir, files, seed, stop, report_every,
+                save_resume)
+        finally:
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
+
+
+async def _report_until_done(
+    torrent: Any, session: Any, output: Output, out_dir: Path, files: tuple[str, ...],
+    seed: bool, stop: asyncio.Event, report_every: float, save_resume: Any,
+) -> int:
+    """Report progress until the download is done, failed or interrupted; the exit code."""
+    handle = torrent.handle
+    infohash = torrent.infohash
+    resume = state_path(out_dir, infohash)
+    files_set = False
+    code: int | None = None
+    while code is None:
+        status = handle.status()
+        if files and not files_set and status.has_metadata:
+            ti = handle.torrent_file()
+            assert ti is not None  # has_metadata
+            fs = ti.layout()
+            names = [fs.file_path(i) for i in range(fs.num_files())]
+            picked = select_files(names, files)
+            handle.prioritize_files([4 if i in picked else 0 for i in range(len(names))])
+            files_set = True
+        output.progress(_progress(torrent, status))
+        if torrent.error:
+            output.event("error", f"error: {torrent.error}")
+            code = EXIT_FAILED
+            break
+        if status.is_finished and (not files or files_set):
+            await session.flush(infohash)
+            await save_resume()
+            punched = [{"peer_id": r.peer_id, "method": r.method}
+                       for r in torrent.punches.values() if r.state == "connected"]
+            output.event("done", f"done: {status.name} in {out_dir}", infohash=infohash,
+                         name=status.name, punched=punched)
+            if not seed:
                 code = EXIT_DONE
                 break
-            if stop.is_set():
-                await save_resume()
-                output.event("interrupted", f"interrupted: resume data saved in {resume}; run "
-                             "the same command again to resume", path=str(resume),
-                             verified=_verified_bytes(handle))
-                code = EXIT_INTERRUPTED
-                break
-            if time.monotonic() - last_save >= save_every and status.has_metadata:
-                await save_resume()
-                last_save = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(report_every):
-                    await stop.wait()
-        return code
+            output.event("seeding", "seeding; Ctrl-C to stop")
+            await stop.wait()
+            code = EXIT_DONE
+            break
+        if stop.is_set():
+            await save_resume()
+            output.event("interrupted", f"interrupted: resume data saved in {resume}; run "
+                         "the same command again to resume", path=str(resume),
+                         verified=_verified_bytes(handle))
+            code = EXIT_INTERRUPTED
+            break
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(report_every):
+                await stop.wait()
+    return code
 
 
 def _atp_infohash(atp: Any) -> str | None:

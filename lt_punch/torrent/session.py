@@ -615,11 +615,14 @@ class EnhancedTorrentSession:
         except TimeoutError:
             raise LtTimeoutError(f"torrent {infohash} not finished after {timeout:.0f} s") from None
 
-    async def flush(self, infohash: str) -> None:
+    async def flush(self, infohash: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         """Write libtorrent's buffered blocks of a torrent to disk and wait for it.
 
         ``torrent_finished_alert`` can come before the last pieces are readable
         from the file (FIELD-NOTES), so readers of the file flush first.
+
+        Raises:
+            LtTimeoutError: libtorrent did not confirm within ``timeout``.
         """
         assert self._pump is not None
         torrent = self.torrents[infohash]
@@ -628,7 +631,14 @@ class EnhancedTorrentSession:
             and infohash_of(a.handle) == infohash
         )
         torrent.handle.flush_cache()
-        await fut
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise LtTimeoutError(f"torrent {infohash}: no cache flush after {timeout:g} s") \
+                from None
+        finally:
+            fut.cancel()
 
     async def wait_punched(self, infohash: str, timeout: float) -> PunchRecord:  # noqa: ASYNC109
         """Wait for the first connected punch on a torrent."""
