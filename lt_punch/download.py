@@ -327,6 +327,27 @@ def _progress(torrent: Any, status: Any) -> Progress:
     )
 
 
+def config_from_options(
+    signal_url: str | None, stun: tuple[str, ...] = (), **overrides: Any
+) -> Config:
+    """The Config of a command: its options over ``P2P_*``; signaling off without a URL.
+
+    Raises:
+        click.UsageError: a bad option or environment value (exit code 2).
+    """
+    try:
+        if signal_url:
+            overrides["signaling_url"] = parse_ws_url(signal_url, "--signal")
+        if stun:
+            overrides["stun_servers"] = tuple(parse_hostport(s, "--stun") for s in stun)
+        config = Config.from_env(**overrides)
+        if not config.signaling_url:
+            config = Config.from_env(**{**overrides, "signaling_enabled": False})
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return config
+
+
 @click.command("download")
 @click.argument("source")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -356,17 +377,7 @@ def download_command(
     max_download_rate: int, max_upload_rate: int, save_every: float, isolated: bool,
 ) -> None:
     """Download SOURCE (a magnet link, a .torrent file or an infohash)."""
-    overrides: dict[str, Any] = {"listen_port": listen_port}
-    try:
-        if signal_url:
-            overrides["signaling_url"] = parse_ws_url(signal_url, "--signal")
-        if stun:
-            overrides["stun_servers"] = tuple(parse_hostport(s, "--stun") for s in stun)
-        config = Config.from_env(**overrides)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    if not config.signaling_url:
-        config = Config.from_env(**{**overrides, "signaling_enabled": False})
+    config = config_from_options(signal_url, stun, listen_port=listen_port)
     settings: dict[str, Any] = {}
     if isolated:
         from .torrent.session import ISOLATED_SETTINGS

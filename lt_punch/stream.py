@@ -160,16 +160,10 @@ def _unsatisfiable(size: int) -> web.Response:
 def stream_command(source: str, file_index: int | None, host: str, port: int, out_dir: Path,
                    player: str | None, signal_url: str | None, isolated: bool) -> None:
     """Stream SOURCE (magnet, .torrent or infohash) over HTTP while it downloads."""
-    from .config import Config, parse_ws_url
-    from .download import check_writable
+    from .download import check_writable, config_from_options
 
+    config = config_from_options(signal_url)
     try:
-        overrides: dict[str, Any] = {}
-        if signal_url:
-            overrides["signaling_url"] = parse_ws_url(signal_url, "--signal")
-        config = Config.from_env(**overrides)
-        if not config.signaling_url:
-            config = Config.from_env(**{**overrides, "signaling_enabled": False})
         check_writable(out_dir)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
