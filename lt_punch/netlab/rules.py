@@ -35,7 +35,8 @@ symmetric  endpoint-dependent (fully-random) address-and-port-dependent (APDF)
   packet would leave a conntrack entry on the router's own WAN port, and the host's next
   outbound flow from that port would then be mapped to another port.
 
-Packet loss is applied on the internet bridge port of a side (both directions), so it
+Packet loss (IPv4 packets, not ARP) is applied on the internet bridge port of a side (both
+directions), so it
 works the same for ``open`` hosts and for routers, and never makes ``sendto()`` fail with
 EPERM, which a drop in a host's own output hook would.
 """
@@ -339,9 +340,14 @@ def loss_ruleset(ports: dict[str, int]) -> str:
     for port, percent in ports.items():
         if percent <= 0:
             continue
-        # numgen random mod 100 gives 0..99: "< N" matches N percent of packets.
-        rules.append(f'\t\tiifname "{port}" numgen random mod 100 < {percent} drop')
-        rules.append(f'\t\toifname "{port}" numgen random mod 100 < {percent} drop')
+        # numgen random mod 100 gives 0..99: "< N" matches N percent of packets. IPv4
+        # only: ARP is an artefact of emulating the internet with one bridge (a real
+        # lossy path has none), and a lost ARP reply would stall a whole burst for the
+        # kernel's 1 s ARP retry instead of losing single packets.
+        rules.append(f'\t\tiifname "{port}" ether type ip numgen random mod 100 < {percent} '
+                     "drop")
+        rules.append(f'\t\toifname "{port}" ether type ip numgen random mod 100 < {percent} '
+                     "drop")
     lines = [
         "table bridge ltp_loss {",
         "\tchain forward {",

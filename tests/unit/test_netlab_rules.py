@@ -90,10 +90,10 @@ def test_open_has_no_router() -> None:
 def test_loss_ruleset_drops_both_directions() -> None:
     text = loss_ruleset({"p1": 5, "p2": 0, "p3": 100})
     assert text.startswith("table bridge ltp_loss {")
-    assert 'iifname "p1" numgen random mod 100 < 5 drop' in text
-    assert 'oifname "p1" numgen random mod 100 < 5 drop' in text
+    assert 'iifname "p1" ether type ip numgen random mod 100 < 5 drop' in text
+    assert 'oifname "p1" ether type ip numgen random mod 100 < 5 drop' in text
     assert '"p2"' not in text
-    assert 'oifname "p3" numgen random mod 100 < 100 drop' in text
+    assert 'oifname "p3" ether type ip numgen random mod 100 < 100 drop' in text
 
 
 def test_plan_addresses_and_kinds() -> None:
