@@ -36,9 +36,8 @@ symmetric  endpoint-dependent (fully-random) address-and-port-dependent (APDF)
   outbound flow from that port would then be mapped to another port.
 
 Packet loss (IPv4 packets, not ARP) is applied on the internet bridge port of a side (both
-directions), so it
-works the same for ``open`` hosts and for routers, and never makes ``sendto()`` fail with
-EPERM, which a drop in a host's own output hook would.
+directions), so it works the same for ``open`` hosts and for routers, and never makes
+``sendto()`` fail with EPERM, which a drop in a host's own output hook would.
 """
 
 from __future__ import annotations
