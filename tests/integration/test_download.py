@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ async def seed(tmp_path: Path) -> AsyncIterator[Seed]:
 async def _run(argv: list[str], env: dict[str, str], timeout: float = 60,  # noqa: ASYNC109
                until: Any = None, sig: signal.Signals = signal.SIGINT,
                ) -> tuple[int, list[dict[str, Any]], str]:
-    """Run the command; with ``until``, send ``sig`` at the first event it accepts."""
+    """Run the command; with ``until``, send ``sig`` at the first event it accepts.
+
+    Each event gets ``_received``: the monotonic time this side read it."""
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -69,6 +72,7 @@ async def _run(argv: list[str], env: dict[str, str], timeout: float = 60,  # noq
         async with asyncio.timeout(timeout):
             async for line in proc.stdout:
                 event = json.loads(line)
+                event["_received"] = time.monotonic()
                 events.append(event)
                 if until is not None and until(event):
                     proc.send_signal(sig)
@@ -133,6 +137,11 @@ async def test_resume_after_sigkill_loses_at_most_the_last_save_interval(
     saves = [e for e in first if e["event"] == "saved"]
     assert saves, "no periodic save before the kill"
     saved = saves[-1]["verified"]  # on disk: the event comes after the atomic rename
+    # The command's loop may stall on a loaded machine (no save then) while libtorrent's
+    # threads go on downloading: the bound is the time from the last save's snapshot to the
+    # kill, as seen from here, not the nominal interval.
+    killed_at = next(e for e in first if e["event"] == "progress" and e["progress"] >= 0.5)
+    since_save = killed_at["_received"] - saves[-1]["_received"] + saves[-1]["took"]
     code, second, err = await _run(seed.argv(out), seed.env())
     assert code == 0, err
     assert second[0]["event"] == "resume"
@@ -141,9 +150,10 @@ async def test_resume_after_sigkill_loses_at_most_the_last_save_interval(
     fetched = final["session_download"]  # libtorrent's payload counter of the second run
     # Only what the last save did not hold came again ...
     assert fetched <= SIZE - saved, (fetched, saved)
-    # ... which is the remainder plus what arrived since that save: at most one save
-    # interval (and the save itself) at the limited rate, plus the pieces in flight.
-    margin = rate * (save_every + 1.0) + 2 * PIECE
+    # ... which is the remainder plus what arrived since that save: the time since it at
+    # the limited rate (one second of slack for the rate limiter's burst), plus the pieces
+    # in flight.
+    margin = rate * (since_save + 1.0) + 2 * PIECE
     assert fetched <= SIZE - had + margin, (fetched, had, saved)
     assert sha256_file(out / "movie.bin") == seed.digest
 
