@@ -36,9 +36,15 @@ def write_random_file(path: Path, size: int, *, seed: int | None = None) -> str:
 
 
 def make_torrent(path: Path, piece_size: int = 1 << 18) -> bytes:
-    """Bencoded .torrent (v1) for the file at ``path``; no trackers."""
-    entry = lt.create_file_entry(path.name, path.stat().st_size)
-    ct = lt.create_torrent([entry], piece_size, lt.create_torrent.v1_only)
+    """Bencoded .torrent (v1) for the file, or the directory of files, at ``path``;
+    no trackers."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        entries = [lt.create_file_entry(str(p.relative_to(path.parent)), p.stat().st_size)
+                   for p in files]
+    else:
+        entries = [lt.create_file_entry(path.name, path.stat().st_size)]
+    ct = lt.create_torrent(entries, piece_size, lt.create_torrent.v1_only)
     lt.set_piece_hashes(ct, str(path.parent))
     data: bytes = lt.bencode(ct.generate())
     return data

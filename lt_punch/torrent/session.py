@@ -41,6 +41,16 @@ if TYPE_CHECKING:
     from .reader import TorrentReader
 from . import native
 from .alerts import AlertPump
+from .events import (
+    EventStream,
+    Finished,
+    MetadataReceived,
+    PeerPunched,
+    PieceFinished,
+    PunchFailed,
+    TorrentError,
+    TorrentEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +150,66 @@ class Torrent:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     error: str | None = None
+    session: EnhancedTorrentSession | None = field(default=None, repr=False)
+    _streams: set[EventStream] = field(default_factory=set, repr=False)
+
+    # -- the handle API: what a media server uses ------------------------------------
+
+    def _owner(self) -> EnhancedTorrentSession:
+        if self.session is None or self.session.torrents.get(self.infohash) is not self:
+            raise LtPunchError(f"torrent {self.infohash} is not in a running session")
+        return self.session
+
+    async def wait_metadata(self, timeout: float = 120.0) -> None:  # noqa: ASYNC109
+        """Wait until the metadata is known (at once for a .torrent file).
+
+        Raises:
+            LtTimeoutError: no metadata within ``timeout`` seconds.
+        """
+        await self._owner().wait_metadata(self.infohash, timeout)
+
+    async def wait_finished(self, timeout: float = 3600.0) -> None:  # noqa: ASYNC109
+        """Wait until every wanted piece is downloaded and on disk.
+
+        Raises:
+            LtTimeoutError: not finished within ``timeout`` seconds.
+        """
+        await self._owner().wait_finished(self.infohash, timeout)
+
+    def open(self, file: int | str = 0) -> TorrentReader:
+        """An async reader (``read``, ``seek``) of one file, by index or by its path in
+        the torrent; reads wait for their pieces with deadlines. Needs the metadata.
+
+        Raises:
+            LtPunchError: no metadata yet, or no such file.
+        """
+        session = self._owner()
+        if isinstance(file, str):
+            ti = self.handle.torrent_file()
+            if ti is None:
+                raise LtPunchError(f"torrent {self.infohash} has no metadata yet")
+            layout = ti.layout()
+            names = [layout.file_path(i) for i in range(layout.num_files())]
+            if file not in names:
+                raise LtPunchError(f"no file {file!r} in torrent {self.infohash}")
+            file = names.index(file)
+        return session.open(self.infohash, file)
+
+    def events(self, maxsize: int = 10_000) -> EventStream:
+        """An async iterator of this torrent's typed events (:mod:`.events`), from now
+        until the torrent is removed or the session closes."""
+        stream = EventStream(self._streams, maxsize)
+        if self.session is None or self.session.torrents.get(self.infohash) is not self:
+            stream.end()
+        return stream
+
+    def publish(self, event: TorrentEvent) -> None:
+        for stream in list(self._streams):
+            stream.put(event)
+
+    def end_events(self) -> None:
+        for stream in list(self._streams):
+            stream.end()
 
     async def notify(self) -> None:
         async with self.changed:
@@ -323,6 +393,7 @@ class EnhancedTorrentSession:
             self.session = None
             for t in self.torrents.values():
                 t.finished.set()
+                t.end_events()
             # Destroying a session blocks while it says goodbye to peers and
             # trackers: do it off the event loop.
             await asyncio.to_thread(_drop_session, holder)
@@ -454,7 +525,7 @@ class EnhancedTorrentSession:
         infohash = infohash_of(handle)
         if infohash in self.torrents:
             return self.torrents[infohash]
-        torrent = Torrent(infohash, handle)
+        torrent = Torrent(infohash, handle, session=self)
         status = handle.status()
         if status.is_seeding:
             torrent.finished.set()
@@ -478,6 +549,7 @@ class EnhancedTorrentSession:
             raise LtPunchError(f"unknown torrent {infohash}")
         for task in torrent.tasks.values():
             task.cancel()
+        torrent.end_events()
         if self.client is not None and self.client.connected:
             with contextlib.suppress(SignalingError, LtTimeoutError):
                 await self.client.leave(infohash)
@@ -671,6 +743,11 @@ class EnhancedTorrentSession:
         return drained
 
     def _emit(self, event: dict[str, Any]) -> None:
+        torrent = self.torrents.get(event.get("infohash", ""))
+        if torrent is not None and torrent._streams:
+            typed = _typed_event(event)
+            if typed is not None:
+                torrent.publish(typed)
         if self._events.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._events.get_nowait()
@@ -694,6 +771,16 @@ class EnhancedTorrentSession:
             if t is not None and not t.finished.is_set():
                 t.finished.set()
                 self._emit({"type": "finished", "infohash": ih})
+        elif isinstance(alert, lt.piece_finished_alert):
+            t = self.torrents.get(infohash_of(alert.handle))
+            if t is not None and t._streams:
+                t.publish(PieceFinished(t.infohash, int(alert.piece_index)))
+        elif isinstance(alert, lt.metadata_received_alert):
+            t = self.torrents.get(infohash_of(alert.handle))
+            ti = alert.handle.torrent_file()
+            if t is not None and t._streams and ti is not None:
+                t.publish(MetadataReceived(t.infohash, ti.name(), ti.num_files(),
+                                           ti.total_size()))
         elif isinstance(alert, lt.portmap_alert | lt.portmap_error_alert):
             self._on_portmap(alert)
         elif isinstance(alert, lt.torrent_error_alert):
@@ -1045,6 +1132,22 @@ _CONNECT_OPS = {
     lt.operation_t.sock_bind,
     lt.operation_t.getpeername,
 }
+
+
+def _typed_event(event: dict[str, Any]) -> TorrentEvent | None:
+    """The typed form of a session event about one torrent (None: not a torrent event)."""
+    kind, ih = event["type"], event["infohash"]
+    if kind == "punched":
+        host, port = event["endpoint"]
+        return PeerPunched(ih, event["peer_id"], event["method"], (host, port),
+                           event["time_to_connect"])
+    if kind == "punch-failed":
+        return PunchFailed(ih, event["peer_id"], event["reason"])
+    if kind == "finished":
+        return Finished(ih)
+    if kind == "error":
+        return TorrentError(ih, event["message"])
+    return None
 
 
 def _alert_endpoint(alert: Any) -> Address | None:
