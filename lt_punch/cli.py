@@ -21,6 +21,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("lt_punch.demo", "demo_command", "Run two peers that meet by infohash and download."),
     "download": ("lt_punch.download", "download_command",
                  "Download a magnet link, .torrent file or infohash, with resume."),
+    "serve": ("lt_punch.serve", "serve_command",
+              "Run the daemon: several torrents, REST API, stream URLs, /metrics."),
     "stream": ("lt_punch.stream", "stream_command",
                "Stream a torrent's file over HTTP while it downloads."),
     "signal": ("lt_punch.signaling.cli", "signal_group", "Run or query a signaling server."),

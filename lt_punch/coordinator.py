@@ -97,6 +97,8 @@ class P2PCoordinator:
         lt_settings: libtorrent settings applied over the session's own.
         save_path: default download directory.
         nat_info: a known NAT description (skips detection).
+        session_state: an earlier run's
+            :meth:`~lt_punch.torrent.session.EnhancedTorrentSession.session_state`.
         **overrides: :class:`~lt_punch.config.Config` fields.
 
     Raises:
@@ -112,6 +114,7 @@ class P2PCoordinator:
         lt_settings: Mapping[str, Any] | None = None,
         save_path: str | os.PathLike[str] = ".",
         nat_info: NATInfo | None = None,
+        session_state: bytes | None = None,
         **overrides: Any,
     ) -> None:
         if config is None:
@@ -136,6 +139,7 @@ class P2PCoordinator:
         self._lt_settings = dict(lt_settings or {})
         self._save_path = save_path
         self._nat_info = nat_info
+        self._session_state = session_state
         self.signaling_server: SignalingServer | None = None
         """The embedded signaling server, when :meth:`initialize` started one."""
         self._peers: dict[str, RegisteredPeer] = {}
@@ -181,6 +185,7 @@ class P2PCoordinator:
                     lt_settings=self._lt_settings,
                     save_path=self._save_path,
                     nat_info=self._nat_info,
+                    state=self._session_state,
                 )
             await self.session.start()
         except BaseException:

@@ -24,6 +24,7 @@ import mimetypes
 import shutil
 import signal
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,10 @@ CHUNK = 1 << 18
 SESSION_KEY: web.AppKey[Any] = web.AppKey("session", object)
 
 
-def make_app(session: Any) -> web.Application:
-    """The aiohttp application serving ``session``'s torrents."""
-    app = web.Application()
+def make_app(session: Any, **options: Any) -> web.Application:
+    """The aiohttp application serving ``session``'s torrents (``options`` go to
+    :class:`aiohttp.web.Application`, e.g. ``middlewares``)."""
+    app = web.Application(**options)
     app[SESSION_KEY] = session
     app.router.add_get("/", _index)
     app.router.add_get("/playlist.m3u", _playlist)
@@ -48,20 +50,25 @@ def make_app(session: Any) -> web.Application:
     return app
 
 
-def _files(session: Any, base: str) -> list[dict[str, Any]]:
+def file_rows(session: Any, base: str, infohash: str | None = None,
+              query: str = "") -> list[dict[str, Any]]:
+    """The files of the session's torrents (or of one) with their stream URLs;
+    ``query`` (e.g. ``"?token=..."``) is appended to each URL."""
     rows = []
-    for infohash, torrent in session.torrents.items():
+    for ih, torrent in session.torrents.items():
+        if infohash is not None and ih != infohash:
+            continue
         ti = torrent.handle.torrent_file()
         if ti is None:
             continue
         layout = ti.layout()
         for index in range(layout.num_files()):
             rows.append({
-                "infohash": infohash,
+                "infohash": ih,
                 "index": index,
                 "name": layout.file_path(index),
                 "size": layout.file_size(index),
-                "url": f"{base}/files/{infohash}/{index}",
+                "url": f"{base}/files/{ih}/{index}{query}",
             })
     return rows
 
@@ -70,8 +77,19 @@ def _base(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
+def link_query(request: web.Request) -> str:
+    """What links in a response carry over from the request: its ``token`` parameter,
+    so that a player given a tokenized playlist URL can open the files it lists."""
+    token = request.query.get("token")
+    return "?" + urllib.parse.urlencode({"token": token}) if token else ""
+
+
+def _files(request: web.Request) -> list[dict[str, Any]]:
+    return file_rows(request.app[SESSION_KEY], _base(request), query=link_query(request))
+
+
 async def _index(request: web.Request) -> web.Response:
-    files = _files(request.app[SESSION_KEY], _base(request))
+    files = _files(request)
     wants_json = (request.query.get("format") == "json"
                   or "application/json" in request.headers.get("Accept", ""))
     if wants_json:
@@ -79,14 +97,15 @@ async def _index(request: web.Request) -> web.Response:
     items = "\n".join(
         f'<li><a href="{html.escape(f["url"])}">{html.escape(f["name"])}</a> '
         f'({f["size"]} bytes)</li>' for f in files)
+    playlist = html.escape("/playlist.m3u" + link_query(request))
     body = (f"<!doctype html><title>lt_punch</title><h1>Files</h1><ul>\n{items}\n</ul>"
-            '<p><a href="/playlist.m3u">playlist.m3u</a></p>')
+            f'<p><a href="{playlist}">playlist.m3u</a></p>')
     return web.Response(text=body, content_type="text/html")
 
 
 async def _playlist(request: web.Request) -> web.Response:
     lines = ["#EXTM3U"]
-    for f in _files(request.app[SESSION_KEY], _base(request)):
+    for f in _files(request):
         lines += [f"#EXTINF:-1,{f['name']}", f["url"]]
     return web.Response(text="\n".join(lines) + "\n", content_type="audio/x-mpegurl")
 
@@ -228,7 +247,7 @@ async def _serve(source: str, file_index: int | None, host: str, port: int, out_
             await runner.cleanup()
 
 
-__all__ = ["make_app", "stream_command"]
+__all__ = ["file_rows", "link_query", "make_app", "stream_command"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(stream_command())

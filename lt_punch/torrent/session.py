@@ -13,6 +13,7 @@ Python: libtorrent's own sockets carry it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -65,6 +66,7 @@ ISOLATED_SETTINGS: dict[str, Any] = {
 
 # States in which a torrent accepts peer connections (not queued or checking).
 _READY_STATES = {2, 3, 4, 5}
+_STATE_FLAGS = lt.save_state_flags_t.save_dht_state
 
 STATE_NAMES = {
     0: "queued",
@@ -110,6 +112,8 @@ class PunchRecord:
     immediate: bool = False
     strategy: dict[str, Any] | None = None
     """:func:`~lt_punch.punch.strategy.recommend_strategy` for the pair (same on both ends)."""
+    tally: collections.Counter[tuple[str, str]] | None = field(default=None, repr=False)
+    """The session's running count of attempts by (method, result), outliving the record."""
 
     @property
     def time_to_connect(self) -> float | None:
@@ -119,6 +123,8 @@ class PunchRecord:
 
     def fail(self, method: str, attempt: int, reason: str) -> None:
         self.failures.append({"method": method, "attempt": attempt, "reason": reason})
+        if self.tally is not None:
+            self.tally[(method, "failed")] += 1
         logger.info("punch %s %s attempt %d failed: %s", self.peer_id, method, attempt, reason)
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,6 +264,8 @@ class EnhancedTorrentSession:
         lt_settings: libtorrent settings applied over ours (e.g. ``ISOLATED_SETTINGS``).
         save_path: default download directory.
         nat_info: a known NAT description (skips STUN detection).
+        state: what :meth:`session_state` returned in an earlier run (the DHT's node id
+            and nodes): the DHT starts from it instead of bootstrapping from nothing.
     """
 
     def __init__(
@@ -268,8 +276,10 @@ class EnhancedTorrentSession:
         lt_settings: dict[str, Any] | None = None,
         save_path: str | os.PathLike[str] = ".",
         nat_info: NATInfo | None = None,
+        state: bytes | None = None,
     ) -> None:
         self.config = config if config is not None else Config.from_env()
+        self._state = state
         self.peer_id = peer_id or "ltp-" + secrets.token_hex(6)
         self.save_path = str(save_path)
         self._lt_settings = dict(lt_settings or {})
@@ -294,6 +304,9 @@ class EnhancedTorrentSession:
         self._started_at = time.monotonic()
         self._closed = False
         self.signaling_error: str | None = None
+        self.punch_tally: collections.Counter[tuple[str, str]] = collections.Counter()
+        """Punch attempts since the session started, by (method, "connected"|"failed"):
+        monotonic, unlike the records of :meth:`stats` (gone with their torrent)."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -350,7 +363,15 @@ class EnhancedTorrentSession:
         if self.session is not None:
             return
         # The binding takes a plain dict of settings; its stubs only know settings_pack.
-        self.session = lt.session(cast(Any, self._settings()))
+        settings = cast(Any, self._settings())
+        params = lt.session_params()
+        if self._state:
+            try:
+                params = lt.read_session_params(self._state, _STATE_FLAGS)
+            except RuntimeError as exc:
+                logger.warning("ignoring the saved session state (%s): starting afresh", exc)
+        params.settings = settings
+        self.session = lt.session(params)
         self._pump = AlertPump(self.session)
         self._pump.start()
         self._pump.subscribe(self._on_alert)
@@ -397,6 +418,14 @@ class EnhancedTorrentSession:
             # Destroying a session blocks while it says goodbye to peers and
             # trackers: do it off the event loop.
             await asyncio.to_thread(_drop_session, holder)
+
+    def session_state(self) -> bytes:
+        """The session state to keep for the next run (``state=``): the DHT's node id
+        and routing table, bencoded."""
+        if self.session is None:
+            raise LtPunchError("session not started")
+        return bytes(lt.write_session_params_buf(self.session.session_state(_STATE_FLAGS),
+                                                 _STATE_FLAGS))
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -543,7 +572,13 @@ class EnhancedTorrentSession:
         return torrent
 
     async def remove(self, infohash: str, *, delete_files: bool = False) -> None:
-        """Remove a torrent and leave its room."""
+        """Remove a torrent and leave its room; with ``delete_files``, return once
+        libtorrent has deleted them.
+
+        Raises:
+            LtPunchError: unknown torrent, or its files could not be deleted.
+            LtTimeoutError: libtorrent did not confirm the deletion.
+        """
         torrent = self.torrents.pop(infohash, None)
         if torrent is None:
             raise LtPunchError(f"unknown torrent {infohash}")
@@ -553,9 +588,34 @@ class EnhancedTorrentSession:
         if self.client is not None and self.client.connected:
             with contextlib.suppress(SignalingError, LtTimeoutError):
                 await self.client.leave(infohash)
-        if self.session is not None:
-            flags = lt.session.delete_files if delete_files else 0
-            self.session.remove_torrent(torrent.handle, flags)
+        if self.session is None:
+            return
+        if not delete_files:
+            self.session.remove_torrent(torrent.handle, 0)
+            return
+        assert self._pump is not None
+        # The files go on libtorrent's disk thread: wait for its word on them.
+        digest = torrent.handle.info_hashes()
+
+        def deleted(a: Any) -> tuple[str | None] | None:
+            if isinstance(a, lt.torrent_deleted_alert) and a.info_hashes == digest:
+                return (None,)
+            if isinstance(a, lt.torrent_delete_failed_alert) and a.info_hashes == digest:
+                return (a.error.message(),)
+            return None
+
+        fut = self._pump.wait_for(deleted)
+        self.session.remove_torrent(torrent.handle, lt.session.delete_files)
+        try:
+            async with asyncio.timeout(30):
+                (error,) = await fut
+        except TimeoutError:
+            raise LtTimeoutError(f"torrent {infohash} removed; its files not deleted "
+                                 "after 30 s") from None
+        finally:
+            fut.cancel()
+        if error is not None:
+            raise LtPunchError(f"torrent {infohash} removed; cannot delete its files: {error}")
 
     async def wait_metadata(self, infohash: str, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until the torrent's metadata is known (at once for a .torrent)."""
@@ -862,7 +922,8 @@ class EnhancedTorrentSession:
         self._profiles[peer_id] = peer
         me = self.profile
         role = "initiator" if plan.is_initiator(me, peer) else "responder"
-        rec = PunchRecord(torrent.infohash, peer_id, role, now, peer_nat=peer.nat)
+        rec = PunchRecord(torrent.infohash, peer_id, role, now, peer_nat=peer.nat,
+                          tally=self.punch_tally)
         rec.strategy = recommend_strategy(me.nat_summary or me.nat,
                                           peer.nat_summary or peer.nat)
         torrent.punches[peer_id] = rec
@@ -1058,6 +1119,7 @@ class EnhancedTorrentSession:
             return f"libtorrent: {detail}"
         rec.state = "connected"
         rec.method = method
+        self.punch_tally[(method, "connected")] += 1
         rec.endpoint = endpoint = watch.seen
         rec.connected_at = time.monotonic()
         logger.info("punched %s via %s to %s:%d in %.3f s", rec.peer_id, method,

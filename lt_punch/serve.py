@@ -1,0 +1,496 @@
+"""``lt-punch serve``: the daemon for media servers.
+
+One :class:`~lt_punch.coordinator.P2PCoordinator` (one libtorrent session), several
+torrents, kept across restarts in a state directory::
+
+    STATE_DIR/torrents/<infohash>.resume   libtorrent resume data (with the info dict once
+                                           known): written on add, every --save-every
+                                           seconds and at shutdown
+    STATE_DIR/session.state                the DHT's node id and routing table
+    STATE_DIR/downloads/                   the default download directory
+
+and one aiohttp server for the REST API (``docs/api.md``), the stream URLs of
+``lt-punch stream`` (:func:`lt_punch.stream.make_app`) and ``/metrics`` (Prometheus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .config import Config
+from .errors import ConfigError, LtPunchError
+
+logger = logging.getLogger(__name__)
+
+MAX_TORRENT_FILE = 16 << 20
+"""Largest accepted request body (a .torrent upload)."""
+
+_INFOHASH = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_SOURCE = re.compile(r"^(?:magnet:\?.*|[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$", re.DOTALL)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(base) / "lt_punch"
+
+
+class Daemon:
+    """The session, its torrents and their state directory.
+
+    Args:
+        state_dir: where resume data and the session state live (created if missing).
+        config: the session's settings.
+        download_dir: default download directory (``state_dir/downloads``).
+        lt_settings: libtorrent settings over ours (e.g. ``ISOLATED_SETTINGS``).
+        save_every: seconds between resume data saves.
+    """
+
+    def __init__(self, state_dir: Path, config: Config, *, download_dir: Path | None = None,
+                 lt_settings: dict[str, Any] | None = None, save_every: float = 30.0) -> None:
+        from .coordinator import P2PCoordinator
+
+        self.state_dir = state_dir
+        self.torrent_dir = state_dir / "torrents"
+        self.download_dir = download_dir or state_dir / "downloads"
+        self._state_file = state_dir / "session.state"
+        for path in (self.torrent_dir, self.download_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        state = self._state_file.read_bytes() if self._state_file.exists() else None
+        self.coordinator = P2PCoordinator(config, lt_settings=lt_settings,
+                                          save_path=self.download_dir, session_state=state)
+        self.save_every = save_every
+        self.restored: list[str] = []
+        """Infohashes brought back from the state directory at start."""
+        self._saver: asyncio.Task[None] | None = None
+
+    @property
+    def session(self) -> Any:
+        return self.coordinator.session
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the session and bring back the saved torrents.
+
+        Raises:
+            ConfigError: the configured BitTorrent listen port is taken.
+        """
+        await self.coordinator.initialize()
+        wanted = self.coordinator.config.listen_port
+        if wanted and self.session.session.listen_port() != wanted:
+            await self.coordinator.close()
+            raise ConfigError(f"cannot listen on port {wanted} for peers (in use?)")
+        await self._restore()
+        self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
+
+    async def close(self) -> None:
+        """Save every torrent's resume data and the session state, then stop."""
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
+            await self.save_all()
+            with contextlib.suppress(LtPunchError, OSError):
+                _write_atomic(self._state_file, self.session.session_state())
+        await self.coordinator.close()
+
+    async def _restore(self) -> None:
+        import libtorrent as lt
+
+        for path in sorted(self.torrent_dir.glob("*.resume")):
+            try:
+                atp = lt.read_resume_data(path.read_bytes())
+                torrent = await self.session.add(atp)
+            except (RuntimeError, OSError, LtPunchError) as exc:
+                bad = path.with_suffix(".bad")
+                logger.warning("cannot restore %s (%s): moved to %s", path.name, exc, bad.name)
+                with contextlib.suppress(OSError):
+                    os.replace(path, bad)
+                continue
+            self.restored.append(torrent.infohash)
+        if self.restored:
+            logger.info("restored %d torrent(s) from %s", len(self.restored), self.torrent_dir)
+
+    async def add(self, source: Any) -> tuple[Any, bool]:
+        """Add a torrent (magnet, infohash or .torrent bytes) and save it at once;
+        returns it and whether it is new."""
+        known = set(self.session.torrents)
+        torrent = await self.session.add(source)
+        new = torrent.infohash not in known
+        if new:
+            await self.save(torrent.infohash)
+        return torrent, new
+
+    async def remove(self, infohash: str, *, delete_files: bool) -> None:
+        """Remove a torrent (and its files) and forget it across restarts.
+
+        Raises:
+            LtPunchError: the files could not be deleted (the torrent is gone anyway).
+        """
+        try:
+            await self.session.remove(infohash, delete_files=delete_files)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (self.torrent_dir / f"{infohash}.resume").unlink()
+
+    async def save(self, infohash: str) -> None:
+        data = await self.session.resume_data(infohash)
+        if infohash in self.session.torrents:  # not removed meanwhile
+            _write_atomic(self.torrent_dir / f"{infohash}.resume", data)
+
+    async def save_all(self) -> None:
+        for infohash in list(self.session.torrents):
+            try:
+                await self.save(infohash)
+            except (LtPunchError, OSError) as exc:
+                logger.warning("cannot save resume data of %s: %s", infohash, exc)
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.save_every)
+            await self.save_all()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# -- HTTP API --------------------------------------------------------------------------------
+
+DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
+
+
+def make_api(daemon: Daemon, token: str | None = None) -> web.Application:
+    """The daemon's aiohttp application: the REST API, ``/metrics`` and the stream
+    routes; with ``token``, every request needs ``Authorization: Bearer <token>``
+    (or ``?token=<token>``, for players that cannot send headers)."""
+    from .stream import make_app
+
+    middlewares = [_auth_middleware(token)] if token else []
+    app = make_app(daemon.session, middlewares=middlewares, client_max_size=MAX_TORRENT_FILE)
+    app[DAEMON_KEY] = daemon
+    app.router.add_get("/p2p/nat", _p2p_nat)
+    app.router.add_get("/p2p/stats", _p2p_stats)
+    app.router.add_get("/p2p/health", _p2p_health)
+    app.router.add_get("/torrents", _list_torrents)
+    app.router.add_post("/torrents", _add_torrent)
+    app.router.add_get("/torrents/{infohash}", _get_torrent)
+    app.router.add_delete("/torrents/{infohash}", _delete_torrent)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SessionCollector(daemon))
+    app.router.add_get("/metrics", _metrics_handler(registry))
+    return app
+
+
+def _auth_middleware(token: str) -> Any:
+    expected = token.encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header[:7].lower() == "bearer " else request.query.get("token", "")
+        if not hmac.compare_digest(given.encode(), expected):
+            raise web.HTTPUnauthorized(
+                headers={"WWW-Authenticate": 'Bearer realm="lt_punch"'},
+                text=_json_error("missing or bad token") if header or "token" in request.query
+                else _json_error("this server needs a bearer token"),
+                content_type="application/json")
+        return await handler(request)
+
+    return auth
+
+
+def _json_error(message: str) -> str:
+    import json
+
+    return json.dumps({"error": message})
+
+
+def _fail(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    return kind(text=_json_error(message), content_type="application/json")
+
+
+def _torrent_or_404(request: web.Request) -> Any:
+    daemon = request.app[DAEMON_KEY]
+    infohash = request.match_info["infohash"].lower()
+    torrent = daemon.session.torrents.get(infohash)
+    if torrent is None:
+        raise _fail(web.HTTPNotFound, f"unknown torrent {request.match_info['infohash']}")
+    return torrent
+
+
+def _describe(request: web.Request, torrent: Any) -> dict[str, Any]:
+    """A torrent's merged stats, with its files and their stream URLs."""
+    from .stream import file_rows, link_query
+
+    data: dict[str, Any] = torrent.stats()
+    status = torrent.handle.status()
+    data["has_metadata"] = bool(status.has_metadata)
+    data["save_path"] = status.save_path
+    base = f"{request.scheme}://{request.host}"
+    data["files"] = file_rows(torrent.session, base, torrent.infohash, link_query(request))
+    return data
+
+
+async def _p2p_nat(request: web.Request) -> web.Response:
+    coordinator = request.app[DAEMON_KEY].coordinator
+    return web.json_response({"nat_info": await coordinator.get_nat_info(),
+                              "strategy": coordinator.get_recommended_strategy()})
+
+
+async def _p2p_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DAEMON_KEY].coordinator.get_stats())
+
+
+async def _p2p_health(request: web.Request) -> web.Response:
+    health = await request.app[DAEMON_KEY].coordinator.health_check()
+    return web.json_response(health, status=503 if health["status"] == "down" else 200)
+
+
+async def _list_torrents(request: web.Request) -> web.Response:
+    torrents = request.app[DAEMON_KEY].session.torrents.values()
+    return web.json_response({"torrents": [_describe(request, t) for t in torrents]})
+
+
+async def _get_torrent(request: web.Request) -> web.Response:
+    return web.json_response(_describe(request, _torrent_or_404(request)))
+
+
+async def _delete_torrent(request: web.Request) -> web.Response:
+    torrent = _torrent_or_404(request)
+    flag = request.query.get("delete_files", "false").lower()
+    if flag not in ("true", "false", "1", "0"):
+        raise _fail(web.HTTPBadRequest, f"delete_files: expected true or false, got {flag!r}")
+    delete_files = flag in ("true", "1")
+    try:
+        await request.app[DAEMON_KEY].remove(torrent.infohash, delete_files=delete_files)
+    except LtPunchError as exc:
+        raise _fail(web.HTTPInternalServerError, str(exc)) from None
+    return web.json_response({"removed": torrent.infohash, "files_deleted": delete_files})
+
+
+async def _add_torrent(request: web.Request) -> web.Response:
+    """A magnet link or infohash as JSON ``{"magnet": ...}``, a .torrent file as the body
+    (``application/x-bittorrent``) or as the ``torrent`` field of a multipart form."""
+    source = await _source_of(request)
+    daemon = request.app[DAEMON_KEY]
+    try:
+        torrent, new = await daemon.add(source)
+    except ConfigError as exc:
+        raise _fail(web.HTTPBadRequest, str(exc)) from None
+    except LtPunchError as exc:
+        raise _fail(web.HTTPUnprocessableEntity, str(exc)) from None
+    data = _describe(request, torrent)
+    return web.json_response(data, status=201 if new else 200, headers={
+        "Location": f"/torrents/{torrent.infohash}"})
+
+
+async def _source_of(request: web.Request) -> str | bytes:
+    kind = request.content_type
+    if kind == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _fail(web.HTTPBadRequest, "body is not valid JSON") from None
+        text = body.get("magnet") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            raise _fail(web.HTTPBadRequest, 'expected {"magnet": "magnet:?xt=..." or an '
+                                            "infohash}")
+        return _checked_source(text)
+    if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.post()
+        field = form.get("torrent")
+        if isinstance(field, web.FileField):
+            return bytes(field.file.read())
+        magnet = form.get("magnet")
+        if isinstance(magnet, str):
+            return _checked_source(magnet)
+        raise _fail(web.HTTPBadRequest, "expected a 'torrent' file field or a 'magnet' field")
+    if kind in ("application/x-bittorrent", "application/octet-stream"):
+        return bytes(await request.read())
+    raise _fail(web.HTTPUnsupportedMediaType,
+                f"unsupported Content-Type {kind!r}: send application/json "
+                '({"magnet": ...}), application/x-bittorrent or multipart/form-data')
+
+
+def _checked_source(text: str) -> str:
+    """A magnet link or infohash; never a path (the API must not read server files)."""
+    text = text.strip()
+    if not _SOURCE.match(text):
+        raise _fail(web.HTTPBadRequest, f"not a magnet link or infohash: {text[:100]!r}")
+    return text
+
+
+def _metrics_handler(registry: CollectorRegistry) -> Handler:
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return metrics
+
+
+class _SessionCollector(Collector):
+    """Torrent and P2P metrics, read from the session at each scrape."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def collect(self) -> Any:
+        session = self._daemon.session
+        torrents = list(session.torrents.values())
+        yield GaugeMetricFamily("lt_punch_torrents", "Torrents in the session.",
+                                value=len(torrents))
+        labels = ["infohash", "name"]
+        progress = GaugeMetricFamily("lt_punch_torrent_progress",
+                                     "Fraction of the wanted bytes downloaded.", labels=labels)
+        down = GaugeMetricFamily("lt_punch_torrent_download_rate_bytes",
+                                 "Payload download rate, bytes per second.", labels=labels)
+        up = GaugeMetricFamily("lt_punch_torrent_upload_rate_bytes",
+                               "Payload upload rate, bytes per second.", labels=labels)
+        received = CounterMetricFamily("lt_punch_torrent_downloaded_bytes",
+                                       "Payload bytes received since the daemon started.",
+                                       labels=labels)
+        sent = CounterMetricFamily("lt_punch_torrent_uploaded_bytes",
+                                   "Payload bytes sent since the daemon started.",
+                                   labels=labels)
+        peers = GaugeMetricFamily("lt_punch_torrent_peers", "Connected peers by source.",
+                                  labels=[*labels, "source"])
+        for torrent in torrents:
+            st = torrent.handle.status()
+            values = [torrent.infohash, st.name]
+            progress.add_metric(values, st.progress)
+            down.add_metric(values, st.download_payload_rate)
+            up.add_metric(values, st.upload_payload_rate)
+            received.add_metric(values, st.total_payload_download)
+            sent.add_metric(values, st.total_payload_upload)
+            for source, count in torrent.stats()["peers_by_source"].items():
+                peers.add_metric([*values, source], count)
+        yield from (progress, down, up, received, sent, peers)
+        punches = CounterMetricFamily("lt_punch_punches", "Punch attempts by method and "
+                                      "result since the daemon started.",
+                                      labels=["method", "result"])
+        for (method, result), count in sorted(session.punch_tally.items()):
+            punches.add_metric([method, result], count)
+        yield punches
+        client = session.client
+        yield GaugeMetricFamily("lt_punch_signaling_connected",
+                                "1 when connected to the signaling server.",
+                                value=int(bool(client is not None and client.connected)))
+        nat = session.nat_info
+        info = GaugeMetricFamily("lt_punch_nat_info", "Our NAT as detected (value 1).",
+                                 labels=["type", "mapping", "filtering"])
+        if nat is not None:
+            info.add_metric([nat.nat_type, nat.mapping or "unknown",
+                             nat.filtering or "unknown"], 1)
+        yield info
+
+
+# -- the command -----------------------------------------------------------------------------
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the API.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8899, show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Resume data and session state [default: "
+              "$XDG_STATE_HOME/lt_punch or ~/.local/state/lt_punch].")
+@click.option("--download-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where torrents are saved [default: STATE_DIR/downloads].")
+@click.option("--token", envvar="P2P_API_TOKEN", default=None, metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' (or ?token=TOKEN) on every request "
+                   "[env: P2P_API_TOKEN].")
+@click.option("--signal", "signal_url", metavar="URL", help="Signaling server URL.")
+@click.option("--stun", multiple=True, metavar="HOST:PORT", help="STUN server (repeatable).")
+@click.option("--listen-host", default="0.0.0.0", show_default=True,
+              help="BitTorrent listen address.")
+@click.option("--listen-port", type=click.IntRange(0, 65535), default=0,
+              help="BitTorrent listen port [default: any free port].")
+@click.option("--save-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
+              help="Seconds between resume data saves.")
+@click.option("--isolated", is_flag=True, help="Only the signaling room as peer source.")
+def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Path | None,
+                  token: str | None, signal_url: str | None, stun: tuple[str, ...],
+                  listen_host: str, listen_port: int, save_every: float,
+                  isolated: bool) -> None:
+    """Run the daemon: several torrents kept across restarts, the REST API, the stream
+    URLs and /metrics on one HTTP server (docs/api.md)."""
+    from .download import check_writable, config_from_options
+
+    config = config_from_options(signal_url, stun, listen_host=listen_host,
+                                 listen_port=listen_port)
+    state_dir = state_dir or default_state_dir()
+    if token is not None and not token.strip():
+        raise click.UsageError("--token: empty")
+    try:
+        for path in (state_dir, download_dir):
+            if path is not None:
+                check_writable(path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        asyncio.run(_serve(host, port, state_dir, download_dir, token, config, save_every,
+                           isolated))
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(2) from None
+    except OSError as exc:
+        click.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise click.exceptions.Exit(2) from None
+    except LtPunchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
+
+
+async def _serve(host: str, port: int, state_dir: Path, download_dir: Path | None,
+                 token: str | None, config: Config, save_every: float, isolated: bool) -> None:
+    from .torrent.session import ISOLATED_SETTINGS
+
+    settings = dict(ISOLATED_SETTINGS) if isolated else None
+    async with Daemon(state_dir, config, download_dir=download_dir, lt_settings=settings,
+                      save_every=save_every) as daemon:
+        runner = web.AppRunner(make_api(daemon, token))
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            bound = runner.addresses[0]
+            print(f"serving http://{bound[0]}:{bound[1]}/ (state in {state_dir}, "  # noqa: T201
+                  f"{len(daemon.restored)} torrent(s) restored)", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            print("stopping: saving resume data", flush=True)  # noqa: T201
+        finally:
+            await runner.cleanup()
+
+
+__all__ = ["Daemon", "default_state_dir", "make_api", "serve_command"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve_command())
