@@ -20,6 +20,9 @@ variable                       meaning
 ``P2P_TURN_PASSWORD``          TURN password
 ``P2P_CONNECTION_TIMEOUT``     milliseconds for one punch / connection
 ``P2P_KEEP_ALIVE_INTERVAL``    milliseconds between NAT keep-alives
+``P2P_LISTEN_HOST``            libtorrent's listen address
+``P2P_LISTEN_PORT``            libtorrent's listen port (0: any free port)
+``P2P_ISOLATED``               peers only from signaling rooms (``true``/``false``)
 =============================  ===============================================
 """
 
@@ -56,6 +59,15 @@ def parse_port(value: str | int, name: str, *, allow_zero: bool = True) -> int:
     if not (0 if allow_zero else 1) <= port <= 65535:
         raise ConfigError(f"{name}: port {port} out of range")
     return port
+
+
+def parse_ip(value: str, name: str) -> str:
+    text = value.strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"{name}: not an IP address: {value!r}") from None
+    return text
 
 
 def parse_ws_url(value: str, name: str) -> str:
@@ -149,6 +161,10 @@ class Config:
     listen_host: str = "0.0.0.0"
     """libtorrent listen address."""
 
+    isolated: bool = False
+    """Peers only from the signaling room: no DHT bootstrap, LSD, UPnP or NAT-PMP
+    (``ISOLATED_SETTINGS``; nothing leaves for the public BitTorrent network)."""
+
     methods: tuple[str, ...] = ("utp", "tcp")
     """Punch methods, in order of preference."""
 
@@ -206,6 +222,9 @@ class Config:
             "P2P_TURN_PASSWORD": ("turn_password", lambda v, n: v),
             "P2P_CONNECTION_TIMEOUT": ("connection_timeout", parse_ms),
             "P2P_KEEP_ALIVE_INTERVAL": ("keep_alive_interval", parse_ms),
+            "P2P_LISTEN_HOST": ("listen_host", parse_ip),
+            "P2P_LISTEN_PORT": ("listen_port", parse_port),
+            "P2P_ISOLATED": ("isolated", parse_bool),
         }
         for var, (attr, parse) in parsers.items():
             raw = env.get(var)

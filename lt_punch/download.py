@@ -361,8 +361,8 @@ def config_from_options(
               help="Signaling server (ws:// or wss://); default P2P_SIGNALING_URL.")
 @click.option("--stun", multiple=True, metavar="HOST:PORT",
               help="STUN server for NAT discovery (repeatable); default P2P_STUN_SERVERS.")
-@click.option("--listen-port", type=click.IntRange(0, 65535), default=0,
-              help="TCP/UDP port for peers (0: any free port).")
+@click.option("--listen-port", type=click.IntRange(0, 65535), default=None,
+              help="TCP/UDP port for peers (0: any free port) [default: P2P_LISTEN_PORT or 0].")
 @click.option("--max-download-rate", type=click.IntRange(min=0), default=0, metavar="KB/s",
               help="Download limit in KB/s (0: none).")
 @click.option("--max-upload-rate", type=click.IntRange(min=0), default=0, metavar="KB/s",
@@ -373,7 +373,7 @@ def config_from_options(
               help="Only the signaling room as peer source (no DHT bootstrap, LSD, UPnP).")
 def download_command(
     source: str, out_dir: Path, files: tuple[str, ...], seed: bool, as_json: bool,
-    signal_url: str | None, stun: tuple[str, ...], listen_port: int,
+    signal_url: str | None, stun: tuple[str, ...], listen_port: int | None,
     max_download_rate: int, max_upload_rate: int, save_every: float, isolated: bool,
 ) -> None:
     """Download SOURCE (a magnet link, a .torrent file or an infohash)."""

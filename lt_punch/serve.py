@@ -426,16 +426,16 @@ class _SessionCollector(Collector):
                    "[env: P2P_API_TOKEN].")
 @click.option("--signal", "signal_url", metavar="URL", help="Signaling server URL.")
 @click.option("--stun", multiple=True, metavar="HOST:PORT", help="STUN server (repeatable).")
-@click.option("--listen-host", default="0.0.0.0", show_default=True,
-              help="BitTorrent listen address.")
-@click.option("--listen-port", type=click.IntRange(0, 65535), default=0,
-              help="BitTorrent listen port [default: any free port].")
+@click.option("--listen-host", default=None,
+              help="BitTorrent listen address [default: P2P_LISTEN_HOST or 0.0.0.0].")
+@click.option("--listen-port", type=click.IntRange(0, 65535), default=None,
+              help="BitTorrent listen port, 0 for any [default: P2P_LISTEN_PORT or 0].")
 @click.option("--save-every", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="Seconds between resume data saves.")
 @click.option("--isolated", is_flag=True, help="Only the signaling room as peer source.")
 def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Path | None,
                   token: str | None, signal_url: str | None, stun: tuple[str, ...],
-                  listen_host: str, listen_port: int, save_every: float,
+                  listen_host: str | None, listen_port: int | None, save_every: float,
                   isolated: bool) -> None:
     """Run the daemon: several torrents kept across restarts, the REST API, the stream
     URLs and /metrics on one HTTP server (docs/api.md)."""

@@ -354,6 +354,8 @@ class EnhancedTorrentSession:
             # plaintext; incoming ones still accept encryption.
             settings["out_enc_policy"] = 2  # pe_disabled
             settings["in_enc_policy"] = 1  # pe_enabled
+        if cfg.isolated:
+            settings.update(ISOLATED_SETTINGS)
         settings.update(self._lt_settings)
         self._alert_mask = int(settings["alert_mask"])
         return settings

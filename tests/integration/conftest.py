@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
 SIZE = (8 << 20) + 12345  # not a multiple of the piece size
 PIECE = 1 << 18
 LT = {**ISOLATED_SETTINGS, "allow_multiple_connections_per_ip": True}
+SWARM_SIZE = (3 << 20) + 777
 
 
 class Pair:
@@ -45,3 +47,29 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
             yield Pair(leech, added.infohash, payload.read_bytes())
 
 
+@dataclass
+class Swarm:
+    config: Config
+    torrent: bytes
+    infohash: str
+    data: bytes
+
+    @property
+    def magnet(self) -> str:
+        return f"magnet:?xt=urn:btih:{self.infohash}&dn=clip.mp4"
+
+
+@pytest.fixture
+async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
+    """A seed of one file (clip.mp4) in a signaling room on loopback."""
+    payload = tmp_path / "seed" / "clip.mp4"
+    write_random_file(payload, SWARM_SIZE, seed=21)
+    torrent = make_torrent(payload, piece_size=PIECE)
+    async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
+        assert server.dht_address is not None
+        config = Config(signaling_url=server.url, signaling_udp_port=server.dht_address[1],
+                        listen_host="127.0.0.1")
+        async with EnhancedTorrentSession(config, peer_id="seed", lt_settings=LT,
+                                          save_path=payload.parent) as seed:
+            added = await seed.add(torrent)
+            yield Swarm(config, torrent, added.infohash, payload.read_bytes())

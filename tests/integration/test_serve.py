@@ -11,7 +11,6 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +19,12 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from lt_punch import Config
 from lt_punch.serve import Daemon, make_api
-from lt_punch.signaling import SignalingServer
-from lt_punch.torrent.maketorrent import make_torrent, write_random_file
-from lt_punch.torrent.session import EnhancedTorrentSession
 
-from .conftest import LT, PIECE
+from .conftest import LT, Swarm
+from .conftest import SWARM_SIZE as SIZE
 
-SIZE = (3 << 20) + 777
 TOKEN = "s3cret-token"
-
-
-@dataclass
-class Swarm:
-    config: Config
-    torrent: bytes
-    infohash: str
-    data: bytes
-
-    @property
-    def magnet(self) -> str:
-        return f"magnet:?xt=urn:btih:{self.infohash}&dn=clip.mp4"
-
-
-@pytest.fixture
-async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
-    payload = tmp_path / "seed" / "clip.mp4"
-    write_random_file(payload, SIZE, seed=21)
-    torrent = make_torrent(payload, piece_size=PIECE)
-    async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
-        assert server.dht_address is not None
-        config = Config(signaling_url=server.url, signaling_udp_port=server.dht_address[1],
-                        listen_host="127.0.0.1")
-        async with EnhancedTorrentSession(config, peer_id="seed", lt_settings=LT,
-                                          save_path=payload.parent) as seed:
-            added = await seed.add(torrent)
-            yield Swarm(config, torrent, added.infohash, payload.read_bytes())
 
 
 class Api:

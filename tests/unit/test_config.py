@@ -29,6 +29,9 @@ def test_every_variable_parsed() -> None:
         "P2P_TURN_PASSWORD": "secret",
         "P2P_CONNECTION_TIMEOUT": "30000",
         "P2P_KEEP_ALIVE_INTERVAL": "1500",
+        "P2P_LISTEN_HOST": " 127.0.0.1",
+        "P2P_LISTEN_PORT": "6881",
+        "P2P_ISOLATED": "yes",
     }
     cfg = Config.from_env(env)
     assert cfg.signaling_enabled is False
@@ -44,6 +47,8 @@ def test_every_variable_parsed() -> None:
     assert (cfg.turn_username, cfg.turn_password) == ("user", "secret")
     assert cfg.connection_timeout == 30.0
     assert cfg.keep_alive_interval == 1.5
+    assert (cfg.listen_host, cfg.listen_port) == ("127.0.0.1", 6881)
+    assert cfg.isolated is True
 
 
 @pytest.mark.parametrize(
@@ -92,6 +97,8 @@ def test_ms_to_seconds() -> None:
         ("P2P_CONNECTION_TIMEOUT", "0", "out of range"),
         ("P2P_KEEP_ALIVE_INTERVAL", "86400001", "out of range"),
         ("P2P_KEEP_ALIVE_INTERVAL", "soon", "milliseconds as an integer"),
+        ("P2P_LISTEN_HOST", "localhost", "not an IP address"),
+        ("P2P_LISTEN_PORT", "65536", "out of range"),
     ],
 )
 def test_invalid_variable_named(var: str, value: str, fragment: str) -> None:
