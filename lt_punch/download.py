@@ -203,7 +203,12 @@ async def run_download(
         async def save_resume() -> None:
             verified = _verified_bytes(handle)  # before the request: a lower bound
             started = time.monotonic()
-            await _save_resume(session, infohash, resume)
+            try:
+                await _save_resume(session, infohash, resume)
+            except OSError as exc:  # a full disk, say: the download goes on
+                output.event("warning", f"warning: cannot save resume data in {resume}: "
+                             f"{exc.strerror or exc}")
+                return
             output.event("saved", "", quiet=True, verified=verified,
                          took=round(time.monotonic() - started, 3))
 
@@ -248,6 +253,8 @@ async def _report_until_done(
             files_set = True
         output.progress(_progress(torrent, status))
         if torrent.error:
+            with contextlib.suppress(LtPunchError):
+                await save_resume()  # what was verified is not fetched again
             output.event("error", f"error: {torrent.error}")
             code = EXIT_FAILED
             break

@@ -845,11 +845,14 @@ class EnhancedTorrentSession:
                                            ti.total_size()))
         elif isinstance(alert, lt.portmap_alert | lt.portmap_error_alert):
             self._on_portmap(alert)
-        elif isinstance(alert, lt.torrent_error_alert):
+        elif isinstance(alert, lt.torrent_error_alert | lt.file_error_alert):
             ih = infohash_of(alert.handle)
             t = self.torrents.get(ih)
-            if t is not None:
-                t.error = alert.message()
+            if t is not None and t.error is None:
+                # A full disk is a file_error_alert only: libtorrent then puts the
+                # torrent in upload mode and retries much later, which looks like a stall.
+                t.error = (f"{alert.filename()}: {alert.error.message()}"
+                           if isinstance(alert, lt.file_error_alert) else alert.message())
                 self._emit({"type": "error", "infohash": ih, "message": t.error})
 
     def _on_portmap(self, alert: Any) -> None:
