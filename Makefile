@@ -37,6 +37,7 @@ bench: $(STAMP) system-deps
 	$(PY) benchmarks/punch_connect.py
 	$(PY) benchmarks/nat_discovery.py
 	$(PY) benchmarks/pair_matrix.py
+	$(PY) benchmarks/stream_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

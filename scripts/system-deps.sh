@@ -6,6 +6,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

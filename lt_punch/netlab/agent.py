@@ -3,8 +3,9 @@
 Run as ``python -m lt_punch.netlab.agent --role seed|leech ...`` (the scenario
 module starts it with ``ip netns exec``). Every line on stdout is one JSON
 event: ``ready``, ``punched``, ``punch-failed``, ``finished``, ``done`` (data
-verified on disk), ``stats``, ``error``. A seed runs until stdin closes or
-SIGTERM; a leech exits after its download finished (0), or failed (1).
+verified on disk), ``stats``, ``error``, and ``progress`` every ``--progress-every``
+seconds when asked. A seed runs until stdin closes or SIGTERM; a leech exits after
+its download finished (0), or failed (1).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ async def run(args: argparse.Namespace) -> int:
             emit("error", message=f"signaling: {session.signaling_error}")
             return 1
         torrent = await session.add(Path(args.torrent))
+        if args.upload_limit:  # the torrent's own limit: it holds for LAN peers too
+            torrent.handle.set_upload_limit(args.upload_limit)
         emit("ready", peer_id=session.peer_id, nat=session.nat_info.to_dict()
              if session.nat_info else None, udp=session.public_udp, tcp=session.public_tcp,
              infohash=torrent.infohash)
@@ -62,7 +65,17 @@ async def run(args: argparse.Namespace) -> int:
             for ev in session.drain_events():
                 emit(ev.pop("type"), **ev)
 
+        async def report_progress(every: float) -> None:
+            while True:
+                st = torrent.handle.status()
+                emit("progress", progress=st.progress, total_upload=st.total_payload_upload,
+                     total_download=st.total_payload_download,
+                     upload_rate=st.upload_payload_rate, num_peers=st.num_peers)
+                await asyncio.sleep(every)
+
         forwarder = asyncio.create_task(forward_events())
+        reporter = (asyncio.create_task(report_progress(args.progress_every))
+                    if args.progress_every > 0 else None)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -95,9 +108,11 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             forward_pending()
             emit("stats", stats=session.stats())
-            forwarder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await forwarder
+            for task in (forwarder, reporter):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         return code
 
 
@@ -114,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-port", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--connection-timeout", type=float, default=10.0)
+    parser.add_argument("--upload-limit", type=int, default=0, metavar="BYTES/S",
+                        help="upload rate limit of the torrent (0: none)")
+    parser.add_argument("--progress-every", type=float, default=0.0, metavar="S",
+                        help="emit a progress event every S seconds (0: never)")
     args = parser.parse_args(argv)
     level = os.environ.get("LT_PUNCH_LOG")
     if level:  # e.g. LT_PUNCH_LOG=DEBUG: libtorrent's alerts and our decisions on stderr
