@@ -80,6 +80,11 @@ class Injector:
             return False
         if handle.flags() & lt.torrent_flags.paused:
             return False  # the user paused it: never resume behind their back
+        if handle.status().num_peers:
+            # Pausing would drop the connected peers, and a graceful pause that is still
+            # draining their requests completes *after* the resume: the torrent stays
+            # paused. The dial waits for libtorrent's tick (~0.5 s) instead.
+            return False
         key = str(handle.info_hashes().get_best())
         now = self._clock()
         if handle.trackers():

@@ -344,6 +344,9 @@ class EnhancedTorrentSession:
                 | lt.alert_category.piece_progress
             ),
             "user_agent": "lt_punch/0.1 libtorrent/" + lt.__version__,
+            # Peers behind one NAT share its public address: libtorrent's default (one
+            # connection per IP) refuses all but the first of them.
+            "allow_multiple_connections_per_ip": True,
         }
         if "tcp" in cfg.methods and cfg.hole_punching_enabled:
             self.outgoing_port = _free_tcp_port(cfg.listen_host)
