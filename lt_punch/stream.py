@@ -156,6 +156,8 @@ async def _file(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
     except ConnectionResetError:
         logger.debug("client went away at byte %d of %s", stop - left, reader.name)
+    finally:
+        reader.close()  # its deadlines must not outrank the next request's
     return response
 
 

@@ -12,6 +12,7 @@ piece read.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Any
 
 from ..errors import LtPunchError
@@ -38,6 +39,7 @@ class TorrentReader:
         if not 0 <= file_index < files.num_files():
             raise LtPunchError(f"file {file_index} out of range (0..{files.num_files() - 1})")
         self._session = session
+        self._torrent = torrent
         self._handle = torrent.handle
         self._ti = ti
         self.infohash = infohash
@@ -49,6 +51,8 @@ class TorrentReader:
         self._readahead = readahead
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None
+        self._held: set[int] = set()
+        """Pieces this reader gave deadlines (its current window)."""
 
     def tell(self) -> int:
         return self._pos
@@ -91,21 +95,44 @@ class TorrentReader:
         if self._cached is not None and self._cached[0] == piece:
             return self._cached[1]
         last = self.piece_at(self.size - 1) if self.size else piece
-        for k in range(1, self._readahead + 1):
-            ahead = piece + k
-            if ahead > last:
-                break
-            if not self._handle.have_piece(ahead):
-                self._handle.set_piece_deadline(ahead, k * DEADLINE_STEP_MS)
+        window = range(piece, min(last, piece + self._readahead) + 1)
+        # A seek leaves the old window behind: its deadlines, already due, would come
+        # before this read's in libtorrent's time-critical queue.
+        self._release(keep=set(window))
+        for ahead in window:
+            self._hold(ahead)
+            if ahead != piece and not self._handle.have_piece(ahead):
+                self._handle.set_piece_deadline(ahead, (ahead - piece) * DEADLINE_STEP_MS)
+        # read_piece gives the piece itself the most urgent deadline.
         data: bytes = await self._session.read_piece(self.infohash, piece)
         self._cached = (piece, data)
         return data
 
+    def _hold(self, piece: int) -> None:
+        if piece not in self._held:
+            self._held.add(piece)
+            holders = self._torrent.deadline_holders
+            holders[piece] = holders.get(piece, 0) + 1
+
+    def _release(self, keep: Collection[int] = ()) -> None:
+        """Drop this reader's deadlines outside ``keep``; a piece another reader still
+        holds keeps its deadline."""
+        holders = self._torrent.deadline_holders
+        for piece in [p for p in self._held if p not in keep]:
+            self._held.discard(piece)
+            count = holders.get(piece, 1) - 1
+            if count > 0:
+                holders[piece] = count
+                continue
+            holders.pop(piece, None)
+            if not self._handle.have_piece(piece):
+                self._handle.reset_piece_deadline(piece)
+
     def close(self) -> None:
-        """Drop the piece deadlines (of the whole torrent: libtorrent has no per-reader
-        ones); the pieces stay wanted at normal priority."""
+        """Drop this reader's piece deadlines; the pieces stay wanted at their
+        priority. Idempotent."""
         self._cached = None
-        self._handle.clear_piece_deadlines()
+        self._release()
 
 
 __all__ = ["TorrentReader"]

@@ -158,6 +158,9 @@ class Torrent:
     error: str | None = None
     session: EnhancedTorrentSession | None = field(default=None, repr=False)
     _streams: set[EventStream] = field(default_factory=set, repr=False)
+    deadline_holders: dict[int, int] = field(default_factory=dict, repr=False)
+    """Readers holding a piece deadline, by piece (a deadline is dropped with its last
+    holder)."""
 
     # -- the handle API: what a media server uses ------------------------------------
 
