@@ -13,6 +13,8 @@ variable                       meaning
 ``P2P_SIGNALING_UDP_PORT``     UDP port of the server's reflector (default: URL's)
 ``P2P_SIGNALING_HOST``         address an embedded server binds
 ``P2P_SIGNALING_PORT``         port an embedded server binds (and the URL's)
+``P2P_SIGNALING_TOKEN``        token sent when registering (servers with a secret)
+``P2P_SIGNALING_CA``           CA file (PEM) trusted for a ``wss://`` server
 ``P2P_HOLE_PUNCHING_ENABLED``  punch to room peers (``true``/``false``)
 ``P2P_STUN_SERVERS``           comma-separated ``host:port`` list
 ``P2P_TURN_SERVER``            ``host:port`` of a TURN relay
@@ -32,7 +34,7 @@ import dataclasses
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
@@ -133,6 +135,13 @@ class Config:
     signaling_port: int = 8765
     """Port of an embedded signaling server (0 picks a free one)."""
 
+    signaling_token: str | None = field(default=None, repr=False)
+    """Token sent in ``register`` (needed when the server has a secret configured)."""
+
+    signaling_ca: str | None = None
+    """CA certificates (PEM file) to trust for a ``wss://`` server, besides the
+    system's (a private CA, a self-signed server)."""
+
     hole_punching_enabled: bool = True
     """Punch to every peer of a room and inject it into libtorrent."""
 
@@ -215,6 +224,8 @@ class Config:
             ),
             "P2P_SIGNALING_HOST": ("signaling_host", lambda v, n: v.strip()),
             "P2P_SIGNALING_PORT": ("signaling_port", parse_port),
+            "P2P_SIGNALING_TOKEN": ("signaling_token", lambda v, n: v.strip()),
+            "P2P_SIGNALING_CA": ("signaling_ca", lambda v, n: v.strip()),
             "P2P_HOLE_PUNCHING_ENABLED": ("hole_punching_enabled", parse_bool),
             "P2P_STUN_SERVERS": ("stun_servers", parse_hostports),
             "P2P_TURN_SERVER": ("turn_server", parse_hostport),

@@ -1,16 +1,19 @@
 """``lt-punch signal``: run a signaling server.
 
 Options take their value from the command line, then from the environment
-(``P2P_SIGNALING_HOST``, ``P2P_SIGNALING_PORT``), then the defaults.
+(``P2P_SIGNALING_*``, named in ``--help``), then the defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
+from typing import Any
 
 import click
 
+from .security import make_token
 from .server import SignalingServer
 
 
@@ -44,20 +47,72 @@ def signal_group() -> None:
     "which is where clients look for it; 0: any free port).",
 )
 @click.option("--no-dht", is_flag=True, help="Do not run the DHT endpoint reflector.")
-def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool) -> None:
+@click.option("--tls-cert", envvar="P2P_SIGNALING_TLS_CERT", type=click.Path(dir_okay=False),
+              default=None, help="PEM certificate (chain): serve wss:// and https://.")
+@click.option("--tls-key", envvar="P2P_SIGNALING_TLS_KEY", type=click.Path(dir_okay=False),
+              default=None, help="PEM private key of --tls-cert.")
+@click.option("--secret", envvar="P2P_SIGNALING_SECRET", default=None,
+              help="Shared secret: peers must register with a token made from it "
+                   "('lt-punch signal token').")
+@click.option("--rate", envvar="P2P_SIGNALING_RATE", type=click.FloatRange(min=0.1),
+              default=50.0, show_default=True, help="Messages per second per connection.")
+@click.option("--burst", envvar="P2P_SIGNALING_BURST", type=click.FloatRange(min=1),
+              default=200.0, show_default=True, help="Burst of messages per connection.")
+@click.option("--max-connections-per-address", envvar="P2P_SIGNALING_MAX_CONNECTIONS",
+              type=click.IntRange(min=0), default=256, show_default=True,
+              help="Concurrent connections per client address (0: no limit; loopback "
+                   "is exempt).")
+@click.option("--lan-mode/--no-lan-mode", envvar="P2P_SIGNALING_LAN_MODE", default=None,
+              help="Accept loopback and link-local candidate addresses [default: only "
+                   "when --host is loopback].")
+@click.option("--peer-timeout", envvar="P2P_SIGNALING_PEER_TIMEOUT",
+              type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Close connections silent for this many seconds (0: never).")
+@click.option("--cleanup-interval", envvar="P2P_SIGNALING_CLEANUP_INTERVAL",
+              type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds between idle-connection sweeps.")
+def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool,
+                  tls_cert: str | None, tls_key: str | None, secret: str | None,
+                  rate: float, burst: float, max_connections_per_address: int,
+                  lan_mode: bool | None, peer_timeout: float, cleanup_interval: float) -> None:
     """Serve signaling (websocket + HTTP) until SIGINT or SIGTERM."""
     if dht_port is None:
         dht_port = port
-    asyncio.run(_serve(host, port, None if no_dht else dht_port))
+    if secret is not None and not secret.strip():
+        raise click.UsageError("--secret: empty")
+    options: dict[str, Any] = {
+        "ssl": _tls_context(tls_cert, tls_key), "secret": secret, "rate": rate,
+        "burst": burst, "max_connections_per_address": max_connections_per_address,
+        "lan_mode": lan_mode, "peer_timeout": peer_timeout or None,
+        "cleanup_interval": cleanup_interval, "freeze_gc": True,
+    }
+    try:
+        asyncio.run(_serve(host, port, None if no_dht else dht_port, options))
+    except OSError as exc:
+        click.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise click.exceptions.Exit(2) from None
 
 
-async def _serve(host: str, port: int, dht_port: int | None) -> None:
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"cannot load the TLS certificate or key: {exc}") from None
+    return context
+
+
+async def _serve(host: str, port: int, dht_port: int | None, options: dict[str, Any]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with SignalingServer(host, port, dht_port=dht_port) as server:
+        async with SignalingServer(host, port, dht_port=dht_port, **options) as server:
             click.echo(f"signaling server listening on {server.url}")
             if server.dht_address is not None:
                 click.echo("DHT reflector on udp://{}:{}".format(*server.dht_address))
@@ -66,3 +121,22 @@ async def _serve(host: str, port: int, dht_port: int | None) -> None:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+@signal_group.command("token")
+@click.option("--secret", envvar="P2P_SIGNALING_SECRET", required=True,
+              help="The server's shared secret.")
+@click.option("--peer-id", required=True, help="The peer id the token authorises.")
+@click.option("--ttl", type=click.FloatRange(min=1), default=86400.0, show_default=True,
+              help="Seconds of validity.")
+def token_command(secret: str, peer_id: str, ttl: float) -> None:
+    """Print a registration token for PEER_ID (HMAC of the peer id and expiry)."""
+    from .protocol import MessageError, validate_peer_id
+
+    try:
+        validate_peer_id(peer_id)
+    except MessageError as exc:
+        raise click.UsageError(f"--peer-id: {exc}") from None
+    if not secret.strip():
+        raise click.UsageError("--secret: empty")
+    click.echo(make_token(secret, peer_id, ttl))

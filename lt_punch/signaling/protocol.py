@@ -69,6 +69,8 @@ MAX_DATA_SIZE = 16 * 1024
 MAX_ID_LENGTH = 128
 """Largest ping ``id`` string; also the limit of ``ref``."""
 MAX_ERROR_MESSAGE_LENGTH = 1024
+MAX_TOKEN_LEN = 512
+"""Longest ``token``, ``resume`` or ``session_key`` string."""
 
 ERROR_CODES: dict[str, str] = {
     "bad-json": "the frame is not valid UTF-8 JSON",
@@ -84,6 +86,14 @@ ERROR_CODES: dict[str, str] = {
     "peer-id-taken": "another connection holds this peer id",
     "not-in-room": "the sender is not in that room",
     "unknown-peer": "the relay target is not registered in that room",
+    "auth-required": "the server needs a token in register",
+    "bad-token": "the token is malformed or not valid for this peer id",
+    "token-expired": "the token's expiry time has passed",
+    "bad-candidate": "an address in metadata or relay data is not usable by peers",
+    "rate-limited": "too many messages; the connection closes if it goes on",
+    "too-many-connections": "too many connections from this address (then closed)",
+    "idle-timeout": "no message for the peer timeout (then closed)",
+    "replaced": "the peer id registered again on a new connection (then closed)",
     "internal-error": "the server failed; details are in its log",
 }
 """Every ``code`` an ``error`` message may carry, with its meaning."""
@@ -318,6 +328,12 @@ class _Base:
         """The message as a JSON-ready dict (``v`` and ``type`` included)."""
         return {"v": PROTOCOL_VERSION, "type": self.TYPE, **self._fields()}
 
+    def encode(self) -> str:
+        """Encode as JSON text without :meth:`serialize`'s self-check: for messages
+        built only from values that were validated on the way in (the server's relays
+        and notifications, a hot path)."""
+        return _dumps(self.to_json())
+
     def serialize(self) -> str:
         """Encode as JSON text.
 
@@ -365,13 +381,25 @@ class Register(_Base):
     SENT_BY: ClassVar[Sender] = "client"
     peer_id: PeerId
     metadata: dict[str, Any] = field(default_factory=dict)
+    token: str | None = None
+    """Authentication token (``lt-punch signal token``), when the server needs one."""
+    resume: str | None = None
+    """The ``session_key`` of an earlier ``registered`` for this peer id: replaces that
+    (stale) connection instead of failing with ``peer-id-taken``."""
 
     def _fields(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "metadata": self.metadata}
+        out: dict[str, Any] = {"peer_id": self.peer_id, "metadata": self.metadata}
+        if self.token is not None:
+            out["token"] = self.token
+        if self.resume is not None:
+            out["resume"] = self.resume
+        return out
 
     @classmethod
     def _from(cls, f: _Fields) -> Register:
-        return cls(f.peer_id("peer_id"), f.object("metadata", MAX_METADATA_SIZE))
+        return cls(f.peer_id("peer_id"), f.object("metadata", MAX_METADATA_SIZE),
+                   f.text("token", optional=True, max_len=MAX_TOKEN_LEN),
+                   f.text("resume", optional=True, max_len=MAX_TOKEN_LEN))
 
 
 @dataclass(frozen=True)
@@ -451,13 +479,21 @@ class Registered(_Base):
     SENT_BY: ClassVar[Sender] = "server"
     peer_id: PeerId
     observed: Address
+    session_key: str | None = None
+    """Secret of this registration: ``register`` with ``resume`` set to it replaces
+    this connection (a client reconnecting before the server noticed the old one died)."""
 
     def _fields(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "observed": [self.observed[0], self.observed[1]]}
+        out: dict[str, Any] = {"peer_id": self.peer_id,
+                               "observed": [self.observed[0], self.observed[1]]}
+        if self.session_key is not None:
+            out["session_key"] = self.session_key
+        return out
 
     @classmethod
     def _from(cls, f: _Fields) -> Registered:
-        return cls(f.peer_id("peer_id"), f.address("observed"))
+        return cls(f.peer_id("peer_id"), f.address("observed"),
+                   f.text("session_key", optional=True, max_len=MAX_TOKEN_LEN))
 
 
 @dataclass(frozen=True)

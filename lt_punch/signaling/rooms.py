@@ -7,13 +7,15 @@ as ``(peer_id, message)`` pairs -- the reply to the requester first, then the
 notifications -- or raises :class:`RoomError` with the ``code`` of the ``error`` reply.
 
 Duplicate peer ids are refused with ``peer-id-taken``: the first connection keeps its id
-until it disconnects. Letting a newcomer evict the holder would let anyone who learns a
-peer id (every room member does) hijack that peer's signaling; a client that lost its
-connection can reconnect as soon as the server noticed the loss (websocket keepalive).
+until it disconnects. Letting any newcomer evict the holder would let anyone who learns a
+peer id (every room member does) hijack that peer's signaling; only a client that shows
+the holder's secret ``session_key`` (from its ``registered``) may replace it
+(:meth:`Rooms.evict`), e.g. when it reconnects before the server noticed the loss.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,12 @@ __all__ = ["Outgoing", "RoomError", "Rooms"]
 Outgoing = tuple[PeerId, Message]
 
 
+PUNCHING_FOR = 30.0
+"""A peer that relayed within this many seconds is ``punching``."""
+IDLE_AFTER = 60.0
+"""A peer silent for this many seconds is ``idle``."""
+
+
 class RoomError(RemoteProtocolError):
     """A request that the room rules refuse; ``code`` goes into the error reply."""
 
@@ -50,7 +58,19 @@ class _Peer:
     peer_id: PeerId
     conn: Hashable
     metadata: dict[str, Any]
+    session_key: str | None = None
     rooms: set[InfoHash] = field(default_factory=set)
+    last_seen: float = 0.0
+    last_relay: float = -1e18
+
+    def state(self, now: float) -> str:
+        """``punching`` (relayed in the last ``PUNCHING_FOR`` s), ``idle`` (silent for
+        ``IDLE_AFTER`` s) or ``connected``."""
+        if now - self.last_relay < PUNCHING_FOR:
+            return "punching"
+        if now - self.last_seen >= IDLE_AFTER:
+            return "idle"
+        return "connected"
 
     def info(self) -> PeerInfo:
         return PeerInfo(self.peer_id, self.metadata)
@@ -95,9 +115,11 @@ class Rooms:
     # --- operations ------------------------------------------------------------------------
 
     def register(
-        self, conn: Hashable, peer_id: PeerId, metadata: dict[str, Any], observed: Address
+        self, conn: Hashable, peer_id: PeerId, metadata: dict[str, Any], observed: Address,
+        session_key: str | None = None, now: float = 0.0,
     ) -> list[Outgoing]:
-        """Bind ``peer_id`` to ``conn``.
+        """Bind ``peer_id`` to ``conn``; ``session_key`` goes into ``registered`` (the
+        secret that lets a reconnecting client :meth:`evict` this registration).
 
         Raises:
             RoomError: ``already-registered`` if ``conn`` has a peer id,
@@ -108,10 +130,45 @@ class Rooms:
             raise RoomError("already-registered", f"this connection is already {current!r}")
         if peer_id in self._peers:
             raise RoomError("peer-id-taken", f"peer id {peer_id!r} is in use")
-        peer = _Peer(peer_id, conn, dict(metadata))
+        peer = _Peer(peer_id, conn, dict(metadata), session_key, last_seen=now)
         self._peers[peer_id] = peer
         self._by_conn[conn] = peer
-        return [(peer_id, Registered(peer_id, observed))]
+        return [(peer_id, Registered(peer_id, observed, session_key))]
+
+    def evict(self, peer_id: PeerId, resume: str) -> tuple[Hashable, list[Outgoing]]:
+        """Free ``peer_id`` for a client that proves it held it (``resume`` is the
+        holder's session key): the holder's connection and its ``peer-left`` messages.
+
+        Raises:
+            RoomError: ``peer-id-taken`` if the key does not match.
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.session_key is None or not hmac.compare_digest(
+                peer.session_key, resume):
+            raise RoomError("peer-id-taken", f"peer id {peer_id!r} is in use (resume key "
+                                             "does not match)")
+        return peer.conn, self.disconnect(peer.conn)
+
+    def touch(self, conn: Hashable, now: float, *, relay: bool = False) -> None:
+        """Note activity of ``conn``'s peer (for :meth:`states` and idle cleanup)."""
+        peer = self._by_conn.get(conn)
+        if peer is not None:
+            peer.last_seen = now
+            if relay:
+                peer.last_relay = now
+
+    def states(self, now: float) -> dict[str, int]:
+        """How many peers are ``connected``, ``idle`` and ``punching``."""
+        counts = {"connected": 0, "idle": 0, "punching": 0}
+        for peer in self._peers.values():
+            counts[peer.state(now)] += 1
+        return counts
+
+    def member_states(self, room: InfoHash, now: float) -> list[dict[str, Any]]:
+        """The members of ``room`` with their state and seconds since last activity."""
+        return [{**self._peers[p].info().to_json(), "state": self._peers[p].state(now),
+                 "idle_for": round(now - self._peers[p].last_seen, 3)}
+                for p in self._rooms.get(room, ())]
 
     def join(self, peer_id: PeerId, room: InfoHash) -> list[Outgoing]:
         """Put ``peer_id`` in ``room``: ``joined`` for it, ``peer-joined`` for the others.

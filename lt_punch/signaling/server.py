@@ -20,15 +20,23 @@ short text; other paths a JSON 404.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import http
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import time
 import urllib.parse
 from collections import Counter
+from ssl import SSLContext
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -43,28 +51,40 @@ from .protocol import (
     Leave,
     Message,
     MessageError,
+    PeerJoined,
+    PeerLeft,
     Ping,
     Pong,
     Register,
     Relay,
+    Relayed,
     normalize_infohash,
     parse_message,
     peek_type,
 )
 from .reflector import ReflectorProtocol
-from .rooms import Outgoing, RoomError, Rooms
+from .rooms import RoomError, Rooms
+from .security import TokenBucket, candidates_of, check_candidate, check_token
 
 __all__ = ["SignalingServer"]
 
 logger = logging.getLogger(__name__)
 
 _HARD_LIMIT_FACTOR = 16
+_TRUSTED = (Relayed, PeerJoined, PeerLeft, Pong)
 
 
 def _address(raw: Any) -> Address:
     if isinstance(raw, tuple | list) and len(raw) >= 2:
         return (str(raw[0]), int(raw[1]))
     return ("", 0)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _json_response(status: http.HTTPStatus, body: Any) -> Response:
@@ -95,6 +115,26 @@ class SignalingServer:
         ping_interval: seconds between websocket keepalive pings (``None`` disables).
         ping_timeout: seconds to wait for a keepalive pong before dropping a connection.
         node_id: the reflector's 20-byte DHT node id (random by default).
+        ssl: a server-side TLS context: the server speaks ``wss://`` (and HTTPS).
+        secret: shared secret of the authentication tokens; when set, ``register`` needs
+            a valid ``token`` (:func:`~lt_punch.signaling.security.make_token`).
+        rate, burst: per-connection limit on messages (per second, burst).
+        address_rate, address_burst: the same per client address (not for ``trusted``).
+        max_connections_per_address: concurrent connections per client address (0: no
+            limit; not for ``trusted`` addresses).
+        trusted: networks exempt from the per-address limits (default: loopback, where
+            a reverse proxy terminating TLS would connect from).
+        max_refusals: messages refused for rate in a row before the connection is closed.
+        lan_mode: accept loopback and link-local candidate addresses (default: when the
+            server itself is bound to loopback, since its peers are then local).
+        peer_timeout: seconds without any message after which a connection is closed
+            (``None``: never; clients ``ping`` to stay).
+        cleanup_interval: seconds between idle-connection sweeps.
+        freeze_gc: for a process that runs only this server (``lt-punch signal
+            serve``): move long-lived objects out of the garbage collector's reach
+            every second (:func:`gc.freeze`), so that full collections do not walk every
+            connection's objects (350-560 ms pauses at 10,000 peers); a full collection
+            of everything runs every ``cleanup_interval`` x 10 s instead.
     """
 
     def __init__(
@@ -107,9 +147,44 @@ class SignalingServer:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         node_id: bytes | None = None,
+        ssl: SSLContext | None = None,
+        secret: str | None = None,
+        rate: float = 50.0,
+        burst: float = 200.0,
+        address_rate: float = 500.0,
+        address_burst: float = 2000.0,
+        max_connections_per_address: int = 256,
+        trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128"),
+        max_refusals: int = 20,
+        lan_mode: bool | None = None,
+        peer_timeout: float | None = 300.0,
+        cleanup_interval: float = 30.0,
+        freeze_gc: bool = False,
     ) -> None:
         if not 0 < max_message_size <= MAX_MESSAGE_SIZE:
             raise ValueError(f"max_message_size must be in 1..{MAX_MESSAGE_SIZE}")
+        if secret is not None and not secret:
+            raise ValueError("secret must not be empty")
+        for name, value in (("rate", rate), ("burst", burst), ("address_rate", address_rate),
+                            ("address_burst", address_burst),
+                            ("cleanup_interval", cleanup_interval)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0")
+        if max_connections_per_address < 0 or max_refusals < 1:
+            raise ValueError("max_connections_per_address must be >= 0, max_refusals >= 1")
+        if peer_timeout is not None and not peer_timeout > 0:
+            raise ValueError("peer_timeout must be > 0 or None")
+        self.ssl = ssl
+        self.secret = secret
+        self.rate, self.burst = rate, burst
+        self.address_rate, self.address_burst = address_rate, address_burst
+        self.max_connections_per_address = max_connections_per_address
+        self.trusted = tuple(ipaddress.ip_network(n) for n in trusted)
+        self.max_refusals = max_refusals
+        self.lan_mode = lan_mode if lan_mode is not None else _is_loopback(host)
+        self.peer_timeout = peer_timeout
+        self.cleanup_interval = cleanup_interval
+        self.freeze_gc = freeze_gc
         self.host = host
         self.port = port
         self.dht_port = dht_port
@@ -127,6 +202,13 @@ class SignalingServer:
         self._received = 0
         self._relayed = 0
         self._errors: Counter[str] = Counter()
+        self._per_address: Counter[str] = Counter()
+        self._address_buckets: dict[str, TokenBucket] = {}
+        self._last_seen: dict[ServerConnection, float] = {}
+        self._closed_for: Counter[str] = Counter()
+        self._cleaner: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._metrics = _metrics_registry(self)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -143,6 +225,7 @@ class SignalingServer:
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
             compression=None,  # small JSON; avoids the cost and the zip-bomb surface
+            ssl=self.ssl,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if self.dht_port is not None:
@@ -158,10 +241,19 @@ class SignalingServer:
             self._reflector = protocol
             self._dht_address = _address(transport.get_extra_info("sockname"))
         self._started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._cleaner = loop.create_task(self._cleanup_loop())
+        if self.freeze_gc:
+            self._background.add(loop.create_task(self._freeze_loop()))
         logger.info("signaling server on %s, DHT reflector on %s", self.url, self._dht_address)
 
     async def close(self) -> None:
         """Close every connection and both sockets; wait for the handlers to finish."""
+        for task in [t for t in (self._cleaner, *self._background) if t is not None]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._cleaner = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -185,9 +277,9 @@ class SignalingServer:
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` (brackets around an IPv6 host)."""
+        """``ws://host:port`` (``wss://`` with TLS; brackets around an IPv6 host)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self.ssl else 'ws'}://{host}:{self.port}"
 
     @property
     def dht_address(self) -> Address | None:
@@ -210,6 +302,8 @@ class SignalingServer:
             "messages_received": self._received,
             "messages_relayed": self._relayed,
             "errors": dict(sorted(self._errors.items())),
+            "closed": dict(sorted(self._closed_for.items())),
+            "peer_states": self.rooms.states(time.monotonic()),
             "uptime": round(time.monotonic() - self._started, 3),
             "dht_reflector": reflector,
         }
@@ -218,23 +312,111 @@ class SignalingServer:
 
     async def _serve_connection(self, ws: ServerConnection) -> None:
         observed = _address(ws.remote_address)
+        ip = observed[0]
         self._connections += 1
         logger.debug("connection from %s:%d", *observed)
+        limited = not self._is_trusted(ip)
+        if limited and self.max_connections_per_address and \
+                self._per_address[ip] >= self.max_connections_per_address:
+            await self._refuse(ws, "too-many-connections", f"more than "
+                               f"{self.max_connections_per_address} connections from {ip}")
+            return
+        self._per_address[ip] += 1
+        bucket = TokenBucket(self.rate, self.burst)
+        address_bucket = self._address_bucket(ip) if limited else None
+        refusals = 0
+        self._last_seen[ws] = time.monotonic()
         try:
             async for frame in ws:
-                await self._send_all(ws, self._receive(ws, frame, observed))
+                now = self._last_seen[ws] = time.monotonic()
+                self._received += 1
+                if not (bucket.take() and (address_bucket is None or address_bucket.take())):
+                    refusals += 1
+                    if refusals >= self.max_refusals:
+                        await self._refuse(ws, "rate-limited", f"over {self.rate:g} messages "
+                                           f"per second, {refusals} times in a row: closing")
+                        break
+                    await self._send_all(ws, [(ws, self._error(
+                        "rate-limited", f"over {self.rate:g} messages per second; slow "
+                        "down", peek_type(frame) if isinstance(frame, str) else None))])
+                    continue
+                refusals = 0
+                await self._send_all(ws, self._receive(ws, frame, observed, now))
         except ConnectionClosed:
             pass
         finally:
+            self._last_seen.pop(ws, None)
+            self._per_address[ip] -= 1
+            if self._per_address[ip] <= 0:
+                del self._per_address[ip]
             peer = self.rooms.peer_of(ws)
             out = self.rooms.disconnect(ws)
             if peer is not None:
                 logger.info("peer %s disconnected", peer)
             await self._send_all(ws, out)
 
-    def _receive(self, ws: ServerConnection, frame: str | bytes, observed: Address) -> list[Any]:
+    def _is_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted)
+
+    def _address_bucket(self, ip: str) -> TokenBucket:
+        bucket = self._address_buckets.get(ip)
+        if bucket is None:
+            bucket = self._address_buckets[ip] = TokenBucket(self.address_rate,
+                                                              self.address_burst)
+        return bucket
+
+    async def _refuse(self, ws: ServerConnection, code: str, text: str,
+                      close_code: int = 1008) -> None:
+        """Send an error with ``code``, then close the connection."""
+        self._closed_for[code] += 1
+        logger.info("closing %s:%d: %s", *_address(ws.remote_address), text)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(self._error(code, text).serialize())
+        await ws.close(close_code, code)
+
+    async def _freeze_loop(self) -> None:
+        sweeps = 0
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                sweeps += 1
+                if sweeps % int(self.cleanup_interval * 10) == 0:
+                    gc.unfreeze()  # collect what became garbage since, cycles included
+                    gc.collect()
+                gc.freeze()
+        finally:
+            gc.unfreeze()
+
+    async def _cleanup_loop(self) -> None:
+        """Close connections silent for ``peer_timeout``; forget idle address buckets."""
+        while True:
+            await asyncio.sleep(self.cleanup_interval)
+            now = time.monotonic()
+            if self.peer_timeout is not None:
+                stale = [ws for ws, seen in self._last_seen.items()
+                         if now - seen >= self.peer_timeout]
+                for ws in stale:
+                    self._spawn_refusal(ws, "idle-timeout", f"no message for "
+                                        f"{self.peer_timeout:g} s", 1000)
+            for ip in [ip for ip, b in self._address_buckets.items()
+                       if b.full and ip not in self._per_address]:
+                del self._address_buckets[ip]
+
+    def _spawn_refusal(self, ws: ServerConnection, code: str, text: str,
+                       close_code: int) -> None:
+        self._last_seen.pop(ws, None)  # once
+        task = asyncio.get_running_loop().create_task(
+            self._refuse(ws, code, text, close_code))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _receive(self, ws: ServerConnection, frame: str | bytes, observed: Address,
+                 now: float = 0.0) -> list[Any]:
         """Turn one frame into ``(peer_id | ws, message)`` pairs to send."""
-        self._received += 1
         if isinstance(frame, bytes):
             error = self._error("bad-frame", "binary frames are not accepted; send JSON text")
             return [(ws, error)]
@@ -243,8 +425,9 @@ class SignalingServer:
         except MessageError as exc:
             return [(ws, self._error(exc.code, str(exc), peek_type(frame)))]
         logger.debug("< %s", message)
+        self.rooms.touch(ws, now, relay=isinstance(message, Relay))
         try:
-            return list(self._apply(ws, message, observed))
+            return list(self._apply(ws, message, observed, now))
         except RoomError as exc:
             return [(ws, self._error(exc.code, str(exc), message.TYPE))]
         except Exception:
@@ -252,15 +435,12 @@ class SignalingServer:
             logger.exception("failed to handle %s", message)
             return [(ws, self._error("internal-error", "internal server error", message.TYPE))]
 
-    def _apply(self, ws: ServerConnection, message: Message, observed: Address) -> list[Any]:
+    def _apply(self, ws: ServerConnection, message: Message, observed: Address,
+               now: float) -> list[Any]:
         if isinstance(message, Ping):
             return [(ws, Pong(message.id))]
         if isinstance(message, Register):
-            out: list[Outgoing] = self.rooms.register(
-                ws, message.peer_id, message.metadata, observed
-            )
-            logger.info("peer %s registered from %s:%d", message.peer_id, *observed)
-            return list(out)
+            return self._register(ws, message, observed, now)
         peer = self.rooms.peer_of(ws)
         if peer is None:
             raise RoomError("not-registered", f"register before {message.TYPE}")
@@ -269,10 +449,34 @@ class SignalingServer:
         if isinstance(message, Leave):
             return list(self.rooms.leave(peer, message.room))
         if isinstance(message, Relay):
+            self._check_candidates(message.data, "relay data")
             out = self.rooms.relay(peer, message.to, message.room, message.data)
             self._relayed += 1
             return list(out)
         raise RoomError("unknown-type", f"unexpected message type {message.TYPE!r}")
+
+    def _register(self, ws: ServerConnection, message: Register, observed: Address,
+                  now: float) -> list[Any]:
+        if self.secret is not None:
+            check_token(self.secret, message.token, message.peer_id)
+        self._check_candidates(message.metadata, "metadata")
+        out: list[Any] = []
+        holder = self.rooms.conn_of(message.peer_id)
+        if message.resume is not None and holder is not None and holder is not ws \
+                and self.rooms.peer_of(ws) is None:
+            old, notes = self.rooms.evict(message.peer_id, message.resume)
+            out.extend(notes)
+            if isinstance(old, ServerConnection):
+                self._spawn_refusal(old, "replaced", f"peer id {message.peer_id!r} "
+                                    "registered again on a new connection", 4000)
+        out.extend(self.rooms.register(ws, message.peer_id, message.metadata, observed,
+                                       secrets.token_hex(16), now))
+        logger.info("peer %s registered from %s:%d", message.peer_id, *observed)
+        return out
+
+    def _check_candidates(self, data: dict[str, Any], where: str) -> None:
+        for key, host in candidates_of(data):
+            check_candidate(host, lan_mode=self.lan_mode, where=f"{where} {key}")
 
     def _error(self, code: str, text: str, ref: str | None = None) -> Error:
         self._errors[code] += 1
@@ -284,7 +488,10 @@ class SignalingServer:
     async def _send_all(self, ws: ServerConnection, out: list[Any]) -> None:
         for target, message in out:
             try:
-                text = message.serialize()
+                # Relays and notifications carry fields that passed parse_message on the
+                # way in: skip the re-parse (a third of the relay cost at saturation).
+                text = message.encode() if isinstance(message, _TRUSTED) \
+                    else message.serialize()
             except LocalProtocolError:
                 logger.exception("not sending an invalid message to %s", target)
                 continue
@@ -316,6 +523,9 @@ class SignalingServer:
             )
         if path == "/stats":
             return _json_response(http.HTTPStatus.OK, self.stats())
+        if path == "/metrics":
+            return _response(http.HTTPStatus.OK, generate_latest(self._metrics),
+                             CONTENT_TYPE_LATEST)
         if path == "/whoami":
             ip, port = _address(connection.remote_address)
             return _json_response(http.HTTPStatus.OK, {"ip": ip, "port": port})
@@ -328,16 +538,65 @@ class SignalingServer:
                     http.HTTPStatus.BAD_REQUEST, {"error": exc.code, "message": str(exc)}
                 )
             return _json_response(
-                http.HTTPStatus.OK, [p.to_json() for p in self.rooms.members(room)]
+                http.HTTPStatus.OK, self.rooms.member_states(room, time.monotonic())
             )
         if upgrade:
             return None  # a websocket client: go on with the handshake
         if path == "/":
             text = (
                 "lt-punch signaling server. Connect a WebSocket client to "
-                f"{self.url}; HTTP: /health /stats /whoami /rooms/<infohash>/peers\n"
+                f"{self.url}; HTTP: /health /stats /metrics /whoami /rooms/<infohash>/peers\n"
             )
             return _response(http.HTTPStatus.OK, text.encode(), "text/plain; charset=utf-8")
         return _json_response(
             http.HTTPStatus.NOT_FOUND, {"error": "not-found", "message": f"no such path {path!r}"}
         )
+
+
+def _metrics_registry(server: SignalingServer) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ServerCollector(server))
+    return registry
+
+
+class _ServerCollector(Collector):
+    """``GET /metrics``: the counters of :meth:`SignalingServer.stats`."""
+
+    def __init__(self, server: SignalingServer) -> None:
+        self._server = server
+
+    def collect(self) -> Any:
+        stats = self._server.stats()
+        yield GaugeMetricFamily("lt_punch_signaling_peers", "Registered peers.",
+                                value=stats["peers"])
+        yield GaugeMetricFamily("lt_punch_signaling_rooms", "Rooms with members.",
+                                value=stats["rooms"])
+        yield GaugeMetricFamily("lt_punch_signaling_connections", "Open connections.",
+                                value=stats["connections"])
+        states = GaugeMetricFamily("lt_punch_signaling_peer_states", "Peers by state.",
+                                   labels=["state"])
+        for state, count in stats["peer_states"].items():
+            states.add_metric([state], count)
+        yield states
+        yield CounterMetricFamily("lt_punch_signaling_connections_accepted",
+                                  "Connections accepted since start.",
+                                  value=stats["connections_total"])
+        yield CounterMetricFamily("lt_punch_signaling_messages_received",
+                                  "Messages received since start.",
+                                  value=stats["messages_received"])
+        yield CounterMetricFamily("lt_punch_signaling_messages_relayed",
+                                  "Relay messages delivered since start.",
+                                  value=stats["messages_relayed"])
+        errors = CounterMetricFamily("lt_punch_signaling_errors", "Error replies by code.",
+                                     labels=["code"])
+        for code, count in stats["errors"].items():
+            errors.add_metric([code], count)
+        yield errors
+        closed = CounterMetricFamily("lt_punch_signaling_closed",
+                                     "Connections closed by the server, by reason.",
+                                     labels=["reason"])
+        for code, count in stats["closed"].items():
+            closed.add_metric([code], count)
+        yield closed
+        yield GaugeMetricFamily("lt_punch_signaling_uptime_seconds", "Seconds since start.",
+                                value=stats["uptime"])

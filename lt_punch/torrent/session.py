@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -35,7 +36,7 @@ from ..punch import plan
 from ..punch.plan import PeerProfile, PunchMessage
 from ..punch.strategy import recommend_strategy
 from ..signaling import protocol as sp
-from ..signaling.client import SignalingClient, whoami
+from ..signaling.client import ConnectionState, SignalingClient, whoami
 from ..types import Address
 
 if TYPE_CHECKING:
@@ -435,6 +436,20 @@ class EnhancedTorrentSession:
         return bytes(lt.write_session_params_buf(self.session.session_state(_STATE_FLAGS),
                                                  _STATE_FLAGS))
 
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The client TLS context when ``signaling_ca`` names extra CAs to trust.
+
+        Raises:
+            ConfigError: the CA file cannot be read.
+        """
+        cafile = self.config.signaling_ca
+        if not cafile:
+            return None
+        try:
+            return ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"signaling_ca: cannot load {cafile}: {exc}") from None
+
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
@@ -457,6 +472,7 @@ class EnhancedTorrentSession:
             local_port=self.outgoing_port,
             local_host=self.config.listen_host,
             timeout=3.0,
+            ssl=self._tls_context(),
         )
         if self.outgoing_port is not None:
             self.public_tcp = observed_tcp
@@ -527,6 +543,9 @@ class EnhancedTorrentSession:
             self.peer_id,
             self.profile.to_metadata(),
             timeout=min(10.0, self.config.connection_timeout),
+            token=self.config.signaling_token,
+            reconnect=True,
+            ssl=self._tls_context(),
         )
         await self.client.connect()
         self._spawn(self._signaling_loop(), "signaling")
@@ -886,9 +905,13 @@ class EnhancedTorrentSession:
     # -- signaling ---------------------------------------------------------------
 
     async def _signaling_loop(self) -> None:
-        assert self.client is not None
+        client = self.client
+        assert client is not None
         try:
-            async for event in self.client.events():
+            async for event in client.events():
+                if isinstance(event, ConnectionState):
+                    self._on_connection_state(event)
+                    continue
                 try:
                     self._on_signal(event)
                 except ProtocolError as exc:
@@ -896,12 +919,72 @@ class EnhancedTorrentSession:
         except SignalingError as exc:
             self.signaling_error = str(exc)
             logger.warning("signaling connection lost: %s", exc)
+        else:
+            if not self._closed and self.signaling_error is None:
+                self.signaling_error = "signaling connection closed"
+                logger.warning("signaling connection closed")
+
+    def _on_connection_state(self, event: ConnectionState) -> None:
+        """Track the signaling connection; after a reconnection, join rooms missed."""
+        assert self.client is not None
+        if event.state == "connected":
+            self.signaling_error = None
+            if event.attempt:
+                logger.info("signaling reconnected (attempt %d)", event.attempt)
+            for infohash in set(self.torrents) ^ self.client.rooms:
+                self._spawn(self._sync_room(infohash), "sync-room")
+        elif event.state == "disconnected":
+            self.signaling_error = f"signaling disconnected: {event.error}"
+            logger.warning("%s; reconnecting", self.signaling_error)
+        elif event.state == "reconnecting":
+            logger.info("signaling: reconnection attempt %d in %.1f s (%s)",
+                        event.attempt, event.delay, event.error)
+        elif event.state == "closed" and not self._closed:
+            self.signaling_error = f"signaling closed: {event.error or 'closed'}"
+            logger.warning("%s; not reconnecting", self.signaling_error)
+
+    async def _sync_room(self, infohash: str) -> None:
+        """Join the room of a torrent added while disconnected, or leave the room of
+        one removed meanwhile (the client re-joined it)."""
+        client = self.client
+        if client is None:
+            return
+        try:
+            torrent = self.torrents.get(infohash)
+            if torrent is None:
+                if infohash in client.rooms:
+                    await client.leave(infohash)
+                return
+            if infohash not in client.rooms:
+                peers = await client.join(infohash)
+                self._on_signal(sp.Joined(sp.normalize_infohash(infohash), tuple(peers)))
+        except (SignalingError, LtTimeoutError, ProtocolError) as exc:
+            logger.warning("cannot sync room %s after reconnecting: %s", infohash, exc)
 
     def _on_signal(self, event: sp.Message) -> None:
-        if isinstance(event, sp.PeerJoined):
+        if isinstance(event, sp.PeerJoined | sp.Joined):
+            # Joined: the reply to a re-join after a reconnection (or _sync_room).
             t = self.torrents.get(event.room)
-            if t is not None:
-                self._on_room_peer(t, str(event.peer_id), event.metadata)
+            if t is None:
+                if isinstance(event, sp.Joined):  # removed while we were away
+                    self._spawn(self._sync_room(event.room), "sync-room")
+                return
+            members = ([(str(event.peer_id), event.metadata)] if isinstance(event, sp.PeerJoined)
+                       else [(str(p.peer_id), p.metadata) for p in event.peers])
+            for peer_id, metadata in members:
+                rec = t.punches.get(peer_id)
+                task = t.tasks.get(peer_id)
+                if task is not None and not task.done():
+                    continue  # our punch to it is under way
+                if rec is not None and rec.state in ("connected", "punching"):
+                    try:
+                        same = self._profiles.get(peer_id) == PeerProfile.from_metadata(
+                            peer_id, metadata)
+                    except ProtocolError:
+                        same = False
+                    if same:
+                        continue  # the same peer seen again after a reconnection
+                self._on_room_peer(t, peer_id, metadata)
         elif isinstance(event, sp.PeerLeft):
             t = self.torrents.get(event.room)
             if t is not None:
@@ -1039,31 +1122,40 @@ class EnhancedTorrentSession:
                     peer_id, room, offer.reply(plan.FAILED, "no endpoint for method").to_data()
                 )
             return
-        if offer.method == "utp":
-            # Open our NAT towards the initiator from libtorrent's UDP socket,
-            # then answer: its uTP SYN will find the hole open.
-            native.open_udp(self.session, endpoint)
-            waiter = self._connection_waiter(
-                torrent, endpoint, incoming=True, any_port=peer.nat == "symmetric"
-            )
-            await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
-            reason = await self._await_connection(rec, "utp", endpoint, waiter, torrent)
-        elif self.profile.nat == "open":
-            # We are directly reachable: the initiator connects to our listen
-            # port, nothing to open here.
-            source = peer.tcp or endpoint  # it dials from its outgoing port
+        answer = offer.reply(plan.ANSWER).to_data()
+        reason: str | None
+        if offer.method == "utp" or self.profile.nat == "open":
+            if offer.method == "utp":
+                # Open our NAT towards the initiator from libtorrent's UDP socket,
+                # then answer: its uTP SYN will find the hole open.
+                native.open_udp(self.session, endpoint)
+                source = endpoint
+            else:
+                # We are directly reachable: the initiator connects to our listen
+                # port, nothing to open here.
+                source = peer.tcp or endpoint  # it dials from its outgoing port
             watch = self._connection_waiter(
                 torrent, source, incoming=True, any_port=peer.nat == "symmetric"
             )
-            await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
-            reason = await self._await_connection(rec, "tcp", source, watch, torrent)
+            try:
+                await self.client.relay(peer_id, room, answer)
+            except SignalingError as exc:
+                watch.cancel()
+                reason = f"signaling: {exc}"
+            else:
+                reason = await self._await_connection(rec, offer.method, source, watch,
+                                                      torrent)
         else:
             # TCP simultaneous open: our SYN first (opens our NAT), then answer.
             waiter_task = asyncio.ensure_future(
                 self._connect(torrent, rec, "tcp", endpoint, outgoing=True)
             )
             await asyncio.sleep(0)
-            await self.client.relay(peer_id, room, offer.reply(plan.ANSWER).to_data())
+            try:
+                await self.client.relay(peer_id, room, answer)
+            except SignalingError as exc:
+                # The peer never hears of this attempt; let our SYN run its course.
+                logger.info("punch answer to %s not sent: %s", peer_id, exc)
             reason = await waiter_task
         if reason is not None:
             rec.fail(offer.method, offer.attempt, reason)
