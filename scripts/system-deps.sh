@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages the NAT lab uses, when root and when missing.
+# Install the Debian packages the NAT lab and the tests use (nftables, coturn, ffmpeg,
+# redis-server, ...), when root and when missing.
 set -euo pipefail
 need=()
 command -v nft >/dev/null 2>&1 || need+=(nftables)
@@ -7,6 +8,7 @@ command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

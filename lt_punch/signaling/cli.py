@@ -71,10 +71,14 @@ def signal_group() -> None:
 @click.option("--cleanup-interval", envvar="P2P_SIGNALING_CLEANUP_INTERVAL",
               type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between idle-connection sweeps.")
+@click.option("--redis-url", envvar="P2P_SIGNALING_REDIS_URL", default=None, metavar="URL",
+              help="Share rooms with other servers through this Redis "
+                   "(redis://host:port/db).")
 def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool,
                   tls_cert: str | None, tls_key: str | None, secret: str | None,
                   rate: float, burst: float, max_connections_per_address: int,
-                  lan_mode: bool | None, peer_timeout: float, cleanup_interval: float) -> None:
+                  lan_mode: bool | None, peer_timeout: float, cleanup_interval: float,
+                  redis_url: str | None) -> None:
     """Serve signaling (websocket + HTTP) until SIGINT or SIGTERM."""
     if dht_port is None:
         dht_port = port
@@ -84,12 +88,18 @@ def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool,
         "ssl": _tls_context(tls_cert, tls_key), "secret": secret, "rate": rate,
         "burst": burst, "max_connections_per_address": max_connections_per_address,
         "lan_mode": lan_mode, "peer_timeout": peer_timeout or None,
-        "cleanup_interval": cleanup_interval, "freeze_gc": True,
+        "cleanup_interval": cleanup_interval, "freeze_gc": True, "redis_url": redis_url,
     }
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://",
+                                                            "unix://")):
+        raise click.UsageError(f"--redis-url: expected redis://, rediss:// or unix://, "
+                               f"got {redis_url!r}")
     try:
         asyncio.run(_serve(host, port, None if no_dht else dht_port, options))
     except OSError as exc:
-        click.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
+        reason = exc.strerror or str(exc)
+        where = "" if "Redis" in reason else f"cannot serve on {host}:{port}: "
+        click.echo(f"error: {where}{reason}", err=True)
         raise click.exceptions.Exit(2) from None
 
 

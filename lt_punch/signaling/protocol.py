@@ -48,8 +48,10 @@ __all__ = [
     "Registered",
     "Relay",
     "Relayed",
+    "decode_frame",
     "normalize_infohash",
     "parse_message",
+    "parse_object",
     "peek_type",
     "validate_peer_id",
 ]
@@ -678,12 +680,22 @@ def parse_message(
     Raises:
         MessageError: with the code and message of the first problem found.
     """
-    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     limit = max_size
     if limit is None:
         limit = MAX_MESSAGE_SIZE if sent_by == "client" else MAX_SERVER_MESSAGE_SIZE
-    if size > limit:
-        raise MessageError("too-large", f"message is {size} bytes, limit {limit}")
+    obj, size = decode_frame(text, max_size=limit)
+    return parse_object(obj, size, sent_by=sent_by, max_size=max_size)
+
+
+def decode_frame(text: str | bytes, *, max_size: int) -> tuple[Any, int]:
+    """The JSON value of a frame and its size in UTF-8 bytes (no validation beyond JSON).
+
+    Raises:
+        MessageError: ``too-large`` over ``max_size`` bytes (not decoded), ``bad-json``.
+    """
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_size:
+        raise MessageError("too-large", f"message is {size} bytes, limit {max_size}")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -695,6 +707,18 @@ def parse_message(
         raise MessageError("bad-json", f"invalid JSON: {exc.msg} at position {exc.pos}") from None
     except (ValueError, RecursionError):
         raise MessageError("bad-json", "invalid JSON: NaN/Infinity or nesting too deep") from None
+    return obj, size
+
+
+def parse_object(
+    obj: Any, size: int, *, sent_by: Sender | None = None, max_size: int | None = None
+) -> Message:
+    """:func:`parse_message` for a frame already decoded by :func:`decode_frame`."""
+    limit = max_size
+    if limit is None:
+        limit = MAX_MESSAGE_SIZE if sent_by == "client" else MAX_SERVER_MESSAGE_SIZE
+    if size > limit:
+        raise MessageError("too-large", f"message is {size} bytes, limit {limit}")
     if not isinstance(obj, dict):
         raise MessageError("bad-message", f"message must be a JSON object, got {_jtype(obj)}")
     if "v" not in obj:

@@ -100,6 +100,13 @@ class Rooms:
         """The peers in ``room``, in join order (empty if nobody is in it)."""
         return [self._peers[p].info() for p in self._rooms.get(room, ())]
 
+    def info_of(self, peer_id: PeerId) -> PeerInfo:
+        return self._require(peer_id).info()
+
+    def session_key_of(self, conn: Hashable) -> str | None:
+        peer = self._by_conn.get(conn)
+        return None if peer is None else peer.session_key
+
     def rooms_of(self, peer_id: PeerId) -> set[InfoHash]:
         peer = self._peers.get(peer_id)
         return set() if peer is None else set(peer.rooms)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import http
 import ipaddress
@@ -37,17 +38,20 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..errors import LocalProtocolError
-from ..types import Address
+from ..types import Address, PeerId
 from .protocol import (
+    MAX_JOINED_PEERS,
     MAX_MESSAGE_SIZE,
     Error,
     Join,
+    Joined,
     Leave,
     Message,
     MessageError,
@@ -58,13 +62,16 @@ from .protocol import (
     Register,
     Relay,
     Relayed,
+    decode_frame,
     normalize_infohash,
-    parse_message,
+    parse_object,
     peek_type,
 )
 from .reflector import ReflectorProtocol
 from .rooms import RoomError, Rooms
 from .security import TokenBucket, candidates_of, check_candidate, check_token
+from .shared import SharedRooms
+from .webtorrent import TrackerMessage, WebTorrentTracker, is_tracker_message
 
 __all__ = ["SignalingServer"]
 
@@ -135,6 +142,8 @@ class SignalingServer:
             every second (:func:`gc.freeze`), so that full collections do not walk every
             connection's objects (350-560 ms pauses at 10,000 peers); a full collection
             of everything runs every ``cleanup_interval`` x 10 s instead.
+        redis_url: share rooms with the other servers using this Redis
+            (:mod:`.shared`): peers connected to different processes meet and relay.
     """
 
     def __init__(
@@ -160,6 +169,7 @@ class SignalingServer:
         peer_timeout: float | None = 300.0,
         cleanup_interval: float = 30.0,
         freeze_gc: bool = False,
+        redis_url: str | None = None,
     ) -> None:
         if not 0 < max_message_size <= MAX_MESSAGE_SIZE:
             raise ValueError(f"max_message_size must be in 1..{MAX_MESSAGE_SIZE}")
@@ -185,6 +195,8 @@ class SignalingServer:
         self.peer_timeout = peer_timeout
         self.cleanup_interval = cleanup_interval
         self.freeze_gc = freeze_gc
+        self.shared = SharedRooms(redis_url) if redis_url else None
+        """Rooms shared with other server processes through Redis (``redis_url``)."""
         self.host = host
         self.port = port
         self.dht_port = dht_port
@@ -228,6 +240,12 @@ class SignalingServer:
             ssl=self.ssl,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.shared is not None:
+            try:
+                await self.shared.start(self._deliver_local, self._evict_local)
+            except BaseException:
+                await self.close()
+                raise
         if self.dht_port is not None:
             loop = asyncio.get_running_loop()
             try:
@@ -261,6 +279,8 @@ class SignalingServer:
             server, self._server = self._server, None
             server.close()
             await server.wait_closed()
+        if self.shared is not None:
+            await self.shared.close()
 
     async def __aenter__(self) -> SignalingServer:
         await self.start()
@@ -286,6 +306,11 @@ class SignalingServer:
         """(host, udp_port) of the DHT reflector, or ``None`` when disabled or not started."""
         return self._dht_address
 
+    @functools.cached_property
+    def webtorrent(self) -> WebTorrentTracker:
+        """The WebTorrent tracker on the same websocket (frames with ``action``, no ``v``)."""
+        return WebTorrentTracker()
+
     def stats(self) -> dict[str, Any]:
         """Counters since :meth:`start`, as served by ``GET /stats``."""
         reflector = None
@@ -306,6 +331,9 @@ class SignalingServer:
             "peer_states": self.rooms.states(time.monotonic()),
             "uptime": round(time.monotonic() - self._started, 3),
             "dht_reflector": reflector,
+            "webtorrent": {"peers": self.webtorrent.peer_count,
+                           "swarms": self.webtorrent.swarm_count,
+                           **vars(self.webtorrent.stats)},
         }
 
     # --- websocket -------------------------------------------------------------------------
@@ -341,7 +369,7 @@ class SignalingServer:
                         "down", peek_type(frame) if isinstance(frame, str) else None))])
                     continue
                 refusals = 0
-                await self._send_all(ws, self._receive(ws, frame, observed, now))
+                await self._send_all(ws, await self._receive(ws, frame, observed, now))
         except ConnectionClosed:
             pass
         finally:
@@ -350,10 +378,32 @@ class SignalingServer:
             if self._per_address[ip] <= 0:
                 del self._per_address[ip]
             peer = self.rooms.peer_of(ws)
+            key = self.rooms.session_key_of(ws)
+            rooms = self.rooms.rooms_of(peer) if peer is not None else set()
             out = self.rooms.disconnect(ws)
+            self.webtorrent.disconnect(ws)
             if peer is not None:
                 logger.info("peer %s disconnected", peer)
             await self._send_all(ws, out)
+            if self.shared is not None and peer is not None:
+                try:
+                    await self.shared.release(peer, key, sorted(rooms),
+                                              lambda room: PeerLeft(room, peer))
+                except (RedisError, OSError) as exc:
+                    logger.warning("cannot release %s in Redis: %s", peer, exc)
+
+    def _deliver_local(self, peer_id: PeerId, text: str) -> None:
+        """A message from another node for a peer of ours."""
+        conn = self.rooms.conn_of(peer_id)
+        if isinstance(conn, ServerConnection):
+            broadcast([conn], text)
+
+    def _evict_local(self, peer_id: PeerId) -> None:
+        """Our peer registered again on another node (with its session key)."""
+        conn = self.rooms.conn_of(peer_id)
+        if isinstance(conn, ServerConnection):
+            self._spawn_refusal(conn, "replaced", f"peer id {peer_id!r} registered again "
+                                "on another server", 4000)
 
     def _is_trusted(self, ip: str) -> bool:
         try:
@@ -414,49 +464,92 @@ class SignalingServer:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _receive(self, ws: ServerConnection, frame: str | bytes, observed: Address,
-                 now: float = 0.0) -> list[Any]:
+    async def _receive(self, ws: ServerConnection, frame: str | bytes, observed: Address,
+                       now: float = 0.0) -> list[Any]:
         """Turn one frame into ``(peer_id | ws, message)`` pairs to send."""
         if isinstance(frame, bytes):
             error = self._error("bad-frame", "binary frames are not accepted; send JSON text")
             return [(ws, error)]
         try:
-            message = parse_message(frame, sent_by="client", max_size=self.max_message_size)
+            # Decoded once: WebTorrent tracker messages go to the tracker, the rest on.
+            obj, size = decode_frame(frame, max_size=self.max_message_size)
+            if is_tracker_message(obj):
+                return self._track(ws, obj, now)
+            message = parse_object(obj, size, sent_by="client", max_size=self.max_message_size)
         except MessageError as exc:
             return [(ws, self._error(exc.code, str(exc), peek_type(frame)))]
         logger.debug("< %s", message)
         self.rooms.touch(ws, now, relay=isinstance(message, Relay))
         try:
-            return list(self._apply(ws, message, observed, now))
+            return list(await self._apply(ws, message, observed, now))
         except RoomError as exc:
             return [(ws, self._error(exc.code, str(exc), message.TYPE))]
+        except (RedisError, OSError) as exc:
+            logger.warning("shared state unavailable while handling %s: %s", message, exc)
+            return [(ws, self._error("internal-error", "shared state unavailable; retry",
+                                     message.TYPE))]
         except Exception:
             # Internal details stay in the log; the peer learns only that we failed.
             logger.exception("failed to handle %s", message)
             return [(ws, self._error("internal-error", "internal server error", message.TYPE))]
 
-    def _apply(self, ws: ServerConnection, message: Message, observed: Address,
-               now: float) -> list[Any]:
+    def _track(self, ws: ServerConnection, obj: dict[str, Any], now: float) -> list[Any]:
+        """A WebTorrent tracker message: the tracker's answers (no ``register`` needed)."""
+        logger.debug("< webtorrent %s", obj.get("action"))
+        try:
+            out = self.webtorrent.receive(ws, obj, now)
+        except Exception:
+            logger.exception("failed to handle a webtorrent %r", obj.get("action"))
+            out = [(ws, {"failure reason": "internal server error"})]
+        return [(conn, TrackerMessage(body)) for conn, body in out]
+
+    async def _apply(self, ws: ServerConnection, message: Message, observed: Address,
+                     now: float) -> list[Any]:
         if isinstance(message, Ping):
             return [(ws, Pong(message.id))]
         if isinstance(message, Register):
-            return self._register(ws, message, observed, now)
+            return await self._register(ws, message, observed, now)
         peer = self.rooms.peer_of(ws)
         if peer is None:
             raise RoomError("not-registered", f"register before {message.TYPE}")
+        shared = self.shared
         if isinstance(message, Join):
-            return list(self.rooms.join(peer, message.room))
+            room = message.room
+            rejoin = room in self.rooms.rooms_of(peer)
+            out = list(self.rooms.join(peer, room))
+            if shared is not None:
+                # The listing covers every node; other nodes notify their own members.
+                if rejoin:
+                    others = [m for m in await shared.members(room) if m.peer_id != peer]
+                    others = others[-MAX_JOINED_PEERS:]
+                else:
+                    others = await shared.join(
+                        peer, self.rooms.session_key_of(ws), room,
+                        PeerJoined(room, peer, self.rooms.info_of(peer).metadata))
+                out[0] = (peer, Joined(room, tuple(others)))
+            return out
         if isinstance(message, Leave):
-            return list(self.rooms.leave(peer, message.room))
+            out = list(self.rooms.leave(peer, message.room))
+            if shared is not None:
+                await shared.leave(peer, self.rooms.session_key_of(ws), message.room,
+                                   PeerLeft(message.room, peer))
+            return out
         if isinstance(message, Relay):
             self._check_candidates(message.data, "relay data")
+            if shared is not None and self.rooms.conn_of(message.to) is None:
+                if message.room not in self.rooms.rooms_of(peer):
+                    raise RoomError("not-in-room", f"not in room {message.room}")
+                await shared.relay(message.to, message.room,
+                                   Relayed(peer, message.room, message.data))
+                self._relayed += 1
+                return []
             out = self.rooms.relay(peer, message.to, message.room, message.data)
             self._relayed += 1
             return list(out)
         raise RoomError("unknown-type", f"unexpected message type {message.TYPE!r}")
 
-    def _register(self, ws: ServerConnection, message: Register, observed: Address,
-                  now: float) -> list[Any]:
+    async def _register(self, ws: ServerConnection, message: Register, observed: Address,
+                        now: float) -> list[Any]:
         if self.secret is not None:
             check_token(self.secret, message.token, message.peer_id)
         self._check_candidates(message.metadata, "metadata")
@@ -469,8 +562,12 @@ class SignalingServer:
             if isinstance(old, ServerConnection):
                 self._spawn_refusal(old, "replaced", f"peer id {message.peer_id!r} "
                                     "registered again on a new connection", 4000)
+        key = secrets.token_hex(16)
+        if self.shared is not None and self.rooms.peer_of(ws) is None \
+                and self.rooms.conn_of(message.peer_id) is None:
+            await self.shared.claim(message.peer_id, message.metadata, key, message.resume)
         out.extend(self.rooms.register(ws, message.peer_id, message.metadata, observed,
-                                       secrets.token_hex(16), now))
+                                       key, now))
         logger.info("peer %s registered from %s:%d", message.peer_id, *observed)
         return out
 
@@ -537,9 +634,10 @@ class SignalingServer:
                 return _json_response(
                     http.HTTPStatus.BAD_REQUEST, {"error": exc.code, "message": str(exc)}
                 )
-            return _json_response(
-                http.HTTPStatus.OK, self.rooms.member_states(room, time.monotonic())
-            )
+            now = time.monotonic()
+            # lt_punch members, then WebTorrent peers (metadata.agent "webtorrent").
+            return _json_response(http.HTTPStatus.OK, self.rooms.member_states(room, now)
+                                  + self.webtorrent.member_states(room, now))
         if upgrade:
             return None  # a websocket client: go on with the handshake
         if path == "/":
@@ -600,3 +698,15 @@ class _ServerCollector(Collector):
         yield closed
         yield GaugeMetricFamily("lt_punch_signaling_uptime_seconds", "Seconds since start.",
                                 value=stats["uptime"])
+        webtorrent = stats["webtorrent"]
+        yield GaugeMetricFamily("lt_punch_signaling_webtorrent_peers",
+                                "WebTorrent tracker peers.", value=webtorrent["peers"])
+        yield GaugeMetricFamily("lt_punch_signaling_webtorrent_swarms",
+                                "WebTorrent tracker swarms.", value=webtorrent["swarms"])
+        messages = CounterMetricFamily("lt_punch_signaling_webtorrent_messages",
+                                       "WebTorrent tracker messages since start, by kind.",
+                                       labels=["kind"])
+        for kind in ("announces", "offers_forwarded", "answers_relayed", "answers_dropped",
+                     "scrapes", "failures"):
+            messages.add_metric([kind], webtorrent[kind])
+        yield messages
