@@ -71,6 +71,12 @@ def signal_group() -> None:
 @click.option("--cleanup-interval", envvar="P2P_SIGNALING_CLEANUP_INTERVAL",
               type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between idle-connection sweeps.")
+@click.option("--max-rooms-per-peer", envvar="P2P_SIGNALING_MAX_ROOMS_PER_PEER",
+              type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Rooms one peer may be in.")
+@click.option("--max-peers-per-room", envvar="P2P_SIGNALING_MAX_PEERS_PER_ROOM",
+              type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Members of one room on this server.")
 @click.option("--redis-url", envvar="P2P_SIGNALING_REDIS_URL", default=None, metavar="URL",
               help="Share rooms with other servers through this Redis "
                    "(redis://host:port/db).")
@@ -78,6 +84,7 @@ def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool,
                   tls_cert: str | None, tls_key: str | None, secret: str | None,
                   rate: float, burst: float, max_connections_per_address: int,
                   lan_mode: bool | None, peer_timeout: float, cleanup_interval: float,
+                  max_rooms_per_peer: int, max_peers_per_room: int,
                   redis_url: str | None) -> None:
     """Serve signaling (websocket + HTTP) until SIGINT or SIGTERM."""
     if dht_port is None:
@@ -89,6 +96,7 @@ def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool,
         "burst": burst, "max_connections_per_address": max_connections_per_address,
         "lan_mode": lan_mode, "peer_timeout": peer_timeout or None,
         "cleanup_interval": cleanup_interval, "freeze_gc": True, "redis_url": redis_url,
+        "max_rooms_per_peer": max_rooms_per_peer, "max_peers_per_room": max_peers_per_room,
     }
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://",
                                                             "unix://")):

@@ -95,6 +95,8 @@ ERROR_CODES: dict[str, str] = {
     "rate-limited": "too many messages; the connection closes if it goes on",
     "too-many-connections": "too many connections from this address (then closed)",
     "idle-timeout": "no message for the peer timeout (then closed)",
+    "too-many-rooms": "the peer is in as many rooms as a peer may be",
+    "room-full": "the room has as many peers as a room may have",
     "replaced": "the peer id registered again on a new connection (then closed)",
     "internal-error": "the server failed; details are in its log",
 }

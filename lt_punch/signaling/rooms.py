@@ -79,7 +79,10 @@ class _Peer:
 class Rooms:
     """Who is registered, and who is in which room."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_rooms_per_peer: int = 1000,
+                 max_peers_per_room: int = 5000) -> None:
+        self.max_rooms_per_peer = max_rooms_per_peer
+        self.max_peers_per_room = max_peers_per_room
         self._peers: dict[PeerId, _Peer] = {}
         self._by_conn: dict[Hashable, _Peer] = {}
         self._rooms: dict[InfoHash, dict[PeerId, None]] = {}  # dict keeps join order
@@ -182,9 +185,21 @@ class Rooms:
 
         Joining a room one is already in is not an error: it answers ``joined`` again and
         notifies nobody.
+
+        Raises:
+            RoomError: ``too-many-rooms`` (the peer is in ``max_rooms_per_peer``),
+                ``room-full`` (``max_peers_per_room`` members).
         """
         peer = self._require(peer_id)
-        members = self._rooms.setdefault(room, {})
+        members = self._rooms.get(room, {})
+        if peer_id not in members:
+            if len(peer.rooms) >= self.max_rooms_per_peer:
+                raise RoomError("too-many-rooms", f"already in {len(peer.rooms)} rooms, "
+                                                  f"the limit")
+            if len(members) >= self.max_peers_per_room:
+                raise RoomError("room-full", f"room {room} has {len(members)} peers, "
+                                             f"the limit")
+        self._rooms[room] = members
         others = [self._peers[p] for p in members if p != peer_id]
         # The listing is capped (the most recent joiners) to bound the message size;
         # notifications still go to every member.

@@ -144,6 +144,8 @@ class SignalingServer:
             of everything runs every ``cleanup_interval`` x 10 s instead.
         redis_url: share rooms with the other servers using this Redis
             (:mod:`.shared`): peers connected to different processes meet and relay.
+        max_rooms_per_peer: rooms one peer may be in (``too-many-rooms``).
+        max_peers_per_room: members of one room on this server (``room-full``).
     """
 
     def __init__(
@@ -170,6 +172,8 @@ class SignalingServer:
         cleanup_interval: float = 30.0,
         freeze_gc: bool = False,
         redis_url: str | None = None,
+        max_rooms_per_peer: int = 1000,
+        max_peers_per_room: int = 5000,
     ) -> None:
         if not 0 < max_message_size <= MAX_MESSAGE_SIZE:
             raise ValueError(f"max_message_size must be in 1..{MAX_MESSAGE_SIZE}")
@@ -204,7 +208,8 @@ class SignalingServer:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.node_id = node_id if node_id is not None else os.urandom(20)
-        self.rooms = Rooms()
+        self.rooms = Rooms(max_rooms_per_peer=max_rooms_per_peer,
+                           max_peers_per_room=max_peers_per_room)
         self._server: Server | None = None
         self._reflector: ReflectorProtocol | None = None
         self._udp: asyncio.DatagramTransport | None = None

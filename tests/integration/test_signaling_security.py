@@ -366,3 +366,22 @@ async def test_cli_serve_tls(ca: trustme.CA, tmp_path: Path) -> None:
         proc.terminate()
         async with asyncio.timeout(20):
             await proc.wait()
+
+
+async def test_room_and_per_peer_limits() -> None:
+    other = "ab" * 20
+    async with SignalingServer("127.0.0.1", 0, dht_port=None, max_rooms_per_peer=1,
+                               max_peers_per_room=2) as srv:
+        async with await _raw(srv) as a, await _raw(srv) as b, await _raw(srv) as c:
+            for ws, name in ((a, "a"), (b, "b"), (c, "c")):
+                await _ask(ws, p.Register(PeerId(name)))
+            assert isinstance(await _ask(a, p.Join(IH)), p.Joined)
+            assert _code(await _ask(a, p.Join(other))) == "too-many-rooms"
+            assert srv.rooms.room_count == 1  # the refused join left no empty room
+            assert isinstance(await _ask(a, p.Join(IH)), p.Joined)  # again: not a new room
+            await _ask(b, p.Join(IH))
+            assert isinstance(await _next(a), p.PeerJoined)
+            assert _code(await _ask(c, p.Join(IH))) == "room-full"
+            assert await _ask(b, p.Leave(IH)) == p.Left(IH)
+            assert await _next(a) == p.PeerLeft(IH, PeerId("b"))
+            assert isinstance(await _ask(c, p.Join(IH)), p.Joined)
