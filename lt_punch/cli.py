@@ -7,9 +7,11 @@ work without libtorrent being importable. Exit codes: 0 success, 1 failure,
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import click
@@ -56,6 +58,25 @@ class LazyGroup(click.Group):
         except LtPunchError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+
+
+def run_server(main: Coroutine[Any, Any, None], address: str) -> None:
+    """Run a serving command's coroutine; its failures end it with one line: bad input
+    (:class:`ConfigError`) and an address that cannot be bound exit with 2, other
+    failures with 1."""
+    try:
+        asyncio.run(main)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(2) from None
+    except OSError as exc:
+        # A bind error carries strerror; our own OSErrors (e.g. Redis) say it all.
+        reason = f"cannot serve on {address}: {exc.strerror}" if exc.strerror else str(exc)
+        click.echo(f"error: {reason}", err=True)
+        raise click.exceptions.Exit(2) from None
+    except LtPunchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
 
 
 @click.group(cls=LazyGroup)

@@ -439,6 +439,7 @@ def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Pa
                   isolated: bool) -> None:
     """Run the daemon: several torrents kept across restarts, the REST API, the stream
     URLs and /metrics on one HTTP server (docs/api.md)."""
+    from .cli import run_server
     from .download import check_writable, config_from_options
 
     config = config_from_options(signal_url, stun, listen_host=listen_host,
@@ -452,18 +453,8 @@ def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Pa
                 check_writable(path)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        asyncio.run(_serve(host, port, state_dir, download_dir, token, config, save_every,
-                           isolated))
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise click.exceptions.Exit(2) from None
-    except OSError as exc:
-        click.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
-        raise click.exceptions.Exit(2) from None
-    except LtPunchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise click.exceptions.Exit(1) from None
+    run_server(_serve(host, port, state_dir, download_dir, token, config, save_every,
+                      isolated), f"{host}:{port}")
 
 
 async def _serve(host: str, port: int, state_dir: Path, download_dir: Path | None,

@@ -181,6 +181,7 @@ def _unsatisfiable(size: int) -> web.Response:
 def stream_command(source: str, file_index: int | None, host: str, port: int, out_dir: Path,
                    player: str | None, signal_url: str | None, isolated: bool) -> None:
     """Stream SOURCE (magnet, .torrent or infohash) over HTTP while it downloads."""
+    from .cli import run_server
     from .download import check_writable, config_from_options
 
     config = config_from_options(signal_url)
@@ -190,17 +191,8 @@ def stream_command(source: str, file_index: int | None, host: str, port: int, ou
         raise click.UsageError(str(exc)) from None
     if player and shutil.which(player) is None:
         raise click.UsageError(f"--player {player}: not installed (not on PATH)")
-    try:
-        asyncio.run(_serve(source, file_index, host, port, out_dir, player, config, isolated))
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise click.exceptions.Exit(2) from None
-    except OSError as exc:
-        click.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
-        raise click.exceptions.Exit(2) from None
-    except LtPunchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise click.exceptions.Exit(1) from None
+    run_server(_serve(source, file_index, host, port, out_dir, player, config, isolated),
+               f"{host}:{port}")
 
 
 async def _serve(source: str, file_index: int | None, host: str, port: int, out_dir: Path,

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ..cli import run_server
 from .security import make_token
 from .server import SignalingServer
 
@@ -102,13 +103,7 @@ def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool,
                                                             "unix://")):
         raise click.UsageError(f"--redis-url: expected redis://, rediss:// or unix://, "
                                f"got {redis_url!r}")
-    try:
-        asyncio.run(_serve(host, port, None if no_dht else dht_port, options))
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        where = "" if "Redis" in reason else f"cannot serve on {host}:{port}: "
-        click.echo(f"error: {where}{reason}", err=True)
-        raise click.exceptions.Exit(2) from None
+    run_server(_serve(host, port, None if no_dht else dht_port, options), f"{host}:{port}")
 
 
 def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
