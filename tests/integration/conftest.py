@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,29 +27,10 @@ class Pair:
         self.data = data
 
 
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    """A seed and a leech in one signaling room; the leech downloads at 2 MB/s."""
-    payload = tmp_path / "seed" / "video.mp4"
-    write_random_file(payload, SIZE, seed=3)
-    torrent = make_torrent(payload, piece_size=PIECE)
-    async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
-        assert server.dht_address is not None
-        config = Config(signaling_url=server.url, signaling_udp_port=server.dht_address[1],
-                        listen_host="127.0.0.1")
-        async with EnhancedTorrentSession(config, peer_id="seed", lt_settings=LT,
-                                          save_path=payload.parent) as seed, \
-                EnhancedTorrentSession(config, peer_id="leech", lt_settings=LT,
-                                       save_path=tmp_path / "leech") as leech:
-            await seed.add(torrent)
-            added = await leech.add(torrent)
-            # 2 MB/s: the file (8 MB) is still downloading while the test reads.
-            added.handle.set_download_limit(2_000_000)
-            yield Pair(leech, added.infohash, payload.read_bytes())
-
-
 @dataclass
 class Swarm:
+    """A seed in a signaling room on loopback: the room's config and the torrent."""
+
     config: Config
     torrent: bytes
     infohash: str
@@ -59,17 +41,36 @@ class Swarm:
         return f"magnet:?xt=urn:btih:{self.infohash}&dn=clip.mp4"
 
 
-@pytest.fixture
-async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
-    """A seed of one file (clip.mp4) in a signaling room on loopback."""
-    payload = tmp_path / "seed" / "clip.mp4"
-    write_random_file(payload, SWARM_SIZE, seed=21)
+@contextlib.asynccontextmanager
+async def seeded(base: Path, name: str, size: int, seed: int) -> AsyncIterator[Swarm]:
+    """A signaling server and a session seeding ``base/seed/name`` of ``size`` bytes."""
+    payload = base / "seed" / name
+    write_random_file(payload, size, seed=seed)
     torrent = make_torrent(payload, piece_size=PIECE)
     async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
         assert server.dht_address is not None
         config = Config(signaling_url=server.url, signaling_udp_port=server.dht_address[1],
                         listen_host="127.0.0.1")
         async with EnhancedTorrentSession(config, peer_id="seed", lt_settings=LT,
-                                          save_path=payload.parent) as seed:
-            added = await seed.add(torrent)
+                                          save_path=payload.parent) as session:
+            added = await session.add(torrent)
             yield Swarm(config, torrent, added.infohash, payload.read_bytes())
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """A seed and a leech in one signaling room; the leech downloads at 2 MB/s."""
+    async with seeded(tmp_path, "video.mp4", SIZE, 3) as room, \
+            EnhancedTorrentSession(room.config, peer_id="leech", lt_settings=LT,
+                                   save_path=tmp_path / "leech") as leech:
+        added = await leech.add(room.torrent)
+        # 2 MB/s: the file (8 MB) is still downloading while the test reads.
+        added.handle.set_download_limit(2_000_000)
+        yield Pair(leech, added.infohash, room.data)
+
+
+@pytest.fixture
+async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
+    """A seed of one file (clip.mp4) in a signaling room on loopback."""
+    async with seeded(tmp_path, "clip.mp4", SWARM_SIZE, 21) as room:
+        yield room
