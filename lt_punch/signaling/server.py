@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import http
 import ipaddress
@@ -201,6 +200,8 @@ class SignalingServer:
         self.freeze_gc = freeze_gc
         self.shared = SharedRooms(redis_url) if redis_url else None
         """Rooms shared with other server processes through Redis (``redis_url``)."""
+        self.webtorrent = WebTorrentTracker()
+        """The WebTorrent tracker on the same websocket (frames with ``action``, no ``v``)."""
         self.host = host
         self.port = port
         self.dht_port = dht_port
@@ -310,11 +311,6 @@ class SignalingServer:
     def dht_address(self) -> Address | None:
         """(host, udp_port) of the DHT reflector, or ``None`` when disabled or not started."""
         return self._dht_address
-
-    @functools.cached_property
-    def webtorrent(self) -> WebTorrentTracker:
-        """The WebTorrent tracker on the same websocket (frames with ``action``, no ``v``)."""
-        return WebTorrentTracker()
 
     def stats(self) -> dict[str, Any]:
         """Counters since :meth:`start`, as served by ``GET /stats``."""
