@@ -606,7 +606,8 @@ class SignalingServer:
 
     # --- HTTP ------------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request
+                               ) -> Response | None:
         path = urllib.parse.urlsplit(request.path).path
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path == "/health":
@@ -637,8 +638,18 @@ class SignalingServer:
                 )
             now = time.monotonic()
             # lt_punch members, then WebTorrent peers (metadata.agent "webtorrent").
-            return _json_response(http.HTTPStatus.OK, self.rooms.member_states(room, now)
-                                  + self.webtorrent.member_states(room, now))
+            members = self.rooms.member_states(room, now)
+            if self.shared is not None:  # and those connected to the other servers
+                local = {m["peer_id"] for m in members}
+                try:
+                    remote = [m for m in await self.shared.members(room)
+                              if m.peer_id not in local]
+                except (RedisError, OSError) as exc:
+                    return _json_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {
+                        "error": "unavailable", "message": f"shared state: {exc}"})
+                members += [{**m.to_json(), "state": "remote"} for m in remote]
+            return _json_response(http.HTTPStatus.OK,
+                                  members + self.webtorrent.member_states(room, now))
         if upgrade:
             return None  # a websocket client: go on with the handshake
         if path == "/":

@@ -4,6 +4,7 @@ peers on different servers meet, relay, leave, resume; two server processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -124,6 +125,26 @@ async def test_disconnect_tells_the_other_server(
         assert await _next(alice) == p.PeerLeft(IH, PeerId("bob"))
         assert a.shared is not None
         assert [m.peer_id for m in await a.shared.members(IH)] == ["alice"]
+
+
+async def test_http_room_listing_covers_every_server(
+    two: tuple[SignalingServer, SignalingServer]
+) -> None:
+    a, b = two
+    async with await _raw(a) as alice, await _raw(b) as bob:
+        await _ask(alice, p.Register(PeerId("alice")))
+        await _ask(alice, p.Join(IH))
+        await _ask(bob, p.Register(PeerId("bob")))
+        await _ask(bob, p.Join(IH))
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+        writer.write(f"GET /rooms/{IH}/peers HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        async with asyncio.timeout(WAIT):
+            raw = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    members = json.loads(raw.decode().partition("\r\n\r\n")[2])
+    assert [(m["peer_id"], m["state"]) for m in members] == [("alice", "connected"),
+                                                             ("bob", "remote")]
 
 
 async def test_resume_on_another_server_replaces_the_old_connection(
