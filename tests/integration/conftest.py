@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -74,3 +75,19 @@ async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
     """A seed of one file (clip.mp4) in a signaling room on loopback."""
     async with seeded(tmp_path, "clip.mp4", SWARM_SIZE, 21) as room:
         yield room
+
+
+async def http_get(srv: SignalingServer, path: str, timeout: float = 5.0  # noqa: ASYNC109
+                   ) -> tuple[int, str, bytes]:
+    """``GET path`` on a signaling server's port: (status, Content-Type, body)."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(srv.host, srv.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    ctype = next(v for k, _, v in (ln.partition(": ") for ln in lines) if k == "Content-Type")
+    return status, ctype, body

@@ -4,6 +4,7 @@ command in a subprocess, its JSON output parsed; bad input; resume after SIGINT.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -16,47 +17,39 @@ from typing import Any
 
 import pytest
 
-from lt_punch import Config
-from lt_punch.signaling import SignalingServer
 from lt_punch.torrent.maketorrent import make_torrent, sha256_file, write_random_file
-from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
+
+from .conftest import PIECE, Swarm, seeded
 
 SIZE = 16 << 20
-PIECE = 1 << 18
-LT = {**ISOLATED_SETTINGS, "allow_multiple_connections_per_ip": True}
 
 
 class Seed:
-    def __init__(self, server: SignalingServer, torrent: Path, digest: str) -> None:
-        self.server = server
+    """A seed of movie.bin in a signaling room, and its .torrent file for the command."""
+
+    def __init__(self, room: Swarm, torrent: Path) -> None:
+        self.room = room
         self.torrent = torrent
-        self.digest = digest
+        self.digest = hashlib.sha256(room.data).hexdigest()
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
-        assert self.server.dht_address is not None
-        env["P2P_SIGNALING_UDP_PORT"] = str(self.server.dht_address[1])
+        env["P2P_SIGNALING_UDP_PORT"] = str(self.room.config.signaling_udp_port)
         return env
 
     def argv(self, out: Path, *extra: str) -> list[str]:
+        assert self.room.config.signaling_url is not None
         return [sys.executable, "-m", "lt_punch", "download", str(self.torrent), "-o",
-                str(out), "--json", "--isolated", "--signal", self.server.url, *extra]
+                str(out), "--json", "--isolated", "--signal", self.room.config.signaling_url,
+                *extra]
 
 
 @pytest.fixture
 async def seed(tmp_path: Path) -> AsyncIterator[Seed]:
-    payload = tmp_path / "seed" / "movie.bin"
-    digest = write_random_file(payload, SIZE, seed=7)
-    torrent = tmp_path / "movie.torrent"
-    torrent.write_bytes(make_torrent(payload, piece_size=PIECE))
-    async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
-        assert server.dht_address is not None
-        config = Config(signaling_url=server.url, signaling_udp_port=server.dht_address[1],
-                        listen_host="127.0.0.1")
-        async with EnhancedTorrentSession(config, peer_id="seed", lt_settings=LT,
-                                          save_path=payload.parent) as session:
-            await session.add(torrent)
-            yield Seed(server, torrent, digest)
+    async with seeded(tmp_path, "movie.bin", SIZE, 7) as room:
+        torrent = tmp_path / "movie.torrent"
+        torrent.write_bytes(room.torrent)
+        yield Seed(room, torrent)
 
 
 async def _run(argv: list[str], env: dict[str, str], timeout: float = 60,  # noqa: ASYNC109

@@ -25,6 +25,8 @@ from lt_punch.signaling import SignalingClient, SignalingClosed, SignalingServer
 from lt_punch.signaling import protocol as p
 from lt_punch.types import InfoHash, PeerId
 
+from .conftest import http_get
+
 IH = "0123456789abcdef0123456789abcdef01234567"
 IH2 = "ab" * 32
 WAIT = 5.0
@@ -59,20 +61,6 @@ async def _ask(ws: ClientConnection, text: str | bytes) -> p.Message:
     async with asyncio.timeout(WAIT):
         reply = await ws.recv()
     return p.parse_message(reply, sent_by="server")
-
-
-async def _http_get(srv: SignalingServer, path: str) -> tuple[int, str, bytes]:
-    async with asyncio.timeout(WAIT):
-        reader, writer = await asyncio.open_connection(srv.host, srv.port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        raw = await reader.read()
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    status = int(lines[0].split()[1])
-    ctype = next(v for k, _, v in (ln.partition(": ") for ln in lines) if k == "Content-Type")
-    return status, ctype, body
 
 
 # --- register / rooms --------------------------------------------------------------------
@@ -241,24 +229,24 @@ async def test_frame_over_hard_limit_closes_with_1009(server: SignalingServer) -
 
 async def test_http_endpoints(server: SignalingServer, clients: list[SignalingClient]) -> None:
     await clients[0].join(IH)
-    status, ctype, body = await _http_get(server, "/health")
+    status, ctype, body = await http_get(server, "/health")
     assert status == 200 and ctype == "application/json"
     assert json.loads(body)["status"] == "ok"
-    status, _, body = await _http_get(server, "/stats")
+    status, _, body = await http_get(server, "/stats")
     stats = json.loads(body)
     assert status == 200 and stats["peers"] == 3 and stats["rooms"] == 1
     assert {"messages_relayed", "errors", "uptime", "dht_reflector"} <= set(stats)
-    status, _, body = await _http_get(server, f"/rooms/{IH.upper()}/peers")
+    status, _, body = await http_get(server, f"/rooms/{IH.upper()}/peers")
     [alice] = json.loads(body)
     assert status == 200 and alice.pop("idle_for") < 60
     assert alice == {"peer_id": "alice", "metadata": {"name": "alice"}, "state": "connected"}
-    status, _, body = await _http_get(server, f"/rooms/{IH2}/peers")
+    status, _, body = await http_get(server, f"/rooms/{IH2}/peers")
     assert status == 200 and json.loads(body) == []
-    status, _, body = await _http_get(server, "/rooms/nothex/peers")
+    status, _, body = await http_get(server, "/rooms/nothex/peers")
     assert status == 400 and json.loads(body)["error"] == "bad-infohash"
-    status, _, body = await _http_get(server, "/nope")
+    status, _, body = await http_get(server, "/nope")
     assert status == 404 and json.loads(body)["error"] == "not-found"
-    status, ctype, body = await _http_get(server, "/")
+    status, ctype, body = await http_get(server, "/")
     assert status == 200 and ctype.startswith("text/plain") and b"signaling" in body
 
 

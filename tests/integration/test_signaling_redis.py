@@ -20,6 +20,8 @@ from lt_punch.signaling import SignalingClient, SignalingServer
 from lt_punch.signaling import protocol as p
 from lt_punch.types import PeerId
 
+from .conftest import http_get
+
 IH = "0123456789abcdef0123456789abcdef01234567"
 WAIT = 5.0
 
@@ -136,13 +138,9 @@ async def test_http_room_listing_covers_every_server(
         await _ask(alice, p.Join(IH))
         await _ask(bob, p.Register(PeerId("bob")))
         await _ask(bob, p.Join(IH))
-        reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
-        writer.write(f"GET /rooms/{IH}/peers HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        async with asyncio.timeout(WAIT):
-            raw = await reader.read()
-        writer.close()
-        await writer.wait_closed()
-    members = json.loads(raw.decode().partition("\r\n\r\n")[2])
+        status, _, body = await http_get(a, f"/rooms/{IH}/peers")
+    assert status == 200
+    members = json.loads(body)
     assert [(m["peer_id"], m["state"]) for m in members] == [("alice", "connected"),
                                                              ("bob", "remote")]
 

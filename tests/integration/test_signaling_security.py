@@ -25,6 +25,8 @@ from lt_punch.signaling.security import check_token, make_token
 from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
 from lt_punch.types import PeerId
 
+from .conftest import http_get
+
 IH = "0123456789abcdef0123456789abcdef01234567"
 WAIT = 5.0
 
@@ -266,19 +268,6 @@ async def test_idle_connections_are_closed() -> None:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-async def _http(srv: SignalingServer, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        async with asyncio.timeout(WAIT):
-            raw = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = raw.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 async def test_metrics_and_peer_states() -> None:
     async with SignalingServer("127.0.0.1", 0, dht_port=None) as srv:
         async with await _raw(srv) as a, await _raw(srv) as b:
@@ -289,10 +278,10 @@ async def test_metrics_and_peer_states() -> None:
             await _ask(a, p.Relay(PeerId("bob"), IH, {"t": "hello"}))
             assert isinstance(await _next(b), p.Relayed)
             assert _code(await _ask(a, "{")) == "bad-json"
-            status, body = await _http(srv, "/metrics")
+            status, _, raw = await http_get(srv, "/metrics")
             assert status == 200
-            families = {f.name: f for f in text_string_to_metric_families(body)}
-            status, body = await _http(srv, f"/rooms/{IH}/peers")
+            families = {f.name: f for f in text_string_to_metric_families(raw.decode())}
+            status, _, body = await http_get(srv, f"/rooms/{IH}/peers")
     value = {name: f.samples[0].value for name, f in families.items() if f.samples}
     assert value["lt_punch_signaling_peers"] == 2
     assert value["lt_punch_signaling_rooms"] == 1

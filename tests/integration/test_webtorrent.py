@@ -21,6 +21,8 @@ from lt_punch.signaling import protocol as p
 from lt_punch.signaling.webtorrent import MAX_OFFERS, MAX_SDP_SIZE, WebTorrentTracker
 from lt_punch.types import InfoHash, PeerId
 
+from .conftest import http_get
+
 WAIT = 5.0
 # Binary strings: one character per byte, control and high bytes included.
 INFO_HASH = bytes([0, 1, 0x7F, 0x80, 0xFF, 10, 34, 92] + list(range(200, 212))).decode("latin-1")
@@ -71,14 +73,8 @@ async def _ask(ws: ClientConnection, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _http_get(srv: SignalingServer, path: str) -> Any:
-    async with asyncio.timeout(WAIT):
-        reader, writer = await asyncio.open_connection(srv.host, srv.port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        raw = await reader.read()
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
+    status, _, body = await http_get(srv, path, WAIT)
+    assert status == 200, body
     return json.loads(body)
 
 
