@@ -250,9 +250,6 @@ def _describe(request: web.Request, torrent: Any) -> dict[str, Any]:
     from .stream import file_rows, link_query
 
     data: dict[str, Any] = torrent.stats()
-    status = torrent.handle.status()
-    data["has_metadata"] = bool(status.has_metadata)
-    data["save_path"] = status.save_path
     base = f"{request.scheme}://{request.host}"
     data["files"] = file_rows(torrent.session, base, torrent.infohash, link_query(request))
     return data
@@ -382,14 +379,14 @@ class _SessionCollector(Collector):
         peers = GaugeMetricFamily("lt_punch_torrent_peers", "Connected peers by source.",
                                   labels=[*labels, "source"])
         for torrent in torrents:
-            st = torrent.handle.status()
-            values = [torrent.infohash, st.name]
-            progress.add_metric(values, st.progress)
-            down.add_metric(values, st.download_payload_rate)
-            up.add_metric(values, st.upload_payload_rate)
-            received.add_metric(values, st.total_payload_download)
-            sent.add_metric(values, st.total_payload_upload)
-            for source, count in torrent.stats()["peers_by_source"].items():
+            st = torrent.stats()  # one status and peer list read per torrent
+            values = [torrent.infohash, st["name"]]
+            progress.add_metric(values, st["progress"])
+            down.add_metric(values, st["download_rate"])
+            up.add_metric(values, st["upload_rate"])
+            received.add_metric(values, st["total_download"])
+            sent.add_metric(values, st["total_upload"])
+            for source, count in st["peers_by_source"].items():
                 peers.add_metric([*values, source], count)
         yield from (progress, down, up, received, sent, peers)
         punches = CounterMetricFamily("lt_punch_punches", "Punch attempts by method and "

@@ -246,6 +246,8 @@ class Torrent:
             "name": st.name,
             "state": STATE_NAMES.get(int(st.state), str(st.state)),
             "paused": bool(self.handle.flags() & lt.torrent_flags.paused),
+            "has_metadata": bool(st.has_metadata),
+            "save_path": st.save_path,
             "progress": st.progress,
             "download_rate": st.download_payload_rate,
             "upload_rate": st.upload_payload_rate,
@@ -308,6 +310,7 @@ class EnhancedTorrentSession:
         self._started_at = time.monotonic()
         self._closed = False
         self.signaling_error: str | None = None
+        self._tls: ssl.SSLContext | None = None
         self.punch_tally: collections.Counter[tuple[str, str]] = collections.Counter()
         """Punch attempts since the session started, by (method, "connected"|"failed"):
         monotonic, unlike the records of :meth:`stats` (gone with their torrent)."""
@@ -443,12 +446,13 @@ class EnhancedTorrentSession:
             ConfigError: the CA file cannot be read.
         """
         cafile = self.config.signaling_ca
-        if not cafile:
-            return None
+        if not cafile or self._tls is not None:
+            return self._tls
         try:
-            return ssl.create_default_context(cafile=cafile)
+            self._tls = ssl.create_default_context(cafile=cafile)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"signaling_ca: cannot load {cafile}: {exc}") from None
+        return self._tls
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
