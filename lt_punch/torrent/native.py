@@ -92,10 +92,7 @@ class Injector:
             if last is not None and now - last < KICK_MIN_INTERVAL:
                 return False
         self._last_kick[key] = now
-        # An immediate pause, not a graceful one: a graceful pause waits for pending
-        # requests and can complete after the resume, leaving the torrent paused (no
-        # peer is connected here, so there is nothing to drain).
-        handle.pause()
+        handle.pause(lt.torrent_handle.graceful_pause)
         handle.resume()
         return True
 
