@@ -69,6 +69,9 @@ ISOLATED_SETTINGS: dict[str, Any] = {
 _READY_STATES = {2, 3, 4, 5}
 _STATE_FLAGS = lt.save_state_flags_t.save_dht_state
 
+MIN_RECONNECT_TIME = 2
+"""Seconds before libtorrent redials a peer it lost (its default is 60)."""
+
 STATE_NAMES = {
     0: "queued",
     1: "checking",
@@ -261,6 +264,15 @@ class Torrent:
         }
 
 
+def _why_stalled(handle: lt.torrent_handle, piece: int) -> str:
+    """What a read that timed out can tell the user: the torrent's state and peers."""
+    st = handle.status()
+    paused = bool(handle.flags() & lt.torrent_flags.paused)
+    state = STATE_NAMES.get(int(st.state), str(st.state))
+    return (f"torrent {state}{', paused' if paused else ''}, {st.num_peers} peers, "
+            f"{st.progress:.0%} done, piece priority {handle.piece_priority(piece)}")
+
+
 class EnhancedTorrentSession:
     """A libtorrent session whose torrents punch to the peers of their signaling room.
 
@@ -354,6 +366,11 @@ class EnhancedTorrentSession:
             # Peers behind one NAT share its public address: libtorrent's default (one
             # connection per IP) refuses all but the first of them.
             "allow_multiple_connections_per_ip": True,
+            # libtorrent waits (failures + 1) x min_reconnect_time before it dials a peer
+            # again, 60 s by default, even when connect_peer names it again: one dropped
+            # uTP connection (a starved process, a pause) stalled a stream for a minute.
+            # A punched peer is rare and known good; redial it within seconds.
+            "min_reconnect_time": MIN_RECONNECT_TIME,
         }
         if "tcp" in cfg.methods and cfg.hole_punching_enabled:
             self.outgoing_port = _free_tcp_port(cfg.listen_host)
@@ -728,7 +745,7 @@ class EnhancedTorrentSession:
                 error, data = await fut
         except TimeoutError:
             raise LtTimeoutError(f"piece {piece} of {infohash} not available after "
-                                 f"{timeout:g} s") from None
+                                 f"{timeout:g} s ({_why_stalled(handle, piece)})") from None
         finally:
             fut.cancel()
             finished.cancel()

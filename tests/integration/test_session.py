@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -10,8 +11,11 @@ import pytest
 from lt_punch.config import Config
 from lt_punch.errors import ConfigError
 from lt_punch.signaling.server import SignalingServer
+from lt_punch.torrent.events import PieceFinished
 from lt_punch.torrent.maketorrent import make_torrent, sha256_file, write_random_file
 from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
+
+from .conftest import Pair
 
 SETTINGS = dict(ISOLATED_SETTINGS, allow_multiple_connections_per_ip=True)
 
@@ -94,3 +98,20 @@ async def test_unreachable_signaling_is_reported_and_session_still_works(tmp_pat
         t = await s.add(payload[0])
         assert s.stats()["signaling"]["connected"] is False
         assert t.infohash in s.torrents
+
+
+async def test_a_dropped_peer_is_redialed_within_seconds(pair: Pair, tmp_path: Path) -> None:
+    """libtorrent waits min_reconnect_time (60 s by default) before it dials a lost
+    peer again, even one connect_peer names again: the session sets a short one."""
+    torrent = pair.leech.torrents[pair.infohash]
+    events = torrent.events()
+    async with asyncio.timeout(30):
+        async for event in events:
+            if isinstance(event, PieceFinished):
+                break
+    assert torrent.handle.status().num_peers == 1
+    # An immediate pause closes every connection (what a dropped uTP flow also does).
+    torrent.handle.pause()
+    torrent.handle.resume()
+    await torrent.wait_finished(timeout=30)
+    assert (tmp_path / "leech" / "video.mp4").read_bytes() == pair.data
