@@ -266,11 +266,15 @@ class Torrent:
 
 def _why_stalled(handle: lt.torrent_handle, piece: int) -> str:
     """What a read that timed out can tell the user: the torrent's state and peers."""
-    st = handle.status()
-    paused = bool(handle.flags() & lt.torrent_flags.paused)
+    try:
+        st = handle.status()
+        paused = bool(handle.flags() & lt.torrent_flags.paused)
+        priority = handle.piece_priority(piece)
+    except RuntimeError:  # the torrent was removed meanwhile
+        return "torrent removed"
     state = STATE_NAMES.get(int(st.state), str(st.state))
     return (f"torrent {state}{', paused' if paused else ''}, {st.num_peers} peers, "
-            f"{st.progress:.0%} done, piece priority {handle.piece_priority(piece)}")
+            f"{st.progress:.0%} done, piece priority {priority}")
 
 
 class EnhancedTorrentSession:

@@ -87,3 +87,15 @@ async def test_wait_metadata_times_out_with_no_peer(tmp_path: Path) -> None:
             await handle.wait_metadata(timeout=0.3)
         with pytest.raises(LtPunchError, match="no metadata yet"):
             handle.open(0)
+
+
+async def test_a_read_with_no_peer_times_out_and_says_why(tmp_path: Path) -> None:
+    payload = tmp_path / "seed" / "clip.mp4"
+    write_random_file(payload, 3 * PIECE, seed=4)
+    config = Config(signaling_enabled=False, listen_host="127.0.0.1")
+    async with EnhancedTorrentSession(config, lt_settings=LT,
+                                      save_path=tmp_path / "leech") as session:
+        handle = await session.add(make_torrent(payload, piece_size=PIECE))
+        with pytest.raises(LtTimeoutError, match=r"piece 1 .* after 0.3 s \(torrent "
+                                                 r"[a-z_ ]+, 0 peers, 0% done"):
+            await session.read_piece(handle.infohash, 1, timeout=0.3)
