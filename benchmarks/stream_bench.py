@@ -42,6 +42,7 @@ from lt_punch.netlab.scenario import (
     next_line,
     read_events,
     read_line,
+    start_agent,
     start_signaling,
 )
 
@@ -126,14 +127,10 @@ class Lab:
         Its stdout must be read while it runs when ``progress_every`` is set.
         """
         events: list[dict[str, Any]] = []
-        proc = self.lab.popen("s", [
-            sys.executable, "-m", "lt_punch.netlab.agent", "--role", "seed",
-            "--signal", self.url, "--stun", f"{self.stun[0]}:{self.stun[1]}",
-            "--torrent", str(torrent), "--save", str(torrent.parent / "seed"),
-            "--timeout", "3600", "--upload-limit", str(upload_limit),
-            "--progress-every", str(progress_every)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True)
+        proc = start_agent(self.lab, "s", "seed", url=self.url, stun=self.stun,
+                           torrent=torrent, save=torrent.parent / "seed",
+                           extra=["--timeout", "3600", "--upload-limit", str(upload_limit),
+                                  "--progress-every", str(progress_every)])
         read_events(proc, "ready", 30.0, events)
         return proc, events
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,20 @@ def start_signaling(lab: NatLab) -> subprocess.Popen[str]:
     return proc
 
 
+def start_agent(
+    lab: NatLab, side: str, role: str, *, url: str, stun: tuple[str, int], torrent: Path,
+    save: Path, peer_id: str | None = None, extra: Sequence[str] = (),
+) -> subprocess.Popen[str]:
+    """:mod:`lt_punch.netlab.agent` as ``role`` on ``side``, its JSON events on stdout;
+    ``extra`` are more agent options (``peer_id`` None: a random one). It stops when
+    its stdin closes."""
+    argv = [sys.executable, "-m", "lt_punch.netlab.agent", "--role", role,
+            "--signal", url, "--stun", f"{stun[0]}:{stun[1]}", "--torrent", str(torrent),
+            "--save", str(save), *(["--peer-id", peer_id] if peer_id else []), *extra]
+    return lab.popen(side, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True)
+
+
 def make_payload(workdir: Path, size: int) -> tuple[Path, str]:
     from ..torrent.maketorrent import make_torrent, write_random_file
 
@@ -195,14 +210,12 @@ def run_pair(
         url = f"ws://{lab.server_ips[0]}:{SIGNAL_PORT}"
 
         def agent(side: str, role: str, save: Path) -> subprocess.Popen[str]:
-            argv = [sys.executable, "-m", "lt_punch.netlab.agent", "--role", role,
-                    "--signal", url, "--udp-port", str(SIGNAL_PORT),
-                    "--stun", f"{stun[0]}:{stun[1]}", "--methods", ",".join(methods),
-                    "--torrent", str(torrent), "--save", str(save), "--peer-id",
-                    f"{role}-{side}", "--timeout", str(timeout),
-                    "--connection-timeout", str(connection_timeout)]
-            return lab.popen(side, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+            return start_agent(lab, side, role, url=url, stun=stun, torrent=torrent,
+                               save=save, peer_id=f"{role}-{side}",
+                               extra=["--udp-port", str(SIGNAL_PORT),
+                                      "--methods", ",".join(methods),
+                                      "--timeout", str(timeout),
+                                      "--connection-timeout", str(connection_timeout)])
 
         seed = agent(seed_side, "seed", torrent.parent / "seed")
         try:

@@ -17,6 +17,7 @@ from lt_punch.netlab.scenario import (
     make_payload,
     next_line,
     read_events,
+    start_agent,
     start_signaling,
 )
 from lt_punch.torrent.maketorrent import sha256_file
@@ -33,12 +34,8 @@ def test_download_command_through_two_port_nats(nat_lab: NatLabFactory) -> None:
     with tempfile.TemporaryDirectory(prefix="ltp-dl-", dir="/dev/shm") as tmp:
         base = Path(tmp)
         torrent, digest = make_payload(base, SIZE)
-        seed = lab.popen("s", [sys.executable, "-m", "lt_punch.netlab.agent", "--role", "seed",
-                               "--signal", url, "--stun", f"{stun[0]}:{stun[1]}",
-                               "--torrent", str(torrent), "--save", str(base / "seed"),
-                               "--peer-id", "seed-s"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+        seed = start_agent(lab, "s", "seed", url=url, stun=stun, torrent=torrent,
+                           save=base / "seed", peer_id="seed-s")
         try:
             read_events(seed, "ready", 30.0, [])
             out = base / "out"

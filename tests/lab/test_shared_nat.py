@@ -5,14 +5,19 @@ dropped the peers already connected and could leave the torrent paused."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lt_punch.netlab import NatLab
-from lt_punch.netlab.scenario import SIGNAL_PORT, make_payload, read_events, start_signaling
+from lt_punch.netlab.scenario import (
+    SIGNAL_PORT,
+    make_payload,
+    read_events,
+    start_agent,
+    start_signaling,
+)
 
 NatLabFactory = Callable[..., NatLab]
 SIZE = 16 << 20
@@ -28,12 +33,8 @@ def test_two_leeches_behind_one_nat_download_at_once(nat_lab: NatLabFactory) -> 
         torrent, digest = make_payload(base, SIZE)
 
         def agent(ns: str, role: str, name: str, *extra: str) -> subprocess.Popen[str]:
-            return lab.popen(ns, [sys.executable, "-m", "lt_punch.netlab.agent", "--role", role,
-                                  "--signal", url, "--stun", f"{stun[0]}:{stun[1]}",
-                                  "--torrent", str(torrent), "--save", str(base / name),
-                                  "--peer-id", name, "--timeout", "60", *extra],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+            return start_agent(lab, ns, role, url=url, stun=stun, torrent=torrent,
+                               save=base / name, peer_id=name, extra=["--timeout", "60", *extra])
 
         # 4 MB/s: both downloads overlap for seconds.
         seed = agent("s", "seed", "seed", "--upload-limit", "4000000")

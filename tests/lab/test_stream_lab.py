@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 from lt_punch.netlab import NatLab
-from lt_punch.netlab.scenario import SIGNAL_PORT, read_events, read_line, start_signaling
+from lt_punch.netlab.scenario import (
+    SIGNAL_PORT,
+    read_events,
+    read_line,
+    start_agent,
+    start_signaling,
+)
 from lt_punch.torrent.maketorrent import make_torrent
 
 NatLabFactory = Callable[..., NatLab]
@@ -91,13 +97,9 @@ def test_stream_while_downloading_through_two_port_nats(nat_lab: NatLabFactory) 
         torrent = base / "video.torrent"
         torrent.write_bytes(make_torrent(video, piece_size=1 << 18))
         seed_events: list[dict[str, Any]] = []
-        seed = lab.popen("s", [sys.executable, "-m", "lt_punch.netlab.agent", "--role", "seed",
-                               "--signal", url, "--stun", f"{stun[0]}:{stun[1]}",
-                               "--torrent", str(torrent), "--save", str(video.parent),
-                               "--peer-id", "seed-s", "--upload-limit", str(UPLOAD_LIMIT),
-                               "--progress-every", "0.2"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+        seed = start_agent(lab, "s", "seed", url=url, stun=stun, torrent=torrent,
+                           save=video.parent, peer_id="seed-s",
+                           extra=["--upload-limit", str(UPLOAD_LIMIT), "--progress-every", "0.2"])
         stream = None
         try:
             read_events(seed, "ready", 30.0, seed_events)
