@@ -669,6 +669,15 @@ def _metrics_registry(server: SignalingServer) -> CollectorRegistry:
     return registry
 
 
+def _by_label(family: Any, name: str, documentation: str, label: str,
+              counts: dict[str, Any]) -> Any:
+    """A metric family (gauge or counter) with one sample per ``counts`` key."""
+    metric = family(name, documentation, labels=[label])
+    for key, count in counts.items():
+        metric.add_metric([key], count)
+    return metric
+
+
 class _ServerCollector(Collector):
     """``GET /metrics``: the counters of :meth:`SignalingServer.stats`."""
 
@@ -683,11 +692,8 @@ class _ServerCollector(Collector):
                                 value=stats["rooms"])
         yield GaugeMetricFamily("lt_punch_signaling_connections", "Open connections.",
                                 value=stats["connections"])
-        states = GaugeMetricFamily("lt_punch_signaling_peer_states", "Peers by state.",
-                                   labels=["state"])
-        for state, count in stats["peer_states"].items():
-            states.add_metric([state], count)
-        yield states
+        yield _by_label(GaugeMetricFamily, "lt_punch_signaling_peer_states", "Peers by state.",
+                        "state", stats["peer_states"])
         yield CounterMetricFamily("lt_punch_signaling_connections_accepted",
                                   "Connections accepted since start.",
                                   value=stats["connections_total"])
@@ -697,17 +703,11 @@ class _ServerCollector(Collector):
         yield CounterMetricFamily("lt_punch_signaling_messages_relayed",
                                   "Relay messages delivered since start.",
                                   value=stats["messages_relayed"])
-        errors = CounterMetricFamily("lt_punch_signaling_errors", "Error replies by code.",
-                                     labels=["code"])
-        for code, count in stats["errors"].items():
-            errors.add_metric([code], count)
-        yield errors
-        closed = CounterMetricFamily("lt_punch_signaling_closed",
-                                     "Connections closed by the server, by reason.",
-                                     labels=["reason"])
-        for code, count in stats["closed"].items():
-            closed.add_metric([code], count)
-        yield closed
+        yield _by_label(CounterMetricFamily, "lt_punch_signaling_errors",
+                        "Error replies by code.", "code", stats["errors"])
+        yield _by_label(CounterMetricFamily, "lt_punch_signaling_closed",
+                        "Connections closed by the server, by reason.", "reason",
+                        stats["closed"])
         yield GaugeMetricFamily("lt_punch_signaling_uptime_seconds", "Seconds since start.",
                                 value=stats["uptime"])
         webtorrent = stats["webtorrent"]
@@ -715,10 +715,8 @@ class _ServerCollector(Collector):
                                 "WebTorrent tracker peers.", value=webtorrent["peers"])
         yield GaugeMetricFamily("lt_punch_signaling_webtorrent_swarms",
                                 "WebTorrent tracker swarms.", value=webtorrent["swarms"])
-        messages = CounterMetricFamily("lt_punch_signaling_webtorrent_messages",
-                                       "WebTorrent tracker messages since start, by kind.",
-                                       labels=["kind"])
-        for kind in ("announces", "offers_forwarded", "answers_relayed", "answers_dropped",
-                     "scrapes", "failures"):
-            messages.add_metric([kind], webtorrent[kind])
-        yield messages
+        kinds = ("announces", "offers_forwarded", "answers_relayed", "answers_dropped",
+                 "scrapes", "failures")
+        yield _by_label(CounterMetricFamily, "lt_punch_signaling_webtorrent_messages",
+                        "WebTorrent tracker messages since start, by kind.", "kind",
+                        {kind: webtorrent[kind] for kind in kinds})

@@ -291,6 +291,10 @@ async def test_metrics_and_peer_states() -> None:
     states = {s.labels["state"]: s.value
               for s in families["lt_punch_signaling_peer_states"].samples}
     assert states == {"connected": 1, "idle": 0, "punching": 1}
+    kinds = {s.labels["kind"]: s.value
+             for s in families["lt_punch_signaling_webtorrent_messages"].samples}
+    assert kinds == dict.fromkeys(("announces", "offers_forwarded", "answers_relayed",
+                                   "answers_dropped", "scrapes", "failures"), 0)
     members = {m["peer_id"]: m["state"] for m in json.loads(body)}
     assert members == {"alice": "punching", "bob": "connected"}
 
