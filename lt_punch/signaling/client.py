@@ -739,7 +739,8 @@ async def whoami(
     except TimeoutError:
         raise LtTimeoutError(f"whoami {host}:{port} timed out after {timeout} s") from None
     except OSError as exc:
-        raise SignalingError(f"whoami {host}:{port}: {exc}") from None
+        # Chained: a caller may retry from another port on EADDRINUSE.
+        raise SignalingError(f"whoami {host}:{port}: {exc}") from exc
     finally:
         if writer is not None:
             writer.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -492,18 +493,34 @@ class EnhancedTorrentSession:
         self._reflector_ip = reflector
         # TCP first: an unreachable server fails here at once (connection
         # refused) instead of after the reflector's retries.
-        observed_tcp = await whoami(
-            self.config.signaling_url,
-            local_port=self.outgoing_port,
-            local_host=self.config.listen_host,
-            timeout=3.0,
-            ssl=self._tls_context(),
-        )
+        observed_tcp = await self._whoami()
         if self.outgoing_port is not None:
             self.public_tcp = observed_tcp
         self.public_udp = await self._query_reflector(reflector)
         if self.nat_info is None:
             self.nat_info = await self._detect_nat(reflector)
+
+    async def _whoami(self, tries: int = 3) -> Address:
+        """Our TCP endpoint as the signaling server sees it, asked from libtorrent's
+        outgoing port. That port was free when the session picked it, but another
+        socket can take it meanwhile (CI saw EADDRINUSE): then we pick a new one."""
+        assert self.session is not None and self.config.signaling_url
+        for attempt in range(1, tries + 1):
+            try:
+                return await whoami(self.config.signaling_url, local_port=self.outgoing_port,
+                                    local_host=self.config.listen_host, timeout=3.0,
+                                    ssl=self._tls_context())
+            except SignalingError as exc:
+                cause = exc.__cause__
+                if (self.outgoing_port is None or attempt == tries
+                        or not isinstance(cause, OSError)
+                        or cause.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)):
+                    raise
+                logger.info("outgoing port %d taken (%s): picking another",
+                            self.outgoing_port, cause)
+                self.outgoing_port = _free_tcp_port(self.config.listen_host)
+                self.session.apply_settings({"outgoing_port": self.outgoing_port})
+        raise AssertionError("unreachable")
 
     async def _query_reflector(self, reflector: Address, tries: int = 3) -> Address | None:
         assert self.session is not None and self._pump is not None

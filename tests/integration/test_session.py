@@ -11,6 +11,7 @@ import pytest
 from lt_punch.config import Config
 from lt_punch.errors import ConfigError
 from lt_punch.signaling.server import SignalingServer
+from lt_punch.torrent import session as session_module
 from lt_punch.torrent.events import PieceFinished
 from lt_punch.torrent.maketorrent import make_torrent, sha256_file, write_random_file
 from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
@@ -115,3 +116,22 @@ async def test_a_dropped_peer_is_redialed_within_seconds(pair: Pair, tmp_path: P
     torrent.handle.resume()
     await torrent.wait_finished(timeout=30)
     assert (tmp_path / "leech" / "video.mp4").read_bytes() == pair.data
+
+
+async def test_an_outgoing_port_taken_meanwhile_is_replaced(server, tmp_path, monkeypatch):
+    """The session picks libtorrent's outgoing TCP port when it starts; a socket that
+    takes it before the whoami request (EADDRINUSE in one CI run) makes it pick another."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    taken = holder.getsockname()[1]
+    picks = iter([taken])
+    real = session_module._free_tcp_port
+    monkeypatch.setattr(session_module, "_free_tcp_port", lambda host: next(picks, 0) or real(host))
+    try:
+        async with EnhancedTorrentSession(config_for(server), lt_settings=SETTINGS,
+                                          save_path=tmp_path) as s:
+            assert s.outgoing_port not in (None, taken)
+            assert s.public_tcp == ("127.0.0.1", s.outgoing_port)
+            assert s.session.get_settings()["outgoing_port"] == s.outgoing_port
+    finally:
+        holder.close()
