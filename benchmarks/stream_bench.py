@@ -8,7 +8,8 @@ Three figures, medians of ``--runs`` runs:
    connection (the seed's ``punched`` event) to that byte. Target: 1 s from the
    connection.
 2. *seek* (NAT lab): Range requests (64 KiB) at random positions of a file that is
-   still downloading (the seed's upload is limited, ``--seek-limit-mb``), one after the
+   still downloading (the seed's uplink is shaped to ``--seek-limit-mb`` by a token
+   bucket on its interface, ``tc qdisc tbf``), one after the
    other; the time from the request to the last byte of the answer. Target: 0.3 s.
 3. *throughput* (loopback, no lab): a completed torrent served by
    :func:`lt_punch.stream.make_app`, the whole file read by ``curl``. Target: 500 MB/s.
@@ -120,7 +121,7 @@ class Lab:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def seed(self, torrent: Path, upload_limit: int = 0, progress_every: float = 0.0
+    def seed(self, torrent: Path, progress_every: float = 0.0
              ) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
         """A seed agent on side ``s`` and the events it reported up to ``ready``.
 
@@ -129,7 +130,7 @@ class Lab:
         events: list[dict[str, Any]] = []
         proc = start_agent(self.lab, "s", "seed", url=self.url, stun=self.stun,
                            torrent=torrent, save=torrent.parent / "seed",
-                           extra=["--timeout", "3600", "--upload-limit", str(upload_limit),
+                           extra=["--timeout", "3600",
                                   "--progress-every", str(progress_every)])
         read_events(proc, "ready", 30.0, events)
         return proc, events
@@ -213,37 +214,49 @@ def seek_runs(lab: Lab, runs: int, size: int, count: int, limit: int
     base.mkdir()
     torrent, _ = make_payload(base, size)
     results = []
-    for run in range(runs):
-        # A fresh seed each run: its progress events then count this run's upload only.
-        seed, events = lab.seed(torrent, upload_limit=limit, progress_every=0.1)
-        try:
-            stream, url = lab.stream(str(torrent), base / f"out{run}")
-            try:
-                answer = lab.ask({"op": "seeks", "url": url, "size": size, "count": count,
-                                  "length": 1 << 16, "seed": run})
-                drain(seed, events)
-            finally:
-                lab.stop(stream)
-        finally:
-            lab.stop(seed)
-            shutil.rmtree(base / f"out{run}", ignore_errors=True)
-        seeks = answer["seeks"]
-        if any(s["status"] != 206 or s["bytes"] != 1 << 16 for s in seeks):
-            raise RuntimeError(f"bad seek answer: {seeks}")
-        # Sent by the seed when the last seek ended (its counters lag by up to 1 s).
-        sent = max((e["total_upload"] for e in events if e.get("event") == "progress"
-                    and e["t"] <= seeks[-1]["t"]), default=0)
-        latencies = [s["t"] - s["t0"] for s in seeks]
-        results.append({
-            "median_seek_s": statistics.median(latencies),
-            "max_seek_s": max(latencies),
-            "worst_seek_index": latencies.index(max(latencies)),
-            "latencies_s": [round(x, 4) for x in latencies],
-            "seeks": len(latencies),
-            "seed_sent_at_last_seek": sent / size,
-        })
+    # The seed's uplink is the bottleneck, a token bucket on its interface: libtorrent's
+    # own upload limit hands out quota in 0.5 s steps, which no real link does.
+    lab.lab.shape("s", limit * 8 / 1e6)
+    try:
+        for run in range(runs):
+            results.append(_seek_run(lab, base, torrent, run, size, count))
+    finally:
+        lab.lab.shape("s", 0)
     shutil.rmtree(base, ignore_errors=True)
     return results
+
+
+def _seek_run(lab: Lab, base: Path, torrent: Path, run: int, size: int, count: int
+              ) -> dict[str, Any]:
+    """Figure 2, one run: a fresh seed (its progress events then count this run's
+    upload only) and a fresh ``lt-punch stream``."""
+    seed, events = lab.seed(torrent, progress_every=0.1)
+    try:
+        stream, url = lab.stream(str(torrent), base / f"out{run}")
+        try:
+            answer = lab.ask({"op": "seeks", "url": url, "size": size, "count": count,
+                              "length": 1 << 16, "seed": run})
+            drain(seed, events)
+        finally:
+            lab.stop(stream)
+    finally:
+        lab.stop(seed)
+        shutil.rmtree(base / f"out{run}", ignore_errors=True)
+    seeks = answer["seeks"]
+    if any(s["status"] != 206 or s["bytes"] != 1 << 16 for s in seeks):
+        raise RuntimeError(f"bad seek answer: {seeks}")
+    # Sent by the seed when the last seek ended (its counters lag by up to 1 s).
+    sent = max((e["total_upload"] for e in events if e.get("event") == "progress"
+                and e["t"] <= seeks[-1]["t"]), default=0)
+    latencies = [s["t"] - s["t0"] for s in seeks]
+    return {
+        "median_seek_s": statistics.median(latencies),
+        "max_seek_s": max(latencies),
+        "worst_seek_index": latencies.index(max(latencies)),
+        "latencies_s": [round(x, 4) for x in latencies],
+        "seeks": len(latencies),
+        "seed_sent_at_last_seek": sent / size,
+    }
 
 
 async def _serve_once(torrent: Path, save: Path, size: int) -> float:
@@ -301,7 +314,7 @@ def main() -> int:
     parser.add_argument("--seek-mb", type=int, default=200, help="file of the seek runs (MB)")
     parser.add_argument("--seeks", type=int, default=20, help="seeks per run")
     parser.add_argument("--seek-limit-mb", type=float, default=20.0,
-                        help="seed upload limit of the seek runs (MB/s), so that the "
+                        help="seed uplink of the seek runs (MB/s, tc tbf), so that the "
                         "file is still downloading while it is seeked")
     parser.add_argument("--throughput-mb", type=int, default=200)
     parser.add_argument("--skip-lab", action="store_true", help="only the loopback figure")

@@ -161,6 +161,25 @@ async def _file(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def prepare_stream(session: Any, infohash: str, file_index: int) -> Any:
+    """Make file ``file_index`` of a torrent with metadata ready to stream: the other
+    files at the lowest priority, its first and last pieces before the rest (container
+    headers and indexes live there). Returns a reader of the file.
+
+    Priorities, not deadlines: a deadline would put libtorrent in time-critical mode,
+    where a seek no longer cancels the requests queued for other pieces (see
+    :mod:`lt_punch.torrent.reader`)."""
+    from .torrent.reader import READAHEAD_PRIORITY
+
+    handle = session.torrents[infohash].handle
+    reader = session.open(infohash, file_index)
+    files = handle.torrent_file().layout().num_files()
+    handle.prioritize_files([4 if i == file_index else 1 for i in range(files)])
+    for piece in {reader.piece_at(0), reader.piece_at(max(0, reader.size - 1))}:
+        handle.piece_priority(piece, READAHEAD_PRIORITY)
+    return reader
+
+
 def _unsatisfiable(size: int) -> web.Response:
     return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"},
                         text="requested range not satisfiable\n")
@@ -211,13 +230,7 @@ async def _serve(source: str, file_index: int | None, host: str, port: int, out_
             file_index = max(range(len(sizes)), key=sizes.__getitem__)
         elif file_index >= len(sizes):
             raise ConfigError(f"--file {file_index}: the torrent has {len(sizes)} file(s)")
-        # The streamed file first; its first and last pieces at once (container headers
-        # and indexes live there).
-        torrent.handle.prioritize_files([7 if i == file_index else 1 for i in range(len(sizes))])
-        reader = session.open(torrent.infohash, file_index)
-        last = reader.piece_at(max(0, reader.size - 1))
-        for deadline, piece in ((0, reader.piece_at(0)), (100, last)):
-            torrent.handle.set_piece_deadline(piece, deadline)
+        reader = prepare_stream(session, torrent.infohash, file_index)
         runner = web.AppRunner(make_app(session))
         await runner.setup()
         try:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ..errors import LabError
+from ..errors import ConfigError, LabError
 from . import rules
 from .rules import LabPlan, SidePlan
 
@@ -488,6 +488,23 @@ class NatLab:
             self._sysctl(
                 side.router_ns, "net.netfilter.nf_conntrack_udp_timeout_stream", str(stream)
             )
+
+    def shape(self, side: str, mbit: float, *, latency_ms: int = 20) -> None:
+        """Limit what ``side``'s host sends to ``mbit`` Mbit/s: a token bucket
+        (``tc qdisc tbf``) on its interface, i.e. its uplink. The link, not libtorrent's
+        rate limiter, then sets the rate; queued packets wait at most ``latency_ms``.
+        ``mbit`` 0 removes the limit.
+
+        Raises:
+            ConfigError: a negative rate or latency.
+        """
+        if mbit < 0 or latency_ms <= 0:
+            raise ConfigError(f"shape: bad rate {mbit!r} Mbit/s or latency {latency_ms!r} ms")
+        qdisc = ["tc", "qdisc", "replace", "dev", rules.HOST_IF, "root", "tbf",
+                 "rate", f"{mbit:g}mbit", "burst", "128kb", "latency", f"{latency_ms}ms"]
+        if mbit == 0:
+            qdisc = ["tc", "qdisc", "del", "dev", rules.HOST_IF, "root"]
+        _run_cmd(["ip", "netns", "exec", self.ns_of(side), *qdisc], check=mbit > 0)
 
     # -- STUN server ---------------------------------------------------------------------
 

@@ -2,11 +2,24 @@
 
 ``reader = TorrentReader(session, infohash, file_index)``; ``await reader.read(n)``
 returns up to ``n`` bytes at the position (fewer only at the end of the file) and waits
-for the pieces it needs: each missing piece gets a piece deadline, libtorrent hands its
-bytes over when it is checked (no polling), and the next ``readahead`` pieces get
-deadlines too, so that a sequential reader (a player) finds them ready. ``seek`` moves
-the window. The piece under the position is kept in memory, so small reads cost one
-piece read.
+for the pieces it needs, without polling: libtorrent hands a piece's bytes over when it
+is checked. The next ``readahead`` pieces get a high priority, so that a sequential
+reader (a player) finds them ready; ``seek`` moves that window. The piece under the
+position is kept in memory, so small reads cost one piece read.
+
+How a read waits, and why (measured in docs/performance.md, "Seek latency"): while any
+piece has a deadline, libtorrent requests ordinary pieces only at the top priority (7),
+one block at a time; and the first deadline given to a torrent with none makes it
+cancel the requests queued at its peers for other pieces - seconds of data at a
+seed's full queue. So deadlines live only while a read waits:
+
+- a jump (a seek, or a reader's first read) to a missing piece waits with a deadline:
+  the queued background requests are cancelled and the piece comes next;
+- a read that follows on from the previous one finds its piece in the read-ahead
+  window, requested before the rest, and waits at priority 7 without a deadline (a
+  cancel would throw that window's requests away);
+- between reads there is no deadline, and the file downloads at full speed: the
+  read-ahead windows (priority 6) first, the rest of the file (4) after.
 """
 
 from __future__ import annotations
@@ -18,10 +31,12 @@ from typing import Any
 from ..errors import LtPunchError
 
 READAHEAD_PIECES = 8
-"""Pieces after the current one that get (later) deadlines."""
+"""Pieces after the current one wanted before the rest of the file."""
 
-DEADLINE_STEP_MS = 500
-"""Deadline spacing of the read-ahead pieces: piece i+k is wanted in k x this."""
+READAHEAD_PRIORITY = 6
+"""Piece priority of the read-ahead window: above the streamed file's (4, libtorrent's
+default) and below 7, the priority of pieces with a deadline (only those are requested
+while a read waits)."""
 
 
 class TorrentReader:
@@ -95,42 +110,47 @@ class TorrentReader:
         if self._cached is not None and self._cached[0] == piece:
             return self._cached[1]
         last = self.piece_at(self.size - 1) if self.size else piece
-        window = range(piece, min(last, piece + self._readahead) + 1)
-        # A seek leaves the old window behind: its deadlines, already due, would come
-        # before this read's in libtorrent's time-critical queue.
-        self._release(keep=set(window))
-        for ahead in window:
+        # A jump (a seek, or this reader's first read) waits with a deadline, which
+        # cancels the requests queued for other pieces; a read that follows on from the
+        # previous one finds its piece in the read-ahead window, already requested first,
+        # and cancelling would only throw that window's requests away.
+        follows_on = piece in self._held
+        self._release(keep=set(range(piece + 1, min(last, piece + self._readahead) + 1)))
+        for ahead in range(piece + 1, min(last, piece + self._readahead) + 1):
             self._hold(ahead)
-            if ahead != piece and not self._handle.have_piece(ahead):
-                self._handle.set_piece_deadline(ahead, (ahead - piece) * DEADLINE_STEP_MS)
-        # read_piece gives the piece itself the most urgent deadline.
-        data: bytes = await self._session.read_piece(self.infohash, piece)
+        data: bytes = await self._session.read_piece(
+            self.infohash, piece, deadline_ms=None if follows_on else 0)
         self._cached = (piece, data)
         return data
 
     def _hold(self, piece: int) -> None:
-        if piece not in self._held:
-            self._held.add(piece)
-            holders = self._torrent.deadline_holders
-            holders[piece] = holders.get(piece, 0) + 1
+        if piece in self._held:
+            return
+        self._held.add(piece)
+        held = self._torrent.readahead_holders.setdefault(piece, [0, 0])
+        held[0] += 1
+        if held[0] == 1:
+            held[1] = self._handle.piece_priority(piece)
+            if held[1] < READAHEAD_PRIORITY and not self._handle.have_piece(piece):
+                self._handle.piece_priority(piece, READAHEAD_PRIORITY)
 
     def _release(self, keep: Collection[int] = ()) -> None:
-        """Drop this reader's deadlines outside ``keep``; a piece another reader still
-        holds keeps its deadline."""
-        holders = self._torrent.deadline_holders
+        """Give this reader's read-ahead pieces outside ``keep`` back their earlier
+        priority, unless another reader still holds them."""
+        holders = self._torrent.readahead_holders
         for piece in [p for p in self._held if p not in keep]:
             self._held.discard(piece)
-            count = holders.get(piece, 1) - 1
-            if count > 0:
-                holders[piece] = count
+            held = holders[piece]
+            held[0] -= 1
+            if held[0] > 0:
                 continue
-            holders.pop(piece, None)
-            if not self._handle.have_piece(piece):
-                self._handle.reset_piece_deadline(piece)
+            del holders[piece]
+            if self._handle.piece_priority(piece) == READAHEAD_PRIORITY and \
+                    not self._handle.have_piece(piece):
+                self._handle.piece_priority(piece, held[1])
 
     def close(self) -> None:
-        """Drop this reader's piece deadlines; the pieces stay wanted at their
-        priority. Idempotent."""
+        """Give back this reader's read-ahead window. Idempotent."""
         self._cached = None
         self._release()
 

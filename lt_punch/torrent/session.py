@@ -163,9 +163,11 @@ class Torrent:
     error: str | None = None
     session: EnhancedTorrentSession | None = field(default=None, repr=False)
     _streams: set[EventStream] = field(default_factory=set, repr=False)
-    deadline_holders: dict[int, int] = field(default_factory=dict, repr=False)
-    """Readers holding a piece deadline, by piece (a deadline is dropped with its last
-    holder)."""
+    readahead_holders: dict[int, list[int]] = field(default_factory=dict, repr=False)
+    """Pieces in readers' read-ahead windows: [readers holding it, its priority before];
+    the priority goes back with the last holder."""
+    piece_waiters: dict[int, list[int]] = field(default_factory=dict, repr=False)
+    """Missing pieces that reads wait for: [reads waiting, the priority before]."""
 
     # -- the handle API: what a media server uses ------------------------------------
 
@@ -715,13 +717,18 @@ class EnhancedTorrentSession:
         return TorrentReader(self, infohash, file_index)
 
     async def read_piece(
-        self, infohash: str, piece: int, *, deadline_ms: int = 0, timeout: float = 60.0  # noqa: ASYNC109
+        self, infohash: str, piece: int, *, deadline_ms: int | None = 0,
+        timeout: float = 60.0,  # noqa: ASYNC109
     ) -> bytes:
         """The bytes of one piece, waiting for it to be downloaded (never polls).
 
         A piece we have is read from disk; a missing one gets a piece deadline
-        (``deadline_ms`` from now, 0: most urgent) with ``alert_when_available``, and
-        libtorrent hands its bytes over once it is downloaded and checked.
+        (``deadline_ms`` from now, 0: most urgent) while this waits, and libtorrent hands
+        its bytes over once it is downloaded and checked. The first deadline of a torrent
+        with none makes libtorrent cancel the requests queued at its peers for other
+        pieces (a seek then does not wait behind them). ``deadline_ms=None`` waits
+        without a deadline, at the top piece priority, and cancels nothing (for reads
+        that follow on from the previous one).
 
         Raises:
             LtPunchError: unknown torrent, no metadata, bad piece index, or a read error.
@@ -747,19 +754,20 @@ class EnhancedTorrentSession:
             return None, bytes(a.buffer)
 
         fut = self._pump.wait_for(extract)
-        # Another reader's set_piece_deadline on this piece (read-ahead) replaces ours and
-        # its alert_when_available flag: the piece_finished_alert is the safety net.
+        # A later set_piece_deadline on this piece (another read's) replaces ours and its
+        # alert_when_available flag: the piece_finished_alert is the safety net.
         finished = self._pump.wait_for(
             lambda a: isinstance(a, lt.piece_finished_alert) and a.piece_index == piece
             and a.handle == handle
         )
+        waiting = False
         try:
             async with asyncio.timeout(timeout):
                 if handle.have_piece(piece):
                     handle.read_piece(piece)
                 else:
-                    handle.set_piece_deadline(piece, deadline_ms,
-                                              lt.deadline_flags_t.alert_when_available)
+                    waiting = True
+                    self._want(torrent, piece, deadline_ms)
                     await asyncio.wait({fut, finished}, return_when=asyncio.FIRST_COMPLETED)
                     if not fut.done():
                         handle.read_piece(piece)
@@ -770,9 +778,39 @@ class EnhancedTorrentSession:
         finally:
             fut.cancel()
             finished.cancel()
+            if waiting:
+                self._stop_waiting(torrent, piece)
         if error is not None:
             raise LtPunchError(f"cannot read piece {piece}: {error}")
         return bytes(data)
+
+    @staticmethod
+    def _want(torrent: Torrent, piece: int, deadline_ms: int | None) -> None:
+        waiters = torrent.piece_waiters.setdefault(piece, [0, 0])
+        waiters[0] += 1
+        if waiters[0] == 1:
+            waiters[1] = torrent.handle.piece_priority(piece)
+        if deadline_ms is None:
+            torrent.handle.piece_priority(piece, 7)
+        else:
+            torrent.handle.set_piece_deadline(piece, deadline_ms,
+                                              lt.deadline_flags_t.alert_when_available)
+
+    @staticmethod
+    def _stop_waiting(torrent: Torrent, piece: int) -> None:
+        """The last read waiting for ``piece`` is done. If the piece is still missing
+        (the read gave up or was cancelled), its deadline goes - it would keep libtorrent
+        in time-critical mode, see :mod:`lt_punch.torrent.reader` - and it gets its
+        priority back."""
+        waiters = torrent.piece_waiters[piece]
+        waiters[0] -= 1
+        if waiters[0] > 0:
+            return
+        del torrent.piece_waiters[piece]
+        handle = torrent.handle
+        if handle.is_valid() and not handle.have_piece(piece):
+            handle.reset_piece_deadline(piece)  # if any; leaves priority 1
+            handle.piece_priority(piece, waiters[1])
 
     async def resume_data(self, infohash: str, timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
         """libtorrent's resume data of a torrent (bencoded, with the info dict when known),

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import time
+from pathlib import Path
 
 import pytest
 
-from lt_punch.errors import LtPunchError
+from lt_punch.errors import LtPunchError, LtTimeoutError
+from lt_punch.torrent.reader import READAHEAD_PIECES, READAHEAD_PRIORITY
+from lt_punch.torrent.session import EnhancedTorrentSession
 
-from .conftest import PIECE, SIZE, Pair
+from .conftest import LT, PIECE, SIZE, Pair, seeded
 
 
 async def test_reads_the_end_first_while_downloading(pair: Pair) -> None:
@@ -48,3 +53,77 @@ async def test_bad_use_is_refused(pair: Pair) -> None:
         reader.seek(-1)
     with pytest.raises(LtPunchError, match="piece 99999 out of range"):
         await pair.leech.read_piece(pair.infohash, 99999)
+
+
+async def test_the_read_ahead_window_comes_first_and_is_given_back(pair: Pair) -> None:
+    handle = pair.leech.torrents[pair.infohash].handle
+    reader = pair.leech.open(pair.infohash, 0)
+    reader.seek(2 * PIECE)
+    await reader.read(10)
+    window = range(3, 3 + READAHEAD_PIECES)
+    missing = [p for p in window if not handle.have_piece(p)]
+    assert missing, "the whole window came already: the test needs a slower download"
+    assert {handle.piece_priority(p) for p in missing} == {READAHEAD_PRIORITY}
+    reader.close()
+    back = {handle.piece_priority(p) for p in missing if not handle.have_piece(p)}
+    assert back <= {4}, back  # libtorrent's default, as before the reader came
+
+
+@pytest.mark.parametrize("deadline_ms", [0, None])
+async def test_a_read_that_gives_up_leaves_the_piece_as_it_was(
+        pair: Pair, deadline_ms: int | None) -> None:
+    handle = pair.leech.torrents[pair.infohash].handle
+    handle.set_download_limit(1000)  # nothing more arrives in this test
+    piece = next(p for p in range(handle.torrent_file().num_pieces() - 1, -1, -1)
+                 if not handle.have_piece(p))
+    with pytest.raises(LtTimeoutError, match=f"piece {piece} "):
+        await pair.leech.read_piece(pair.infohash, piece, deadline_ms=deadline_ms, timeout=0.2)
+    # A deadline or the top priority left behind would keep the piece ahead of the
+    # others (a deadline would also stop the next seek from cancelling queued requests).
+    assert handle.piece_priority(piece) == 4
+    read = asyncio.create_task(pair.leech.read_piece(pair.infohash, piece,
+                                                     deadline_ms=deadline_ms))
+    await asyncio.sleep(0)  # one step: the read now waits for the piece
+    assert handle.piece_priority(piece) == 7
+    read.cancel()  # an HTTP client that went away
+    with pytest.raises(asyncio.CancelledError):
+        await read
+    assert handle.piece_priority(piece) == 4
+    assert not pair.leech.torrents[pair.infohash].piece_waiters
+
+
+async def test_a_seek_cancels_the_requests_queued_for_other_pieces(tmp_path: Path) -> None:
+    """The seek to a missing piece must not wait behind the seconds of background
+    requests queued at the seed: its deadline makes libtorrent cancel them."""
+    async with seeded(tmp_path, "video.mp4", SIZE, 3) as room, \
+            EnhancedTorrentSession(room.config, peer_id="leech", lt_settings=LT,
+                                   save_path=tmp_path / "leech") as leech:
+        added = await leech.add(room.torrent)
+        added.handle.set_download_limit(1_000_000)
+        seed_handle = room.seed.torrents[room.infohash].handle
+
+        def queued_at_seed() -> int:
+            return sum(p.upload_queue_length for p in seed_handle.get_peer_info())
+
+        async def until(check: object, what: str) -> None:
+            # libtorrent has no event for queue lengths: look every 10 ms, for 10 s at most.
+            deadline = time.monotonic() + 10
+            while not check():  # type: ignore[operator]
+                assert time.monotonic() < deadline, what
+                await asyncio.sleep(0.01)
+
+        await until(lambda: queued_at_seed() >= 100, "no queue built up at the seed")
+        handle = added.handle
+        piece = next(p for p in range(handle.torrent_file().num_pieces() - 1, 0, -1)
+                     if not handle.have_piece(p) and not handle.piece_priority(p) == 7)
+        reader = leech.open(added.infohash, 0)
+        reader.seek(piece * PIECE)
+        read = asyncio.create_task(reader.read(10))
+        try:
+            # Only the sought piece's blocks (PIECE / 16 KiB of them) may stay queued.
+            await until(lambda: queued_at_seed() <= PIECE // (16 << 10),
+                        "the requests queued for other pieces were not cancelled")
+            assert await asyncio.wait_for(read, 30) == room.data[piece * PIECE:][:10]
+        finally:
+            read.cancel()
+            reader.close()

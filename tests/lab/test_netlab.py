@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 import stun
 
+from lt_punch.errors import ConfigError
 from lt_punch.netlab import NAT_KINDS, NatLab, cleanup_stale, list_lab_namespaces
 from lt_punch.netlab.rules import ns_name
 
@@ -251,6 +252,17 @@ def test_set_udp_timeout(nat_lab: NatLabFactory) -> None:
         capture_output=True, text=True, timeout=10, check=True,
     ).stdout.split()
     assert out == ["7", "9"]
+
+
+def test_shape_limits_the_uplink_and_can_be_removed(nat_lab: NatLabFactory) -> None:
+    lab = nat_lab({"a": "port"})
+    lab.shape("a", 160)
+    show = lab.run("a", ["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    assert "tbf" in show and "rate 160Mbit" in show, show
+    lab.shape("a", 0)
+    assert "tbf" not in lab.run("a", ["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    with pytest.raises(ConfigError, match="bad rate"):
+        lab.shape("a", -1)
 
 
 def test_teardown_removes_everything_when_the_body_raises() -> None:
