@@ -96,6 +96,8 @@ async def one_run(base: Path, args: argparse.Namespace, rng: random.Random
                     "missing": not handle.have_piece(piece),
                     "leech_queue": _queued(handle, "download_queue_length"),
                     "seed_queue": _queued(seeded.handle, "upload_queue_length"),
+                    "already_requested": any(e["piece_index"] == piece
+                                             for e in handle.get_download_queue()),
                 }
                 t0 = time.monotonic()
                 trace: dict[str, float] = {}

@@ -6,7 +6,7 @@ need=()
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
-command -v ip >/dev/null 2>&1 || need+=(iproute2)
+{ command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)  # tc: NatLab.shape
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -eq 0 ]; then
