@@ -200,17 +200,21 @@ async def run_download(
         infohash = infohash_of(handle)
         resume = state_path(out_dir, infohash)
 
-        async def save_resume() -> None:
-            verified = _verified_bytes(handle)  # before the request: a lower bound
+        async def save_resume() -> int | None:
+            """Save; the bytes of the pieces the saved data holds (None: not saved)."""
+            # Received before the request: with ``verified``, what was received but not
+            # yet checked (or written) when libtorrent built the data.
+            received = handle.status().total_payload_download
             started = time.monotonic()
             try:
-                await _save_resume(session, infohash, resume)
+                verified = await _save_resume(session, handle, infohash, resume)
             except OSError as exc:  # a full disk, say: the download goes on
                 output.event("warning", f"warning: cannot save resume data in {resume}: "
                              f"{exc.strerror or exc}")
-                return
-            output.event("saved", "", quiet=True, verified=verified,
+                return None
+            output.event("saved", "", quiet=True, verified=verified, received=received,
                          took=round(time.monotonic() - started, 3))
+            return verified
 
         async def save_periodically() -> None:
             # Its own timer, so that a slow report or save never stretches the interval.
@@ -273,10 +277,10 @@ async def _report_until_done(
             code = EXIT_DONE
             break
         if stop.is_set():
-            await save_resume()
+            verified = await save_resume()
             output.event("interrupted", f"interrupted: resume data saved in {resume}; run "
                          "the same command again to resume", path=str(resume),
-                         verified=_verified_bytes(handle))
+                         verified=verified)
             code = EXIT_INTERRUPTED
             break
         with contextlib.suppress(TimeoutError):
@@ -295,23 +299,22 @@ def _atp_infohash(atp: Any) -> str | None:
         return None
 
 
-async def _save_resume(session: Any, infohash: str, path: Path) -> None:
-    """Write the torrent's resume data atomically (tmp file + rename)."""
+async def _save_resume(session: Any, handle: Any, infohash: str, path: Path) -> int:
+    """Write the torrent's resume data atomically (tmp file + rename); returns the bytes
+    of the pieces it holds - what a restart does not fetch again. Taken from the data
+    itself: a piece can pass its hash check before libtorrent has written it, and only
+    written pieces are in resume data."""
+    import libtorrent as lt
+
     data = await session.resume_data(infohash)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def _verified_bytes(handle: Any) -> int:
-    """Bytes of the pieces we have (hash checked): what resume data keeps."""
-    import libtorrent as lt
-
     ti = handle.torrent_file()
     if ti is None:
         return 0
-    pieces = handle.status(flags=lt.torrent_handle.query_pieces).pieces
-    return sum(ti.piece_size(i) for i, have in enumerate(pieces) if have)
+    have = lt.read_resume_data(data).have_pieces
+    return sum(ti.piece_size(i) for i, piece in enumerate(have) if piece)
 
 
 def _progress(torrent: Any, status: Any) -> Progress:

@@ -130,12 +130,12 @@ async def test_resume_after_sigkill_loses_at_most_the_last_save_interval(
     had = max(e["downloaded"] for e in first if e["event"] == "progress")
     saves = [e for e in first if e["event"] == "saved"]
     assert saves, "no periodic save before the kill"
-    saved = saves[-1]["verified"]  # on disk: the event comes after the atomic rename
-    # The command's loop may stall on a loaded machine (no save then) while libtorrent's
-    # threads go on downloading: the bound is the time from the last save's snapshot to the
-    # kill, as seen from here, not the nominal interval.
+    saved = saves[-1]["verified"]  # in the file: the event comes after the atomic rename
     killed_at = next(e for e in first if e["event"] == "progress" and e["progress"] >= 0.5)
+    # Saved on schedule: the last save came at most an interval before the kill (plus two
+    # seconds for a loaded machine, whose loop may stall while libtorrent's threads go on).
     since_save = killed_at["_received"] - saves[-1]["_received"] + saves[-1]["took"]
+    assert since_save <= save_every + 2.0, since_save
     code, second, err = await _run(seed.argv(out), seed.env())
     assert code == 0, err
     assert second[0]["event"] == "resume"
@@ -144,11 +144,14 @@ async def test_resume_after_sigkill_loses_at_most_the_last_save_interval(
     fetched = final["session_download"]  # libtorrent's payload counter of the second run
     # Only what the last save did not hold came again ...
     assert fetched <= SIZE - saved, (fetched, saved)
-    # ... which is the remainder plus what arrived since that save: the time since it at
-    # the limited rate (one second of slack for the rate limiter's burst), plus the pieces
-    # in flight.
-    margin = rate * (since_save + 1.0) + 2 * PIECE
-    assert fetched <= SIZE - had + margin, (fetched, had, saved)
+    # ... which is the remainder plus, from libtorrent's counters, what arrived after
+    # that save and what had arrived but was not checked and written when it was made,
+    # plus the pieces in flight. Counted, not assumed from the rate limit: arrivals come
+    # in bursts (seen here: nothing for a second, then 7 MB within the next interval).
+    arrived_since = killed_at["session_download"] - saves[-1]["received"]
+    unsaved = max(0, saves[-1]["received"] - saved)
+    margin = arrived_since + unsaved + 2 * PIECE
+    assert fetched <= SIZE - had + margin, (fetched, had, saved, arrived_since, unsaved)
     assert sha256_file(out / "movie.bin") == seed.digest
 
 
