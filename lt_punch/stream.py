@@ -169,12 +169,13 @@ def prepare_stream(session: Any, infohash: str, file_index: int) -> Any:
     Priorities, not deadlines: a deadline would put libtorrent in time-critical mode,
     where a seek no longer cancels the requests queued for other pieces (see
     :mod:`lt_punch.torrent.reader`)."""
-    from .torrent.reader import READAHEAD_PRIORITY
+    from .torrent.reader import DEFAULT_PRIORITY, READAHEAD_PRIORITY
 
     handle = session.torrents[infohash].handle
     reader = session.open(infohash, file_index)
     files = handle.torrent_file().layout().num_files()
-    handle.prioritize_files([4 if i == file_index else 1 for i in range(files)])
+    handle.prioritize_files([DEFAULT_PRIORITY if i == file_index else 1
+                            for i in range(files)])
     for piece in {reader.piece_at(0), reader.piece_at(max(0, reader.size - 1))}:
         handle.piece_priority(piece, READAHEAD_PRIORITY)
     return reader

@@ -20,6 +20,9 @@ seed's full queue. So deadlines live only while a read waits:
   cancel would throw that window's requests away);
 - between reads there is no deadline, and the file downloads at full speed: the
   read-ahead windows (priority 6) first, the rest of the file (4) after.
+
+:class:`PieceClaims` keeps these raised priorities: several readers and reads may want
+one piece, and it returns to its earlier priority when the last of them is done.
 """
 
 from __future__ import annotations
@@ -33,10 +36,55 @@ from ..errors import LtPunchError
 READAHEAD_PIECES = 8
 """Pieces after the current one wanted before the rest of the file."""
 
+DEFAULT_PRIORITY = 4
+"""libtorrent's default piece priority: the streamed file's."""
+
 READAHEAD_PRIORITY = 6
-"""Piece priority of the read-ahead window: above the streamed file's (4, libtorrent's
-default) and below 7, the priority of pieces with a deadline (only those are requested
-while a read waits)."""
+"""Piece priority of the read-ahead window: above the streamed file's and below
+:data:`WAIT_PRIORITY`."""
+
+WAIT_PRIORITY = 7
+"""Piece priority of a piece a read waits for (a deadline gives it this priority too;
+while any piece has a deadline, libtorrent requests only pieces at this priority)."""
+
+
+class PieceClaims:
+    """Raised piece priorities that several users may hold on one piece (readers'
+    read-ahead windows, reads waiting): a piece has the highest priority claimed on it,
+    and its earlier priority back when the last claim goes."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._claims: dict[int, tuple[int, list[int]]] = {}
+        """piece -> (its priority before the first claim, the claimed priorities)."""
+
+    def claim(self, piece: int, priority: int) -> None:
+        if piece not in self._claims:
+            self._claims[piece] = (self._handle.piece_priority(piece), [])
+        self._claims[piece][1].append(priority)
+        self._apply(piece)
+
+    def release(self, piece: int, priority: int) -> None:
+        """Drop one claim of ``priority`` on ``piece``. The last claim at
+        :data:`WAIT_PRIORITY` also drops the piece's deadline, if any: one left behind
+        would keep libtorrent in time-critical mode (see the module's text)."""
+        before, claims = self._claims[piece]
+        claims.remove(priority)
+        if not claims:
+            del self._claims[piece]
+        if not self._handle.is_valid() or self._handle.have_piece(piece):
+            return
+        if WAIT_PRIORITY not in claims:
+            self._handle.reset_piece_deadline(piece)  # if any; it leaves priority 1
+        self._handle.piece_priority(piece, max(claims, default=before))
+
+    def _apply(self, piece: int) -> None:
+        before, claims = self._claims[piece]
+        if not self._handle.have_piece(piece):
+            self._handle.piece_priority(piece, max(before, *claims))
+
+    def __len__(self) -> int:
+        return len(self._claims)
 
 
 class TorrentReader:
@@ -124,30 +172,15 @@ class TorrentReader:
         return data
 
     def _hold(self, piece: int) -> None:
-        if piece in self._held:
-            return
-        self._held.add(piece)
-        held = self._torrent.readahead_holders.setdefault(piece, [0, 0])
-        held[0] += 1
-        if held[0] == 1:
-            held[1] = self._handle.piece_priority(piece)
-            if held[1] < READAHEAD_PRIORITY and not self._handle.have_piece(piece):
-                self._handle.piece_priority(piece, READAHEAD_PRIORITY)
+        if piece not in self._held:
+            self._held.add(piece)
+            self._torrent.claims.claim(piece, READAHEAD_PRIORITY)
 
     def _release(self, keep: Collection[int] = ()) -> None:
-        """Give this reader's read-ahead pieces outside ``keep`` back their earlier
-        priority, unless another reader still holds them."""
-        holders = self._torrent.readahead_holders
+        """Give back this reader's read-ahead pieces outside ``keep``."""
         for piece in [p for p in self._held if p not in keep]:
             self._held.discard(piece)
-            held = holders[piece]
-            held[0] -= 1
-            if held[0] > 0:
-                continue
-            del holders[piece]
-            if self._handle.piece_priority(piece) == READAHEAD_PRIORITY and \
-                    not self._handle.have_piece(piece):
-                self._handle.piece_priority(piece, held[1])
+            self._torrent.claims.release(piece, READAHEAD_PRIORITY)
 
     def close(self) -> None:
         """Give back this reader's read-ahead window. Idempotent."""
@@ -155,4 +188,4 @@ class TorrentReader:
         self._release()
 
 
-__all__ = ["TorrentReader"]
+__all__ = ["PieceClaims", "TorrentReader"]

@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import libtorrent as lt
 
@@ -39,9 +39,6 @@ from ..punch.strategy import recommend_strategy
 from ..signaling import protocol as sp
 from ..signaling.client import ConnectionState, SignalingClient, whoami
 from ..types import Address
-
-if TYPE_CHECKING:
-    from .reader import TorrentReader
 from . import native
 from .alerts import AlertPump
 from .events import (
@@ -54,6 +51,7 @@ from .events import (
     TorrentError,
     TorrentEvent,
 )
+from .reader import WAIT_PRIORITY, PieceClaims, TorrentReader
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +161,11 @@ class Torrent:
     error: str | None = None
     session: EnhancedTorrentSession | None = field(default=None, repr=False)
     _streams: set[EventStream] = field(default_factory=set, repr=False)
-    readahead_holders: dict[int, list[int]] = field(default_factory=dict, repr=False)
-    """Pieces in readers' read-ahead windows: [readers holding it, its priority before];
-    the priority goes back with the last holder."""
-    piece_waiters: dict[int, list[int]] = field(default_factory=dict, repr=False)
-    """Missing pieces that reads wait for: [reads waiting, the priority before]."""
+    claims: PieceClaims = field(init=False, repr=False)
+    """Piece priorities raised by readers and waiting reads."""
+
+    def __post_init__(self) -> None:
+        self.claims = PieceClaims(self.handle)
 
     # -- the handle API: what a media server uses ------------------------------------
 
@@ -194,7 +192,7 @@ class Torrent:
 
     def open(self, file: int | str = 0) -> TorrentReader:
         """An async reader (``read``, ``seek``) of one file, by index or by its path in
-        the torrent; reads wait for their pieces with deadlines. Needs the metadata.
+        the torrent; reads wait for their pieces (no polling). Needs the metadata.
 
         Raises:
             LtPunchError: no metadata yet, or no such file.
@@ -712,8 +710,6 @@ class EnhancedTorrentSession:
     def open(self, infohash: str, file_index: int = 0) -> TorrentReader:
         """An async, seekable reader of one file of a torrent, usable while it downloads
         (:class:`~lt_punch.torrent.reader.TorrentReader`)."""
-        from .reader import TorrentReader
-
         return TorrentReader(self, infohash, file_index)
 
     async def read_piece(
@@ -767,7 +763,10 @@ class EnhancedTorrentSession:
                     handle.read_piece(piece)
                 else:
                     waiting = True
-                    self._want(torrent, piece, deadline_ms)
+                    torrent.claims.claim(piece, WAIT_PRIORITY)
+                    if deadline_ms is not None:
+                        handle.set_piece_deadline(piece, deadline_ms,
+                                                  lt.deadline_flags_t.alert_when_available)
                     await asyncio.wait({fut, finished}, return_when=asyncio.FIRST_COMPLETED)
                     if not fut.done():
                         handle.read_piece(piece)
@@ -779,38 +778,10 @@ class EnhancedTorrentSession:
             fut.cancel()
             finished.cancel()
             if waiting:
-                self._stop_waiting(torrent, piece)
+                torrent.claims.release(piece, WAIT_PRIORITY)
         if error is not None:
             raise LtPunchError(f"cannot read piece {piece}: {error}")
         return bytes(data)
-
-    @staticmethod
-    def _want(torrent: Torrent, piece: int, deadline_ms: int | None) -> None:
-        waiters = torrent.piece_waiters.setdefault(piece, [0, 0])
-        waiters[0] += 1
-        if waiters[0] == 1:
-            waiters[1] = torrent.handle.piece_priority(piece)
-        if deadline_ms is None:
-            torrent.handle.piece_priority(piece, 7)
-        else:
-            torrent.handle.set_piece_deadline(piece, deadline_ms,
-                                              lt.deadline_flags_t.alert_when_available)
-
-    @staticmethod
-    def _stop_waiting(torrent: Torrent, piece: int) -> None:
-        """The last read waiting for ``piece`` is done. If the piece is still missing
-        (the read gave up or was cancelled), its deadline goes - it would keep libtorrent
-        in time-critical mode, see :mod:`lt_punch.torrent.reader` - and it gets its
-        priority back."""
-        waiters = torrent.piece_waiters[piece]
-        waiters[0] -= 1
-        if waiters[0] > 0:
-            return
-        del torrent.piece_waiters[piece]
-        handle = torrent.handle
-        if handle.is_valid() and not handle.have_piece(piece):
-            handle.reset_piece_deadline(piece)  # if any; leaves priority 1
-            handle.piece_priority(piece, waiters[1])
 
     async def resume_data(self, infohash: str, timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
         """libtorrent's resume data of a torrent (bencoded, with the info dict when known),

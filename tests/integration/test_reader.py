@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lt_punch.errors import LtPunchError, LtTimeoutError
-from lt_punch.torrent.reader import READAHEAD_PIECES, READAHEAD_PRIORITY
+from lt_punch.torrent.reader import READAHEAD_PIECES, READAHEAD_PRIORITY, WAIT_PRIORITY
 from lt_punch.torrent.session import EnhancedTorrentSession
 
 from .conftest import LT, PIECE, SIZE, Pair, seeded
@@ -89,7 +89,25 @@ async def test_a_read_that_gives_up_leaves_the_piece_as_it_was(
     with pytest.raises(asyncio.CancelledError):
         await read
     assert handle.piece_priority(piece) == 4
-    assert not pair.leech.torrents[pair.infohash].piece_waiters
+    assert not pair.leech.torrents[pair.infohash].claims
+
+
+async def test_claims_on_a_piece_end_with_its_first_priority(pair: Pair) -> None:
+    """A reader's window and another's wait on the same piece, given back out of order."""
+    torrent = pair.leech.torrents[pair.infohash]
+    handle = torrent.handle
+    handle.set_download_limit(1000)  # the piece stays missing
+    piece = next(p for p in range(handle.torrent_file().num_pieces() - 1, -1, -1)
+                 if not handle.have_piece(p))
+    torrent.claims.claim(piece, READAHEAD_PRIORITY)
+    assert handle.piece_priority(piece) == READAHEAD_PRIORITY
+    torrent.claims.claim(piece, WAIT_PRIORITY)
+    handle.set_piece_deadline(piece, 0)
+    torrent.claims.release(piece, READAHEAD_PRIORITY)
+    assert handle.piece_priority(piece) == WAIT_PRIORITY
+    torrent.claims.release(piece, WAIT_PRIORITY)  # also drops the deadline (priority 1)
+    assert handle.piece_priority(piece) == 4
+    assert not torrent.claims
 
 
 async def test_a_seek_cancels_the_requests_queued_for_other_pieces(tmp_path: Path) -> None:
