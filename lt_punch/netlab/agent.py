@@ -2,10 +2,10 @@
 
 Run as ``python -m lt_punch.netlab.agent --role seed|leech ...`` (the scenario
 module starts it with ``ip netns exec``). Every line on stdout is one JSON
-event: ``ready``, ``punched``, ``punch-failed``, ``finished``, ``done`` (data
-verified on disk), ``stats``, ``error``, and ``progress`` every ``--progress-every``
-seconds when asked. A seed runs until stdin closes or SIGTERM; a leech exits after
-its download finished (0), or failed (1).
+event: ``ready``, ``punched``, ``punch-failed``, ``connection-lost``, ``finished``,
+``done`` (data verified on disk), ``stats``, ``error``, and ``progress`` every
+``--progress-every`` seconds when asked. A seed runs until stdin closes or SIGTERM;
+a leech exits after its download finished (0), or failed (1).
 """
 
 from __future__ import annotations

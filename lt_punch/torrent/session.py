@@ -71,6 +71,12 @@ _STATE_FLAGS = lt.save_state_flags_t.save_dht_state
 MIN_RECONNECT_TIME = 2
 """Seconds before libtorrent redials a peer it lost (its default is 60)."""
 
+MAX_REPUNCHES = 5
+"""Punches again to one peer after its punched TCP connection was lost."""
+
+REPUNCH_RESPONDER_DELAY = 3.0
+"""Seconds a responder waits for the initiator to punch again before it does."""
+
 STATE_NAMES = {
     0: "queued",
     1: "checking",
@@ -106,7 +112,9 @@ class PunchRecord:
     role: str
     started_at: float
     peer_nat: str = "unknown"
-    state: str = "pending"  # pending | punching | connected | failed | skipped
+    state: str = "pending"  # pending | punching | connected | dropped | failed | skipped
+    repunches: int = 0
+    """Punches again after a punched TCP connection was lost."""
     method: str | None = None
     endpoint: Address | None = None
     attempts: int = 0
@@ -139,6 +147,7 @@ class PunchRecord:
             "method": self.method,
             "endpoint": list(self.endpoint) if self.endpoint else None,
             "attempts": self.attempts,
+            "repunches": self.repunches,
             "failures": list(self.failures),
             "time_to_connect": self.time_to_connect,
             "immediate": self.immediate,
@@ -380,7 +389,10 @@ class EnhancedTorrentSession:
         if "tcp" in cfg.methods and cfg.hole_punching_enabled:
             self.outgoing_port = _free_tcp_port(cfg.listen_host)
             settings["outgoing_port"] = self.outgoing_port
-            settings["num_outgoing_ports"] = 1
+            # Every dial from this one port (the one whoami mapped): libtorrent's range
+            # is [outgoing_port, outgoing_port + num_outgoing_ports], both ends in, so
+            # 1 would alternate with the next port and break every other punch.
+            settings["num_outgoing_ports"] = 0
             # TCP simultaneous open makes both ends "outgoing": MSE/PE cannot
             # work (both send the initiator's half), so outgoing handshakes are
             # plaintext; incoming ones still accept encryption.
@@ -867,8 +879,8 @@ class EnhancedTorrentSession:
         return rec
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Events: ``{"type": "punched"|"punch-failed"|"finished"|"peer-left"|
-        "port-mapping", ...}``."""
+        """Events: ``{"type": "punched"|"punch-failed"|"connection-lost"|"finished"|
+        "peer-left"|"port-mapping", ...}``."""
         while True:
             yield await self._events.get()
 
@@ -921,6 +933,8 @@ class EnhancedTorrentSession:
                                            ti.total_size()))
         elif isinstance(alert, lt.portmap_alert | lt.portmap_error_alert):
             self._on_portmap(alert)
+        elif isinstance(alert, lt.peer_disconnected_alert):
+            self._on_peer_lost(alert)
         elif isinstance(alert, lt.torrent_error_alert | lt.file_error_alert):
             ih = infohash_of(alert.handle)
             t = self.torrents.get(ih)
@@ -930,6 +944,46 @@ class EnhancedTorrentSession:
                 t.error = (f"{alert.filename()}: {alert.error.message()}"
                            if isinstance(alert, lt.file_error_alert) else alert.message())
                 self._emit({"type": "error", "infohash": ih, "message": t.error})
+
+    def _on_peer_lost(self, alert: Any) -> None:
+        """A punched TCP connection was lost: punch again.
+
+        libtorrent redials a lost peer by itself (after ``MIN_RECONNECT_TIME``), which
+        is enough for uTP (our keep-alives hold the NAT mappings open) but not for TCP:
+        a plain dial to a peer behind a NAT is dropped there, it takes a new
+        simultaneous open. Not when both ends are done with each other.
+        """
+        t = self.torrents.get(infohash_of(alert.handle))
+        ep = _alert_endpoint(alert)
+        if t is None or ep is None or alert.error.message() in _DONE_MESSAGES:
+            return
+        rec = next((r for r in t.punches.values() if r.state == "connected"
+                    and r.method == "tcp" and r.endpoint == ep), None)
+        if rec is None:
+            return
+        rec.state = "dropped"
+        logger.info("punched TCP connection to %s lost: %s", rec.peer_id,
+                    alert.error.message())
+        self._emit({"type": "connection-lost", "infohash": t.infohash,
+                    "peer_id": rec.peer_id, "method": "tcp",
+                    "reason": alert.error.message()})
+        task = t.tasks.get(rec.peer_id)
+        if task is None or task.done():
+            t.tasks[rec.peer_id] = asyncio.get_running_loop().create_task(
+                self._repunch(t, rec), name=f"repunch-{rec.peer_id}")
+
+    async def _repunch(self, torrent: Torrent, rec: PunchRecord) -> None:
+        if rec.role != "initiator":
+            # The initiator punches again if it saw the loss too; if it did not (the
+            # connection died on our side only), we do, as initiator of this punch.
+            await asyncio.sleep(REPUNCH_RESPONDER_DELAY)
+            if rec.state != "dropped":
+                return
+        peer = self._profiles.get(rec.peer_id)
+        if peer is None or rec.repunches >= MAX_REPUNCHES or self.client is None:
+            return
+        rec.repunches += 1
+        await self._initiate(torrent, rec, self.profile, peer)
 
     def _on_portmap(self, alert: Any) -> None:
         """Record libtorrent's UPnP / NAT-PMP results (when those are enabled)."""
