@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from lt_punch.netlab import NatLab, cleanup_stale, lab_unavailable_reason
+from lt_punch.netlab.scenario import SIGNAL_PORT, start_agent, start_signaling
 
 NatLabFactory = Callable[..., NatLab]
 
@@ -72,3 +76,32 @@ def nat_lab() -> Iterator[NatLabFactory]:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@dataclass
+class PortPair:
+    """A lab of two port-restricted sides, ``s`` and ``l``, with coturn (STUN) and the
+    signaling server running, and a scratch directory on tmpfs."""
+
+    lab: NatLab
+    stun: tuple[str, int]
+    url: str
+    """The signaling server's ws:// URL."""
+    base: Path
+
+    def agent(self, side: str, role: str, torrent: Path, save: Path, peer_id: str,
+              *extra: str) -> subprocess.Popen[str]:
+        """A lab agent (:func:`~lt_punch.netlab.scenario.start_agent`) in this room."""
+        return start_agent(self.lab, side, role, url=self.url, stun=self.stun,
+                           torrent=torrent, save=save, peer_id=peer_id, extra=extra)
+
+
+@pytest.fixture
+def port_pair(nat_lab: NatLabFactory) -> Iterator[PortPair]:
+    """:class:`PortPair`; the lab and its processes go with the test, the scratch
+    directory too."""
+    lab = nat_lab({"s": "port", "l": "port"})
+    stun = lab.start_stun()
+    start_signaling(lab)  # a lab process: stopped when the lab closes
+    with tempfile.TemporaryDirectory(prefix="ltp-lab-", dir="/dev/shm") as tmp:
+        yield PortPair(lab, stun, f"ws://{lab.server_ips[0]}:{SIGNAL_PORT}", Path(tmp))

@@ -7,69 +7,44 @@ outgoing port whoami mapped (libtorrent alternated two ports)."""
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import pytest
+from lt_punch.netlab.scenario import SIGNAL_PORT, make_payload, read_events
 
-from lt_punch.netlab import NatLab
-from lt_punch.netlab.scenario import (
-    SIGNAL_PORT,
-    make_payload,
-    read_events,
-    start_agent,
-    start_signaling,
-)
+from .conftest import PortPair
 
-NatLabFactory = Callable[..., NatLab]
 SIZE = 30 << 20
 
-pytestmark = pytest.mark.lab
 
-
-def test_a_lost_tcp_punch_is_punched_again(nat_lab: NatLabFactory) -> None:
-    lab = nat_lab({"s": "port", "l": "port"})
-    stun = lab.start_stun()
-    signaling = start_signaling(lab)
-    url = f"ws://{lab.server_ips[0]}:{SIGNAL_PORT}"
-    with tempfile.TemporaryDirectory(prefix="ltp-repunch-", dir="/dev/shm") as tmp:
-        base = Path(tmp)
-        torrent, digest = make_payload(base, SIZE)
-
-        def agent(role: str, *extra: str) -> subprocess.Popen[str]:
-            side = "s" if role == "seed" else "l"
-            return start_agent(lab, side, role, url=url, stun=stun, torrent=torrent,
-                               save=base / role, peer_id=role,
-                               extra=["--methods", "tcp", "--udp-port", str(SIGNAL_PORT),
-                                      "--timeout", "60", *extra])
-
-        # 5 MB/s: still downloading when the connection goes.
-        seed = agent("seed", "--upload-limit", "5000000")
-        leech = None
-        events: list[dict[str, Any]] = []
-        try:
-            read_events(seed, "ready", 30.0, [])
-            leech = agent("leech", "--progress-every", "0.2")
-            punched = read_events(leech, ("punched", "punch-failed"), 30.0, events)
-            assert punched["event"] == "punched" and punched["method"] == "tcp", punched
-            while read_events(leech, "progress", 30.0, [])["progress"] < 0.2:
-                pass
-            # Abort the leech's TCP connection to the seed (SOCK_DESTROY): the leech's
-            # kernel forgets it, the seed gets a reset.
-            killed = lab.run("l", ["ss", "-K", "dst", lab.host("s").public_ip], check=False)
-            assert "ESTAB" in killed.stdout, killed
-            events.clear()
-            lost = read_events(leech, "connection-lost", 10.0, events)
-            again = read_events(leech, ("punched", "punch-failed"), 30.0, events)
-            done = read_events(leech, ("done", "error"), 60.0, events)
-        finally:
-            if leech is not None:
-                lab.stop(leech)
-            lab.stop(seed)
-            lab.stop(signaling)
+def test_a_lost_tcp_punch_is_punched_again(port_pair: PortPair) -> None:
+    room, lab = port_pair, port_pair.lab
+    torrent, digest = make_payload(room.base, SIZE)
+    common = ["--methods", "tcp", "--udp-port", str(SIGNAL_PORT), "--timeout", "60"]
+    # 5 MB/s: still downloading when the connection goes.
+    seed = room.agent("s", "seed", torrent, room.base / "seed", "seed", *common,
+                      "--upload-limit", "5000000")
+    leech = None
+    events: list[dict[str, Any]] = []
+    try:
+        read_events(seed, "ready", 30.0, [])
+        leech = room.agent("l", "leech", torrent, room.base / "leech", "leech", *common,
+                           "--progress-every", "0.2")
+        punched = read_events(leech, ("punched", "punch-failed"), 30.0, events)
+        assert punched["event"] == "punched" and punched["method"] == "tcp", punched
+        while read_events(leech, "progress", 30.0, [])["progress"] < 0.2:
+            pass
+        # Abort the leech's TCP connection to the seed (SOCK_DESTROY): the leech's
+        # kernel forgets it, the seed gets a reset.
+        killed = lab.run("l", ["ss", "-K", "dst", lab.host("s").public_ip], check=False)
+        assert "ESTAB" in killed.stdout, killed
+        events.clear()
+        lost = read_events(leech, "connection-lost", 10.0, events)
+        again = read_events(leech, ("punched", "punch-failed"), 30.0, events)
+        done = read_events(leech, ("done", "error"), 60.0, events)
+    finally:
+        if leech is not None:
+            lab.stop(leech)
+        lab.stop(seed)
     assert lost["method"] == "tcp", lost
     assert again["event"] == "punched" and again["method"] == "tcp", again
     # Punched from the same public endpoint as the first time: the one port.

@@ -11,25 +11,16 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lt_punch.netlab import NatLab
-from lt_punch.netlab.scenario import (
-    SIGNAL_PORT,
-    read_events,
-    read_line,
-    start_agent,
-    start_signaling,
-)
+from lt_punch.netlab.scenario import read_events, read_line
 from lt_punch.torrent.maketorrent import make_torrent
 
-NatLabFactory = Callable[..., NatLab]
+from .conftest import PortPair
 
 SECONDS = 40
 UPLOAD_LIMIT = 2_000_000
@@ -76,70 +67,64 @@ def _progress_after(seed: subprocess.Popen[str], t: float,
         read_events(seed, "progress", max(0.1, deadline - time.monotonic()), sink)
 
 
-def test_stream_while_downloading_through_two_port_nats(nat_lab: NatLabFactory) -> None:
+def test_stream_while_downloading_through_two_port_nats(port_pair: PortPair) -> None:
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (scripts/system-deps.sh "
                     "installs the ffmpeg package)")
-    lab = nat_lab({"s": "port", "l": "port"})
-    stun = lab.start_stun()
-    signaling = start_signaling(lab)
-    url = f"ws://{lab.server_ips[0]}:{SIGNAL_PORT}"
+    room, lab = port_pair, port_pair.lab
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("P2P_")},
-           "P2P_STUN_SERVERS": f"{stun[0]}:{stun[1]}"}
-    with tempfile.TemporaryDirectory(prefix="ltp-stream-", dir="/dev/shm") as tmp:
-        base = Path(tmp)
-        video = base / "seed" / "video.mp4"
-        _make_video(video)
-        data = video.read_bytes()
-        size = len(data)
-        assert size > 4 * UPLOAD_LIMIT, f"video too small to still be downloading: {size} B"
-        torrent = base / "video.torrent"
-        torrent.write_bytes(make_torrent(video, piece_size=1 << 18))
-        seed_events: list[dict[str, Any]] = []
-        seed = start_agent(lab, "s", "seed", url=url, stun=stun, torrent=torrent,
-                           save=video.parent, peer_id="seed-s",
-                           extra=["--upload-limit", str(UPLOAD_LIMIT), "--progress-every", "0.2"])
-        stream = None
-        try:
-            read_events(seed, "ready", 30.0, seed_events)
-            stream = lab.popen("l", [sys.executable, "-m", "lt_punch", "stream", str(torrent),
-                                     "--file", "0", "--host", "127.0.0.1", "--port", "0",
-                                     "-o", str(base / "out"), "--signal", url, "--isolated"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-            line = read_line(stream, "streaming ", 60.0)
-            file_url = line.split(" at ", 1)[1].strip()
-            assert file_url.startswith("http://127.0.0.1:") and file_url.endswith("/0"), line
+           "P2P_STUN_SERVERS": f"{room.stun[0]}:{room.stun[1]}"}
+    base = room.base
+    video = base / "seed" / "video.mp4"
+    _make_video(video)
+    data = video.read_bytes()
+    size = len(data)
+    assert size > 4 * UPLOAD_LIMIT, f"video too small to still be downloading: {size} B"
+    torrent = base / "video.torrent"
+    torrent.write_bytes(make_torrent(video, piece_size=1 << 18))
+    seed_events: list[dict[str, Any]] = []
+    seed = room.agent("s", "seed", torrent, video.parent, "seed-s",
+                      "--upload-limit", str(UPLOAD_LIMIT), "--progress-every", "0.2")
+    stream = None
+    try:
+        read_events(seed, "ready", 30.0, seed_events)
+        stream = lab.popen("l", [sys.executable, "-m", "lt_punch", "stream", str(torrent),
+                                 "--file", "0", "--host", "127.0.0.1", "--port", "0",
+                                 "-o", str(base / "out"), "--signal", room.url, "--isolated"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+        line = read_line(stream, "streaming ", 60.0)
+        file_url = line.split(" at ", 1)[1].strip()
+        assert file_url.startswith("http://127.0.0.1:") and file_url.endswith("/0"), line
 
-            probed = lab.run("l", ["ffprobe", "-v", "error", "-show_entries",
-                                   "format=duration:stream=codec_type,codec_name",
-                                   "-of", "json", file_url], timeout=60, check=False)
-            probe_end = time.monotonic()
-            assert probed.returncode == 0, probed.stderr
-            info = json.loads(probed.stdout)
-            # Still downloading when ffprobe was done: the seed had not sent the whole file
-            # (its counters lag by up to one second tick: allow one second of upload).
-            during = _progress_after(seed, probe_end, seed_events)
-            assert during["total_upload"] + UPLOAD_LIMIT < size, during
+        probed = lab.run("l", ["ffprobe", "-v", "error", "-show_entries",
+                               "format=duration:stream=codec_type,codec_name",
+                               "-of", "json", file_url], timeout=60, check=False)
+        probe_end = time.monotonic()
+        assert probed.returncode == 0, probed.stderr
+        info = json.loads(probed.stdout)
+        # Still downloading when ffprobe was done: the seed had not sent the whole file
+        # (its counters lag by up to one second tick: allow one second of upload).
+        during = _progress_after(seed, probe_end, seed_events)
+        assert during["total_upload"] + UPLOAD_LIMIT < size, during
 
-            rng = random.Random(6)
-            ranges = []
-            for _ in range(100):
-                first = rng.randrange(size)
-                ranges.append((first, min(size - 1, first + rng.randrange(1, 300_000))))
-            fetched = lab.run("l", [sys.executable, "-c", RANGE_CLIENT], timeout=120,
-                              input_text=json.dumps({"url": file_url, "ranges": ranges}))
-            answers = [json.loads(x) for x in fetched.stdout.splitlines()]
+        rng = random.Random(6)
+        ranges = []
+        for _ in range(100):
+            first = rng.randrange(size)
+            ranges.append((first, min(size - 1, first + rng.randrange(1, 300_000))))
+        fetched = lab.run("l", [sys.executable, "-c", RANGE_CLIENT], timeout=120,
+                          input_text=json.dumps({"url": file_url, "ranges": ranges}))
+        answers = [json.loads(x) for x in fetched.stdout.splitlines()]
 
-            decoded = lab.run("l", ["ffmpeg", "-nostdin", "-v", "error", "-xerror",
-                                    "-i", file_url, "-f", "null", "-"], timeout=120,
-                              check=False)
-        finally:
-            if stream is not None:
-                lab.stop(stream)
-            lab.stop(seed)
-            lab.stop(signaling)
+        decoded = lab.run("l", ["ffmpeg", "-nostdin", "-v", "error", "-xerror",
+                                "-i", file_url, "-f", "null", "-"], timeout=120,
+                          check=False)
+    finally:
+        if stream is not None:
+            lab.stop(stream)
+        lab.stop(seed)
 
     assert float(info["format"]["duration"]) == pytest.approx(SECONDS, abs=0.5), info
     assert sorted((s["codec_type"], s["codec_name"]) for s in info["streams"]) == [

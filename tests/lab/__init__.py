@@ -1,0 +1,1 @@
+"""NAT lab tests (root): every test here is marked ``lab``."""
