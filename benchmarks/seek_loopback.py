@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lt_punch import Config
+from lt_punch.netlab.lab import tbf_argv
 from lt_punch.signaling import SignalingServer
 from lt_punch.stream import prepare_stream
 from lt_punch.torrent.maketorrent import make_torrent, write_random_file
@@ -128,8 +129,7 @@ def run_shaped(mbit: float) -> int:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         for cmd in (["ip", "link", "set", "lo", "mtu", "1500"], ["ip", "link", "set", "lo", "up"],
-                    ["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{mbit:g}mbit",
-                     "burst", "128kb", "latency", "20ms"]):
+                    tbf_argv("lo", mbit)):
             subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
         return subprocess.run(["ip", "netns", "exec", ns, sys.executable, *sys.argv],
                               env={**os.environ, SHAPED: "1"}, check=False).returncode

@@ -92,6 +92,19 @@ def _run_cmd(
     return result
 
 
+def tbf_argv(dev: str, mbit: float, latency_ms: int = 20) -> list[str]:
+    """``tc`` command line that shapes what ``dev`` sends to ``mbit`` Mbit/s (a token
+    bucket; queued packets wait at most ``latency_ms``).
+
+    Raises:
+        ConfigError: a rate or latency that is not positive.
+    """
+    if mbit <= 0 or latency_ms <= 0:
+        raise ConfigError(f"shape: bad rate {mbit!r} Mbit/s or latency {latency_ms!r} ms")
+    return ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{mbit:g}mbit",
+            "burst", "128kb", "latency", f"{latency_ms}ms"]
+
+
 def lab_unavailable_reason() -> str | None:
     """Return None when the lab can be built here, else a one-line reason.
 
@@ -496,14 +509,12 @@ class NatLab:
         ``mbit`` 0 removes the limit.
 
         Raises:
-            ConfigError: a negative rate or latency.
+            ConfigError: a negative rate, or a latency that is not positive.
         """
-        if mbit < 0 or latency_ms <= 0:
-            raise ConfigError(f"shape: bad rate {mbit!r} Mbit/s or latency {latency_ms!r} ms")
-        qdisc = ["tc", "qdisc", "replace", "dev", rules.HOST_IF, "root", "tbf",
-                 "rate", f"{mbit:g}mbit", "burst", "128kb", "latency", f"{latency_ms}ms"]
         if mbit == 0:
             qdisc = ["tc", "qdisc", "del", "dev", rules.HOST_IF, "root"]
+        else:
+            qdisc = tbf_argv(rules.HOST_IF, mbit, latency_ms)
         _run_cmd(["ip", "netns", "exec", self.ns_of(side), *qdisc], check=mbit > 0)
 
     # -- STUN server ---------------------------------------------------------------------

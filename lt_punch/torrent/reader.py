@@ -163,8 +163,9 @@ class TorrentReader:
         # previous one finds its piece in the read-ahead window, already requested first,
         # and cancelling would only throw that window's requests away.
         follows_on = piece in self._held
-        self._release(keep=set(range(piece + 1, min(last, piece + self._readahead) + 1)))
-        for ahead in range(piece + 1, min(last, piece + self._readahead) + 1):
+        window = range(piece + 1, min(last, piece + self._readahead) + 1)
+        self._release(keep=window)
+        for ahead in window:
             self._hold(ahead)
         data: bytes = await self._session.read_piece(
             self.infohash, piece, deadline_ms=None if follows_on else 0)

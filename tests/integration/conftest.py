@@ -36,7 +36,6 @@ class Swarm:
     torrent: bytes
     infohash: str
     data: bytes
-    seed: EnhancedTorrentSession
 
     @property
     def magnet(self) -> str:
@@ -56,7 +55,7 @@ async def seeded(base: Path, name: str, size: int, seed: int) -> AsyncIterator[S
         async with EnhancedTorrentSession(config, peer_id="seed", lt_settings=LT,
                                           save_path=payload.parent) as session:
             added = await session.add(torrent)
-            yield Swarm(config, torrent, added.infohash, payload.read_bytes(), session)
+            yield Swarm(config, torrent, added.infohash, payload.read_bytes())
 
 
 @pytest.fixture
