@@ -795,6 +795,26 @@ class EnhancedTorrentSession:
             raise LtPunchError(f"cannot read piece {piece}: {error}")
         return bytes(data)
 
+    async def counters(self, timeout: float = 5.0) -> dict[str, int]:  # noqa: ASYNC109
+        """libtorrent's session counters, by name (``lt.session_stats_metrics()``), e.g.
+        ``ses.num_outgoing_cancel``.
+
+        Raises:
+            LtTimeoutError: no answer within ``timeout``.
+        """
+        assert self.session is not None and self._pump is not None
+        fut = self._pump.wait_for(
+            lambda a: dict(a.values) if isinstance(a, lt.session_stats_alert) else None)
+        self.session.post_session_stats()
+        try:
+            async with asyncio.timeout(timeout):
+                values: dict[str, int] = await fut
+        except TimeoutError:
+            raise LtTimeoutError(f"no session counters after {timeout:g} s") from None
+        finally:
+            fut.cancel()
+        return values
+
     async def resume_data(self, infohash: str, timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
         """libtorrent's resume data of a torrent (bencoded, with the info dict when known),
         for ``lt.read_resume_data`` on a later start.

@@ -6,15 +6,14 @@ import asyncio
 import os
 import random
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from lt_punch.errors import LtPunchError, LtTimeoutError
 from lt_punch.torrent.reader import READAHEAD_PIECES, READAHEAD_PRIORITY, WAIT_PRIORITY
-from lt_punch.torrent.session import EnhancedTorrentSession
 
-from .conftest import LT, PIECE, SIZE, Pair, seeded
+from .conftest import PIECE, SIZE, Pair
 
 
 async def test_reads_the_end_first_while_downloading(pair: Pair) -> None:
@@ -110,38 +109,34 @@ async def test_claims_on_a_piece_end_with_its_first_priority(pair: Pair) -> None
     assert not torrent.claims
 
 
-async def test_a_seek_cancels_the_requests_queued_for_other_pieces(tmp_path: Path) -> None:
-    """The seek to a missing piece must not wait behind the seconds of background
-    requests queued at the seed: its deadline makes libtorrent cancel them."""
-    async with seeded(tmp_path, "video.mp4", SIZE, 3) as room, \
-            EnhancedTorrentSession(room.config, peer_id="leech", lt_settings=LT,
-                                   save_path=tmp_path / "leech") as leech:
-        added = await leech.add(room.torrent)
-        added.handle.set_download_limit(1_000_000)
-        seed_handle = room.seed.torrents[room.infohash].handle
+async def test_a_seek_cancels_the_requests_queued_for_other_pieces(pair: Pair) -> None:
+    """The seek to a missing piece must not wait behind the background requests queued
+    at the seed: its deadline makes libtorrent send CANCEL for them."""
+    handle = pair.leech.torrents[pair.infohash].handle
 
-        def queued_at_seed() -> int:
-            return sum(p.upload_queue_length for p in seed_handle.get_peer_info())
+    async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+        # libtorrent has no event for these: look every 10 ms, for 10 s at most.
+        deadline = time.monotonic() + 10
+        while not await check():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.01)
 
-        async def until(check: object, what: str) -> None:
-            # libtorrent has no event for queue lengths: look every 10 ms, for 10 s at most.
-            deadline = time.monotonic() + 10
-            while not check():  # type: ignore[operator]
-                assert time.monotonic() < deadline, what
-                await asyncio.sleep(0.01)
+    async def requests_out() -> bool:
+        return sum(p.download_queue_length for p in handle.get_peer_info()) >= 20
 
-        await until(lambda: queued_at_seed() >= 100, "no queue built up at the seed")
-        handle = added.handle
-        piece = next(p for p in range(handle.torrent_file().num_pieces() - 1, 0, -1)
-                     if not handle.have_piece(p) and not handle.piece_priority(p) == 7)
-        reader = leech.open(added.infohash, 0)
-        reader.seek(piece * PIECE)
-        read = asyncio.create_task(reader.read(10))
-        try:
-            # Only the sought piece's blocks (PIECE / 16 KiB of them) may stay queued.
-            await until(lambda: queued_at_seed() <= PIECE // (16 << 10),
-                        "the requests queued for other pieces were not cancelled")
-            assert await asyncio.wait_for(read, 30) == room.data[piece * PIECE:][:10]
-        finally:
-            read.cancel()
-            reader.close()
+    async def cancelled() -> bool:
+        return (await pair.leech.counters())["ses.num_outgoing_cancel"] > before
+
+    await until(requests_out, "no requests queued at the seed")
+    before = (await pair.leech.counters())["ses.num_outgoing_cancel"]
+    piece = next(p for p in range(handle.torrent_file().num_pieces() - 1, 0, -1)
+                 if not handle.have_piece(p) and handle.piece_priority(p) != 7)
+    reader = pair.leech.open(pair.infohash, 0)
+    reader.seek(piece * PIECE)
+    read = asyncio.create_task(reader.read(10))
+    try:
+        await until(cancelled, "the requests queued for other pieces were not cancelled")
+        assert await asyncio.wait_for(read, 30) == pair.data[piece * PIECE:][:10]
+    finally:
+        read.cancel()
+        reader.close()
