@@ -35,7 +35,8 @@ from .nat.info import NATInfo
 from .punch.strategy import STRATEGY_METHODS, recommend_strategy
 from .signaling.protocol import MessageError, validate_peer_id
 from .signaling.server import SignalingServer
-from .torrent.session import EnhancedTorrentSession, PunchRecord, Torrent
+from .punch.record import SETTLED, PunchRecord, PunchState
+from .torrent.session import EnhancedTorrentSession, Torrent
 from .types import Address
 
 logger = logging.getLogger(__name__)
@@ -239,13 +240,7 @@ class P2PCoordinator:
         configured, runs STUN discovery once.
         """
         session = self.session
-        info = session.nat_info
-        if info is None and self.config.stun_servers:
-            from .nat.discover import discover_nat
-
-            info = await discover_nat(self.config.stun_servers)
-            # The profile shown to room peers reads it from here.
-            session.nat_info = info
+        info = await session.discover_nat()
         if info is None:
             info = NATInfo(error="not measured: no signaling server and no STUN servers",
                            source="none")
@@ -303,7 +298,7 @@ class P2PCoordinator:
         torrents = self._torrents(infohash)
         records = [(t, t.punches[peer_id]) for t in torrents if peer_id in t.punches]
         for t, rec in records:
-            if rec.state == "connected":
+            if rec.state == PunchState.CONNECTED:
                 return _punch_result(t, rec)
         registered = self._peers.get(peer_id)
         if registered is not None:
@@ -328,11 +323,11 @@ class P2PCoordinator:
         wait = self.config.connection_timeout if timeout is None else timeout
         t, rec = records[0]
         done = await _wait_settled(t, rec, wait)
-        if rec.state == "connected":
+        if rec.state == PunchState.CONNECTED:
             return _punch_result(t, rec)
         if not done:
             raise LtTimeoutError(f"punch to {peer_id} still {rec.state} after {wait:g} s")
-        reason = rec.failures[-1]["reason"] if rec.failures else rec.state
+        reason = rec.last_reason or str(rec.state)
         raise PunchError(f"punch to {peer_id} failed: {reason}", reason=reason)
 
     def _torrents(self, infohash: str | None) -> list[Torrent]:
@@ -410,7 +405,7 @@ async def _wait_settled(torrent: Torrent, rec: PunchRecord, timeout: float) -> b
     """Wait until ``rec`` is connected or failed; False on timeout."""
     try:
         async with asyncio.timeout(timeout), torrent.changed:
-            await torrent.changed.wait_for(lambda: rec.state in ("connected", "failed", "skipped"))
+            await torrent.changed.wait_for(lambda: rec.state in SETTLED)
     except TimeoutError:
-        return rec.state in ("connected", "failed", "skipped")
+        return rec.state in SETTLED
     return True

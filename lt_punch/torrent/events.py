@@ -1,24 +1,50 @@
-"""Typed events of one torrent, and the async iterator that delivers them.
+"""The typed events of a session, and the async iterator that delivers a torrent's.
 
-``async for event in torrent.events(): ...`` yields, in order:
-:class:`MetadataReceived`, :class:`PeerPunched`, :class:`PunchFailed`,
+One vocabulary for everything that happens: the punch engine, the alert dispatch and
+the port mapper publish these; the session's :meth:`events` yields their
+:meth:`to_dict` form (``{"type": "punched", ...}``, the JSON of ``lt-punch`` agents),
+a torrent's ``events()`` stream yields the objects themselves, and the metrics count
+them (:class:`~lt_punch.punch.metrics.PunchMetrics`).
+
+``async for event in torrent.events(): ...`` yields, in order of occurrence:
+:class:`MetadataReceived`, :class:`PeerPunched`, :class:`PunchAttemptFailed`,
+:class:`PunchFailed`, :class:`ConnectionLost`, :class:`PeerLeft`,
 :class:`PieceFinished`, :class:`Finished`, :class:`TorrentError`. The stream is
 subscribed when ``events()`` is called (nothing after that is missed) and ends when
-the torrent is removed or the session closes.
+the torrent is removed or the session closes. :class:`PortMapping` is about the
+session, not a torrent: only the session's :meth:`events` has it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, ClassVar, TypeAlias
+
+
+class _Event:
+    kind: ClassVar[str]
+    """The ``type`` of the dict form."""
+    public: ClassVar[bool] = True
+    """Whether the session's :meth:`events` queue carries it (per-piece noise does not)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``{"type": kind, <fields>}`` (tuples as lists)."""
+        data: dict[str, Any] = {"type": self.kind}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        return data
 
 
 @dataclass(frozen=True)
-class MetadataReceived:
+class MetadataReceived(_Event):
     """The torrent's metadata is known (from a peer for a magnet link)."""
 
+    kind: ClassVar[str] = "metadata"
+    public: ClassVar[bool] = False
     infohash: str
     name: str
     num_files: int
@@ -26,9 +52,10 @@ class MetadataReceived:
 
 
 @dataclass(frozen=True)
-class PeerPunched:
+class PeerPunched(_Event):
     """A peer of the signaling room is connected through a punched path."""
 
+    kind: ClassVar[str] = "punched"
     infohash: str
     peer_id: str
     method: str
@@ -37,39 +64,90 @@ class PeerPunched:
 
 
 @dataclass(frozen=True)
-class PunchFailed:
+class PunchAttemptFailed(_Event):
+    """One attempt of one method failed (more may follow; :class:`PunchFailed` ends)."""
+
+    kind: ClassVar[str] = "punch-attempt-failed"
+    public: ClassVar[bool] = False
+    infohash: str
+    peer_id: str
+    method: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PunchFailed(_Event):
     """Every punch method for a peer failed (``reason`` says the last one's cause)."""
 
+    kind: ClassVar[str] = "punch-failed"
     infohash: str
     peer_id: str
     reason: str
 
 
 @dataclass(frozen=True)
-class PieceFinished:
+class ConnectionLost(_Event):
+    """A punched connection was lost; the engine punches again (bounded)."""
+
+    kind: ClassVar[str] = "connection-lost"
+    infohash: str
+    peer_id: str
+    method: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerLeft(_Event):
+    """A peer left the torrent's signaling room."""
+
+    kind: ClassVar[str] = "peer-left"
+    infohash: str
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class PieceFinished(_Event):
     """A piece was downloaded and passed its hash check."""
 
+    kind: ClassVar[str] = "piece-finished"
+    public: ClassVar[bool] = False
     infohash: str
     piece: int
 
 
 @dataclass(frozen=True)
-class Finished:
+class Finished(_Event):
     """Every wanted piece is downloaded."""
 
+    kind: ClassVar[str] = "finished"
     infohash: str
 
 
 @dataclass(frozen=True)
-class TorrentError:
+class TorrentError(_Event):
     """libtorrent stopped the torrent on an error (disk full, file error, ...)."""
 
+    kind: ClassVar[str] = "error"
     infohash: str
     message: str
 
 
-TorrentEvent: TypeAlias = (MetadataReceived | PeerPunched | PunchFailed | PieceFinished
-                           | Finished | TorrentError)
+@dataclass(frozen=True)
+class PortMapping(_Event):
+    """libtorrent's UPnP / NAT-PMP result for one mapping (``error`` when it failed)."""
+
+    kind: ClassVar[str] = "port-mapping"
+    transport: str
+    protocol: str | None
+    external_port: int | None
+    error: str | None
+
+
+TorrentEvent: TypeAlias = (MetadataReceived | PeerPunched | PunchAttemptFailed | PunchFailed
+                           | ConnectionLost | PeerLeft | PieceFinished | Finished
+                           | TorrentError)
+Event: TypeAlias = TorrentEvent | PortMapping
 
 _END = object()
 

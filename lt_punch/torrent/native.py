@@ -5,26 +5,24 @@
 * A DHT reply carries the BEP 42 ``ip`` key, our endpoint as the responder saw it:
   the public mapping of libtorrent's UDP socket. The signaling server runs a small
   DHT reflector for exactly this.
-* ``connect_peer(ep)`` only queues the peer; libtorrent dials on the torrent's
-  once-a-second tick. A graceful pause + resume makes it dial at once (measured
-  0.001 s) but sends ``stopped``/``started`` to the torrent's trackers, so the kick
-  is rate-limited for torrents that have trackers (``KICK_MIN_INTERVAL``).
+* Dialing (``connect_peer`` and the immediate-dial kick) is in
+  :mod:`lt_punch.punch.lt_dialer`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-import time
 from typing import Any
 
 import libtorrent as lt
 
 from ..types import Address
+from .events import PortMapping
+
+logger = logging.getLogger(__name__)
 
 _DHT_PKT_RE = re.compile(r"^(==>|<==) \[([0-9.]+):(\d+)\]")
-
-KICK_MIN_INTERVAL = 30.0
-"""Seconds between two kicks of a torrent that has trackers."""
 
 # peer_info.source flags (libtorrent peer_info::peer_source_flags)
 SOURCE_NAMES = {
@@ -61,42 +59,6 @@ def open_udp(session: lt.session, endpoint: Address) -> None:
     session.add_dht_node(endpoint)
 
 
-class Injector:
-    """``connect_peer`` with an optional immediate dial (rate-limited kick)."""
-
-    def __init__(self, *, kick: bool = True, clock: Any = time.monotonic) -> None:
-        self.kick = kick
-        self._clock = clock
-        self._last_kick: dict[str, float] = {}
-
-    def inject(self, handle: lt.torrent_handle, endpoint: Address, *, utp: bool) -> bool:
-        """Add ``endpoint`` as a peer; returns True when the dial was made immediate."""
-        flags = 0x4 if utp else 0  # pex_flags: utp
-        handle.connect_peer(endpoint, 0, flags)
-        return self._maybe_kick(handle)
-
-    def _maybe_kick(self, handle: lt.torrent_handle) -> bool:
-        if not self.kick:
-            return False
-        if handle.flags() & lt.torrent_flags.paused:
-            return False  # the user paused it: never resume behind their back
-        if handle.status().num_peers:
-            # Pausing would drop the connected peers, and a graceful pause that is still
-            # draining their requests completes *after* the resume: the torrent stays
-            # paused. The dial waits for libtorrent's tick (~0.5 s) instead.
-            return False
-        key = str(handle.info_hashes().get_best())
-        now = self._clock()
-        if handle.trackers():
-            last = self._last_kick.get(key)
-            if last is not None and now - last < KICK_MIN_INTERVAL:
-                return False
-        self._last_kick[key] = now
-        handle.pause(lt.torrent_handle.graceful_pause)
-        handle.resume()
-        return True
-
-
 def socket_type_name(alert: Any) -> str:
     """'tcp' / 'utp' / 'rtc' from a connect alert's message (the binding has no flag)."""
     text = alert.message()
@@ -117,3 +79,19 @@ def portmap_protocol_name(value: Any) -> str:
     """``tcp`` / ``udp`` for a port mapping alert's ``map_protocol``."""
     return {int(lt.portmap_protocol.tcp): "tcp",
             int(lt.portmap_protocol.udp): "udp"}.get(int(value), str(value))
+
+
+def port_mapping(alert: Any) -> tuple[tuple[str, str], PortMapping]:
+    """A port mapping alert (success or error) as (key, event); the key is
+    (transport, protocol), or (transport, "mapping-N") for an error, which does not
+    say which protocol it was about."""
+    transport = portmap_transport_name(alert.map_transport)
+    if isinstance(alert, lt.portmap_alert):
+        protocol = portmap_protocol_name(alert.map_protocol)
+        logger.info("port mapping: %s %s external port %d", transport, protocol,
+                    alert.external_port)
+        return (transport, protocol), PortMapping(transport, protocol,
+                                                  int(alert.external_port), None)
+    logger.info("port mapping via %s failed: %s", transport, alert.error.message())
+    return ((transport, f"mapping-{int(alert.mapping)}"),
+            PortMapping(transport, None, None, alert.error.message()))

@@ -11,7 +11,7 @@ import pytest
 from lt_punch.config import Config
 from lt_punch.errors import ConfigError
 from lt_punch.signaling.server import SignalingServer
-from lt_punch.torrent import session as session_module
+from lt_punch.torrent import settings as settings_module
 from lt_punch.torrent.events import PieceFinished
 from lt_punch.torrent.maketorrent import make_torrent, sha256_file, write_random_file
 from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
@@ -125,8 +125,8 @@ async def test_an_outgoing_port_taken_meanwhile_is_replaced(server, tmp_path, mo
     holder.bind(("127.0.0.1", 0))
     taken = holder.getsockname()[1]
     picks = iter([taken])
-    real = session_module._free_tcp_port
-    monkeypatch.setattr(session_module, "_free_tcp_port", lambda host: next(picks, 0) or real(host))
+    real = settings_module.free_tcp_port
+    monkeypatch.setattr(settings_module, "free_tcp_port", lambda host: next(picks, 0) or real(host))
     try:
         async with EnhancedTorrentSession(config_for(server), lt_settings=SETTINGS,
                                           save_path=tmp_path) as s:

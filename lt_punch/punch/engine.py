@@ -1,0 +1,478 @@
+"""The punch engine: initiator, responder, retries, re-punch and keep-alive.
+
+Theory of operation
+-------------------
+The engine meets peers through the signaling room of each torrent
+(:meth:`PunchEngine.peer_joined`), decides roles and methods with the pure rules of
+:mod:`lt_punch.punch.plan`, and talks to the two worlds it sits between through two
+small protocols, so that it can be driven in tests by fakes and a virtual clock:
+
+* a :class:`Relay` carries punch messages to a peer (the signaling client);
+* a :class:`Dialer` acts on libtorrent: it opens our NAT towards an endpoint with a
+  packet from libtorrent's own socket, injects an endpoint (``connect_peer``) and
+  watches for the connection (:mod:`lt_punch.punch.lt_dialer`).
+
+The initiator sends ``punch-offer`` for a method, the responder prepares (opens its
+NAT for uTP; sends its own SYN for TCP simultaneous open) and answers; the initiator
+then dials. Attempts follow :func:`~lt_punch.punch.plan.retry_delay`. A punched TCP
+connection that is lost is punched again: libtorrent redials it by itself, but a
+plain SYN is dropped at the peer's NAT; the initiator starts at once, a responder
+after :data:`REPUNCH_RESPONDER_DELAY` if the initiator did not (the loss may have been
+seen on our side only), at most :data:`MAX_REPUNCHES` times.
+
+Every change of a punch's state goes through :meth:`PunchRecord.transition
+<lt_punch.punch.record.PunchRecord.transition>`, whose event this engine publishes:
+one :class:`~lt_punch.torrent.events.PunchFailed` per punch that fails, whatever the
+path. One punch per peer at a time: a second ``peer_joined`` while one runs is
+refused, as go-libp2p's holepunch refuses a second concurrent punch to one peer.
+
+A new method (port prediction, a relay) is a new :class:`Dialer` step and a new name
+in :data:`~lt_punch.punch.plan.METHODS`, not a new branch here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol
+
+from ..config import Config
+from ..errors import SignalingError
+from ..torrent.events import Event, PeerLeft
+from ..types import Address
+from . import plan
+from .plan import PeerProfile, PunchMessage
+from .record import PunchRecord, PunchState
+from .strategy import recommend_strategy
+
+logger = logging.getLogger(__name__)
+
+MAX_REPUNCHES = 5
+"""Punches again to one peer after its punched TCP connection was lost."""
+
+REPUNCH_RESPONDER_DELAY = 3.0
+"""Seconds a responder waits for the initiator to punch again before it does."""
+
+OFFER_OVERTAKE_WAIT = 1.0
+"""Seconds a responder waits for a room member whose offer came before its join."""
+
+S = PunchState
+
+
+class DialFailed(Exception):
+    """libtorrent gave up on a connection (the reason is libtorrent's message)."""
+
+
+class Relay(Protocol):
+    """Carries punch messages to a peer (the signaling client)."""
+
+    async def relay(self, to: str, room: str, data: dict[str, Any]) -> None:
+        """Send ``data`` to peer ``to`` in ``room``; SignalingError when it cannot."""
+
+
+class Watch(Protocol):
+    """One expected connection."""
+
+    immediate: bool
+    """Whether the dial was made at once (not on libtorrent's next tick)."""
+
+    async def wait(self) -> Address:
+        """The endpoint connected (the peer's port may differ from the one expected).
+
+        Raises:
+            DialFailed: libtorrent gave up on it.
+        """
+
+    def cancel(self) -> None:
+        """Stop watching."""
+
+
+class Dialer(Protocol):
+    """What the engine needs of libtorrent."""
+
+    async def ready(self, infohash: str) -> None:
+        """Return when the torrent accepts peers (not while it is checking)."""
+
+    def open_nat(self, endpoint: Address) -> None:
+        """Send one packet from libtorrent's UDP socket to ``endpoint``."""
+
+    def expect(self, infohash: str, endpoint: Address, *, any_port: bool) -> Watch:
+        """Watch for an incoming connection from ``endpoint`` (any port: its address)."""
+
+    async def dial(self, infohash: str, method: str, endpoint: Address) -> Watch:
+        """Inject ``endpoint`` for ``method`` and return at once (our SYN may still be
+        on its way: :meth:`Watch.wait` covers it)."""
+
+
+def endpoint_for(method: str, peer: PeerProfile) -> Address | None:
+    """Where to send packets of ``method`` to ``peer``.
+
+    uTP goes to libtorrent's UDP listen mapping. TCP goes to the mapping of the
+    peer's outgoing port (simultaneous open) unless the peer is directly
+    reachable, whose TCP listen port has the number of its UDP one.
+    """
+    if method == "utp":
+        return peer.udp
+    if peer.nat == "open" and peer.udp is not None:
+        return peer.udp
+    return peer.tcp
+
+
+class PunchEngine:
+    """Punches to the lt_punch peers of each torrent's room.
+
+    Args:
+        config: ``methods``, ``punch_attempts``, ``connection_timeout``,
+            ``keep_alive_interval``, ``hole_punching_enabled`` are used.
+        me: our current profile (public endpoints, NAT), asked at each punch.
+        relay: the signaling link; None until connected (offers then fail).
+        dialer: the libtorrent side.
+        emit: called with every event (on the loop, synchronously).
+        changed: called with the infohash whenever a punch record of that torrent is
+            added or changes state.
+    """
+
+    def __init__(self, config: Config, me: Callable[[], PeerProfile], relay: Relay | None,
+                 dialer: Dialer, emit: Callable[[Event], None],
+                 changed: Callable[[str], None] = lambda infohash: None) -> None:
+        self.config = config
+        self.relay = relay
+        self._me = me
+        self._dialer = dialer
+        self._emit = emit
+        self._changed_hook = changed
+        self.records: dict[str, dict[str, PunchRecord]] = {}
+        """Punch records by infohash, then peer id (dicts shared with the torrents)."""
+        self._profiles: dict[str, PeerProfile] = {}
+        self._tasks: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        """Running work by (infohash, peer id, "punch" | "respond"): at most one punch
+        (ours: initiate or re-punch) and one answer (to the peer's latest offer)."""
+        self._answers: dict[str, asyncio.Future[PunchMessage]] = {}
+        self._changed = asyncio.Event()
+
+    # -- what the session tells us ---------------------------------------------------
+
+    def track(self, infohash: str, records: dict[str, PunchRecord]) -> None:
+        """Start keeping the punch records of a torrent in ``records``."""
+        self.records[infohash] = records
+
+    def forget(self, infohash: str) -> None:
+        """The torrent was removed: stop its punches."""
+        self.records.pop(infohash, None)
+        for key in [k for k in self._tasks if k[0] == infohash]:
+            self._tasks.pop(key).cancel()
+
+    def peer_joined(self, infohash: str, peer: PeerProfile) -> bool:
+        """A room member: punch to it (as initiator) or wait for its offer.
+
+        Returns False when nothing new starts: a punch to that peer is under way, or
+        the same peer (same profile) is seen again after a reconnection while it is
+        connected or punching.
+        """
+        records = self.records.get(infohash)
+        if records is None or not peer.is_lt_punch() or not self.config.hole_punching_enabled:
+            return False
+        key = (infohash, peer.peer_id, "punch")
+        task = self._tasks.get(key)
+        if task is not None and not task.done():
+            logger.debug("punch to %s already under way: not starting another", peer.peer_id)
+            return False
+        old = records.get(peer.peer_id)
+        if (old is not None and old.state in (S.CONNECTED, S.PUNCHING)
+                and self._profiles.get(peer.peer_id) == peer):
+            return False
+        self._profiles[peer.peer_id] = peer
+        me = self._me()
+        role = "initiator" if plan.is_initiator(me, peer) else "responder"
+        rec = PunchRecord(infohash, peer.peer_id, role, self._now(), peer_nat=peer.nat)
+        rec.strategy = recommend_strategy(me.nat_summary or me.nat,
+                                          peer.nat_summary or peer.nat)
+        records[peer.peer_id] = rec
+        self._touch(infohash)
+        if role == "initiator":
+            self._start(key, self._initiate(rec, me, peer), f"punch-{peer.peer_id}")
+        return True
+
+    def peer_left(self, infohash: str, peer_id: str) -> None:
+        """A member left the room: its punch stops (a connection already made stays)."""
+        if infohash not in self.records:
+            return
+        for part in ("punch", "respond"):
+            task = self._tasks.pop((infohash, peer_id, part), None)
+            if task is not None:
+                task.cancel()
+        rec = self.records[infohash].get(peer_id)
+        if rec is not None and rec.state in (S.PENDING, S.PUNCHING, S.DROPPED):
+            self._move(rec, S.FAILED, reason="peer left the room")
+        self._emit(PeerLeft(infohash, peer_id))
+
+    def receive(self, sender: str, room: str, data: dict[str, Any]) -> None:
+        """A punch message relayed from ``sender``.
+
+        Raises:
+            RemoteProtocolError: ``data`` is not a punch message.
+        """
+        msg = PunchMessage.from_data(data)
+        if msg.kind == plan.OFFER:
+            # The initiator's next attempt supersedes our answer to its last one.
+            key = (msg.infohash, sender, "respond")
+            self._start(key, self._respond(sender, room, msg), f"respond-{sender}")
+            return
+        fut = self._answers.pop(msg.punch_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def connection_lost(self, infohash: str, endpoint: Address, reason: str) -> None:
+        """libtorrent lost the connection to ``endpoint``: a punched TCP path is
+        punched again (uTP survives: our keep-alives hold the NAT mappings open and
+        libtorrent redials)."""
+        rec = next((r for r in self.records.get(infohash, {}).values()
+                    if r.state == S.CONNECTED and r.method == "tcp"
+                    and r.endpoint == endpoint), None)
+        if rec is None:
+            return
+        self._move(rec, S.DROPPED, reason=reason)
+        key = (infohash, rec.peer_id, "punch")
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            self._start(key, self._repunch(rec), f"repunch-{rec.peer_id}")
+
+    async def wait_for(self, predicate: Callable[[], Any]) -> Any:
+        """Wait until ``predicate()`` is truthy (checked at each change); returns it.
+        No timeout of its own: callers bound it."""
+        while True:
+            result = predicate()
+            if result:
+                return result
+            await self._changed.wait()
+
+    async def keepalive(self, extra: Callable[[], Iterable[Address]] = tuple) -> None:
+        """Refresh NAT mappings forever: ``extra()`` endpoints (the reflector) and
+        every punched uTP peer."""
+        while True:
+            await asyncio.sleep(self.config.keep_alive_interval)
+            targets = list(extra())
+            targets += [r.endpoint for records in self.records.values()
+                        for r in records.values()
+                        if r.state == S.CONNECTED and r.method == "utp" and r.endpoint]
+            for endpoint in targets:
+                self._dialer.open_nat(endpoint)
+
+    async def close(self) -> None:
+        """Cancel every punch and wait for them."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        for fut in self._answers.values():
+            fut.cancel()
+        self._answers.clear()
+
+    # -- state --------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _touch(self, infohash: str) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self._changed_hook(infohash)
+
+    def _move(self, rec: PunchRecord, state: PunchState, **how: Any) -> None:
+        """The one place a punch changes state: move, publish, wake the waiters."""
+        event = rec.transition(state, now=self._now(), **how)
+        if event is not None:
+            self._emit(event)
+        self._touch(rec.infohash)
+
+    def _fail(self, rec: PunchRecord, method: str, attempt: int, reason: str) -> None:
+        self._emit(rec.fail(method, attempt, reason))
+
+    def _start(self, key: tuple[str, str, str], coro: Coroutine[Any, Any, None],
+               name: str) -> None:
+        old = self._tasks.pop(key, None)
+        if old is not None:
+            old.cancel()
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks[key] = task
+        task.add_done_callback(lambda t: self._tasks.pop(key, None)
+                               if self._tasks.get(key) is t else None)
+
+    async def _until_ready(self, infohash: str) -> bool:
+        try:
+            async with asyncio.timeout(self.config.connection_timeout):
+                await self._dialer.ready(infohash)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- initiator ----------------------------------------------------------------------
+
+    async def _initiate(self, rec: PunchRecord, me: PeerProfile, peer: PeerProfile) -> None:
+        methods = plan.plan_methods(me, peer, self.config.methods)
+        if not methods:
+            reason = "no punch method fits this pair of NATs"
+            self._fail(rec, "none", 0, reason)
+            self._move(rec, S.FAILED, reason=reason)
+            return
+        self._move(rec, S.PUNCHING)
+        if not await self._until_ready(rec.infohash):
+            reason = "torrent not ready for peers (still checking?)"
+            self._fail(rec, methods[0], 0, reason)
+            self._move(rec, S.FAILED, reason=reason)
+            return
+        for attempt in range(1, self.config.punch_attempts + 1):
+            delay = plan.retry_delay(attempt)
+            if delay:
+                await asyncio.sleep(delay)
+            for method in methods:
+                why = await self._attempt(rec, peer, method, attempt)
+                if why is None:
+                    return
+                self._fail(rec, method, attempt, why)
+        self._move(rec, S.FAILED, reason=rec.last_reason or "no attempt")
+
+    async def _attempt(self, rec: PunchRecord, peer: PeerProfile, method: str,
+                       attempt: int) -> str | None:
+        """One offer and, when answered, one dial: None when connected, else why not."""
+        rec.attempts += 1
+        endpoint = endpoint_for(method, peer)
+        assert endpoint is not None  # plan.usable() checked it
+        offer = PunchMessage(plan.OFFER, rec.infohash, method, attempt,
+                             f"{self._me().peer_id}:{secrets.token_hex(4)}")
+        fut: asyncio.Future[PunchMessage] = asyncio.get_running_loop().create_future()
+        self._answers[offer.punch_id] = fut
+        try:
+            if self.relay is None:
+                raise SignalingError("not connected")
+            await self.relay.relay(peer.peer_id, rec.infohash, offer.to_data())
+            async with asyncio.timeout(min(5.0, self.config.connection_timeout)):
+                answer = await fut
+        except TimeoutError:
+            return "no punch-answer from peer"
+        except SignalingError as exc:
+            return f"signaling: {exc}"
+        finally:
+            self._answers.pop(offer.punch_id, None)
+            fut.cancel()
+        if answer.kind != plan.ANSWER:
+            return f"peer refused: {answer.reason}"
+        watch = await self._dialer.dial(rec.infohash, method, endpoint)
+        rec.immediate = watch.immediate
+        return await self._connected(rec, method, watch)
+
+    async def _connected(self, rec: PunchRecord, method: str, watch: Watch) -> str | None:
+        timeout = self.config.connection_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                endpoint = await watch.wait()
+        except TimeoutError:
+            return f"no connection within {timeout:g} s"
+        except DialFailed as exc:
+            return f"libtorrent: {exc}"
+        finally:
+            watch.cancel()
+        self._move(rec, S.CONNECTED, method=method, endpoint=endpoint)
+        return None
+
+    # -- responder ----------------------------------------------------------------------
+
+    async def _respond(self, peer_id: str, room: str, offer: PunchMessage) -> None:
+        records = self.records.get(offer.infohash)
+        rec = records.get(peer_id) if records is not None else None
+        if rec is None and records is not None:
+            # The offer can overtake our own processing of the room's member list.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(OFFER_OVERTAKE_WAIT):
+                    rec = await self.wait_for(lambda: records.get(peer_id))
+        peer = self._profiles.get(peer_id)
+        refusal = None
+        if records is None or offer.infohash != room:
+            refusal = "no such torrent here"
+        elif offer.method not in self.config.methods or not self.config.hole_punching_enabled:
+            refusal = f"method {offer.method} disabled"
+        elif rec is None or peer is None:
+            refusal = "unknown peer"
+        elif not await self._until_ready(offer.infohash):
+            refusal = "torrent not ready for peers"
+        elif endpoint_for(offer.method, peer) is None:
+            refusal = "no endpoint for method"
+            self._fail(rec, offer.method, offer.attempt, refusal)
+            self._move(rec, S.FAILED, reason=refusal)
+        if refusal is not None or rec is None or peer is None:
+            await self._reply(peer_id, room, offer.reply(plan.FAILED, refusal))
+            return
+        endpoint = endpoint_for(offer.method, peer)
+        assert endpoint is not None
+        self._move(rec, S.PUNCHING)
+        rec.attempts += 1
+        reason = await self._prepare_and_answer(rec, peer, offer, endpoint)
+        if reason is not None:
+            self._fail(rec, offer.method, offer.attempt, reason)
+            if rec.state != S.CONNECTED:
+                self._move(rec, S.FAILED, reason=reason)
+
+    async def _prepare_and_answer(self, rec: PunchRecord, peer: PeerProfile,
+                                  offer: PunchMessage, endpoint: Address) -> str | None:
+        answer = offer.reply(plan.ANSWER)
+        if offer.method == "utp" or self._me().nat == "open":
+            if offer.method == "utp":
+                # Open our NAT towards the initiator from libtorrent's UDP socket,
+                # then answer: its uTP SYN will find the hole open.
+                self._dialer.open_nat(endpoint)
+                source = endpoint
+            else:
+                # We are directly reachable: the initiator dials our listen port
+                # from its outgoing port; nothing to open here.
+                source = peer.tcp or endpoint
+            watch = self._dialer.expect(rec.infohash, source,
+                                        any_port=peer.nat == "symmetric")
+            try:
+                assert self.relay is not None
+                await self.relay.relay(peer.peer_id, offer.infohash, answer.to_data())
+            except SignalingError as exc:
+                watch.cancel()
+                return f"signaling: {exc}"
+            return await self._connected(rec, offer.method, watch)
+        # TCP simultaneous open: our SYN first (it opens our NAT), then the answer.
+        watch = await self._dialer.dial(rec.infohash, "tcp", endpoint)
+        rec.immediate = watch.immediate
+        if not await self._reply(peer.peer_id, offer.infohash, answer):
+            # The peer never hears of this attempt; let our SYN run its course.
+            logger.info("punch answer to %s not sent", peer.peer_id)
+        return await self._connected(rec, "tcp", watch)
+
+    async def _reply(self, peer_id: str, room: str, msg: PunchMessage) -> bool:
+        if self.relay is None:
+            return False
+        try:
+            await self.relay.relay(peer_id, room, msg.to_data())
+        except SignalingError as exc:
+            logger.info("cannot send %s to %s: %s", msg.kind, peer_id, exc)
+            return False
+        return True
+
+    # -- re-punch ---------------------------------------------------------------------
+
+    async def _repunch(self, rec: PunchRecord) -> None:
+        if rec.role != "initiator":
+            # The initiator punches again if it saw the loss too; if it did not (the
+            # connection died on our side only), we do, as initiator of this punch.
+            await asyncio.sleep(REPUNCH_RESPONDER_DELAY)
+            if rec.state != S.DROPPED:
+                return
+        peer = self._profiles.get(rec.peer_id)
+        if peer is None:
+            self._move(rec, S.FAILED, reason="connection lost; the peer is gone")
+            return
+        if rec.repunches >= MAX_REPUNCHES:
+            self._move(rec, S.FAILED, reason=f"connection lost again after "
+                                             f"{MAX_REPUNCHES} re-punches: giving up")
+            return
+        rec.repunches += 1
+        await self._initiate(rec, self._me(), peer)
+

@@ -1,0 +1,245 @@
+"""The libtorrent side of the punch engine (:class:`~lt_punch.punch.engine.Dialer`).
+
+* ``open_nat``: one DHT query from libtorrent's own UDP socket (``add_dht_node``),
+  which opens our NAT towards an endpoint for the socket uTP uses.
+* ``dial``: ``connect_peer`` plus an immediate dial (:class:`Injector`). A TCP dial
+  turns libtorrent's outgoing uTP off until the dial has started: ``connect_peer``
+  would try uTP first (libtorrent assumes every peer supports it), and the
+  simultaneous open must be TCP. TCP dials are serialised for that reason.
+* ``expect`` / the returned watches: libtorrent's alerts about one endpoint until the
+  connection is made or given up (:class:`ConnectionWatch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import libtorrent as lt
+
+from ..torrent import native
+from ..types import Address
+from .engine import DialFailed
+
+if TYPE_CHECKING:
+    from ..torrent.alerts import AlertPump
+    from ..torrent.handle import Torrent
+
+KICK_MIN_INTERVAL = 30.0
+"""Seconds between two kicks of a torrent that has trackers."""
+
+DIAL_START_WAIT = 1.5
+"""Seconds a TCP dial keeps outgoing uTP off while waiting for libtorrent to dial."""
+
+# A failure in one of these operations is about the dial itself.
+_CONNECT_OPS = {
+    lt.operation_t.connect,
+    lt.operation_t.sock_open,
+    lt.operation_t.sock_bind,
+    lt.operation_t.getpeername,
+}
+
+# Disconnect reasons that only come after a complete handshake: the torrent is done on
+# one side (libtorrent's errors::torrent_finished / errors::upload_upload_connection).
+DONE_MESSAGES = frozenset({"torrent finished", "upload to upload connection"})
+
+
+def alert_endpoint(alert: Any) -> Address | None:
+    ep = getattr(alert, "endpoint", None)
+    if ep is None:
+        return None
+    return str(ep[0]), int(ep[1])
+
+
+class Injector:
+    """``connect_peer`` with an immediate dial (rate-limited kick).
+
+    ``connect_peer`` only queues the peer; libtorrent dials on the torrent's
+    once-a-second tick. A graceful pause + resume makes it dial at once (measured
+    0.001 s) but sends ``stopped``/``started`` to the torrent's trackers, so the kick
+    is rate-limited for torrents that have trackers (:data:`KICK_MIN_INTERVAL`).
+    """
+
+    def __init__(self) -> None:
+        self._last_kick: dict[str, float] = {}
+
+    def inject(self, handle: lt.torrent_handle, endpoint: Address, *, utp: bool,
+               now: float) -> bool:
+        """Add ``endpoint`` as a peer; returns True when the dial was made immediate."""
+        flags = 0x4 if utp else 0  # pex_flags: utp
+        handle.connect_peer(endpoint, 0, flags)
+        return self._maybe_kick(handle, now)
+
+    def _maybe_kick(self, handle: lt.torrent_handle, now: float) -> bool:
+        if handle.flags() & lt.torrent_flags.paused:
+            return False  # the user paused it: never resume behind their back
+        if handle.status().num_peers:
+            # Pausing would drop the connected peers, and a graceful pause that is still
+            # draining their requests completes *after* the resume: the torrent stays
+            # paused. The dial waits for libtorrent's tick (~0.5 s) instead.
+            return False
+        key = str(handle.info_hashes().get_best())
+        if handle.trackers():
+            last = self._last_kick.get(key)
+            if last is not None and now - last < KICK_MIN_INTERVAL:
+                return False
+        self._last_kick[key] = now
+        handle.pause(lt.torrent_handle.graceful_pause)
+        handle.resume()
+        return True
+
+
+class ConnectionWatch:
+    """One expected connection, fed by alerts (all seen, even in one batch).
+
+    libtorrent posts ``peer_connect_alert`` when it *starts* dialing and no alert
+    when the handshake completes, so "connected" is: an incoming connection from
+    the endpoint, the peer listed without the connecting/handshake flags, or a
+    disconnect that happened after the connect phase (the data may be done).
+    """
+
+    def __init__(self, handle: lt.torrent_handle, endpoint: Address, *, incoming: bool,
+                 any_port: bool = False) -> None:
+        self.handle = handle
+        self.endpoint = endpoint
+        self.incoming = incoming
+        # An initiator behind an endpoint-dependent (symmetric) NAT reaches us
+        # from a port we could not know in advance: match its address only.
+        self.any_port = any_port
+        self.seen: Address = endpoint
+        self.dialed = asyncio.Event()
+        self.socket_type = "?"
+        self.immediate = False
+        self.future: asyncio.Future[Any] | None = None
+
+    def match(self, a: Any) -> Any:
+        ep = alert_endpoint(a)
+        if ep is None:
+            return None
+        if isinstance(a, lt.incoming_connection_alert) and self.incoming:
+            if ep == self.endpoint or (self.any_port and ep[0] == self.endpoint[0]):
+                self.seen = ep
+                return ("connected", native.socket_type_name(a))
+            return None
+        if ep != self.endpoint:
+            return None
+        if isinstance(a, lt.peer_connect_alert):
+            self.socket_type = native.socket_type_name(a)
+            self.dialed.set()
+            return None
+        if isinstance(a, lt.peer_disconnected_alert | lt.peer_error_alert):
+            if not self.incoming and not self.dialed.is_set():
+                # About an earlier attempt's connection to the same endpoint, e.g. the
+                # one our own pause + resume kick aborts ("torrent paused") just
+                # before this attempt dials.
+                return None
+            message = a.error.message()
+            if a.op not in _CONNECT_OPS and message in DONE_MESSAGES:
+                # Connected, transferred everything and closed before we looked.
+                return ("connected", self.socket_type)
+            return ("failed", message)
+        return None
+
+    def _listed(self) -> bool:
+        for p in self.handle.get_peer_info():
+            if (str(p.ip[0]), int(p.ip[1])) == self.endpoint and not (
+                p.flags & (lt.peer_info.connecting | lt.peer_info.handshake)
+            ):
+                return True
+        return False
+
+    async def wait(self) -> Address:
+        assert self.future is not None
+        # No alert marks a completed handshake: while dialing, look at the peer
+        # list every 10 ms (bounded by the caller's timeout).
+        while not self.future.done():
+            if self.dialed.is_set() and self._listed():
+                self.future.cancel()
+                return self.seen
+            await asyncio.wait({self.future}, timeout=0.01)
+        kind, detail = self.future.result()
+        if kind == "failed":
+            raise DialFailed(detail)
+        return self.seen
+
+    def cancel(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+
+class LtDialer:
+    """:class:`~lt_punch.punch.engine.Dialer` on a libtorrent session.
+
+    Args:
+        session: the libtorrent session.
+        pump: its alert pump.
+        torrent: the running torrent of an infohash (KeyError when unknown).
+        utp: whether outgoing uTP is wanted (turned back on after each TCP dial).
+    """
+
+    def __init__(self, session: lt.session, pump: AlertPump,
+                 torrent: Callable[[str], Torrent], *, utp: bool) -> None:
+        self._session = session
+        self._pump = pump
+        self._torrent = torrent
+        self._utp = utp
+        self._injector = Injector()
+        self._tcp_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def ready(self, infohash: str) -> None:
+        await self._torrent(infohash).ready.wait()
+
+    def open_nat(self, endpoint: Address) -> None:
+        native.open_udp(self._session, endpoint)
+
+    def expect(self, infohash: str, endpoint: Address, *, any_port: bool) -> ConnectionWatch:
+        return self._watch(infohash, endpoint, incoming=True, any_port=any_port)
+
+    async def dial(self, infohash: str, method: str, endpoint: Address) -> ConnectionWatch:
+        handle = self._torrent(infohash).handle
+        watch = self._watch(infohash, endpoint, incoming=False)
+        now = asyncio.get_running_loop().time()
+        if method != "tcp":
+            watch.immediate = self._injector.inject(handle, endpoint, utp=True, now=now)
+            return watch
+        await self._tcp_lock.acquire()
+        try:
+            self._session.apply_settings({"enable_outgoing_utp": False})
+            watch.immediate = self._injector.inject(handle, endpoint, utp=False, now=now)
+        except BaseException:
+            self._restore_utp()
+            raise
+        task = asyncio.get_running_loop().create_task(self._after_dial(watch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return watch
+
+    async def _after_dial(self, watch: ConnectionWatch) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DIAL_START_WAIT):
+                    await watch.dialed.wait()
+        finally:
+            self._restore_utp()
+
+    def _restore_utp(self) -> None:
+        try:
+            if self._utp:
+                self._session.apply_settings({"enable_outgoing_utp": True})
+        finally:
+            self._tcp_lock.release()
+
+    def _watch(self, infohash: str, endpoint: Address, *, incoming: bool,
+               any_port: bool = False) -> ConnectionWatch:
+        watch = ConnectionWatch(self._torrent(infohash).handle, endpoint, incoming=incoming,
+                                any_port=any_port)
+        watch.future = self._pump.wait_for(watch.match)
+        return watch
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,175 @@
+"""Our public endpoints and NAT, as the peers of a room must know them.
+
+* TCP: ``GET /whoami`` on the signaling server, sent from libtorrent's outgoing port
+  (every TCP dial leaves from that one port), answers with its public mapping.
+* UDP: a DHT query from libtorrent's own UDP socket to the signaling server's
+  reflector; the reply's BEP 42 ``ip`` key is the public mapping of the socket uTP
+  uses.
+* NAT: STUN discovery when STUN servers are configured, else what the reflector
+  shows (our address seen unchanged: no NAT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+import urllib.parse
+from dataclasses import dataclass
+
+import libtorrent as lt
+
+from ..config import Config
+from ..errors import ConfigError, SignalingError
+from ..nat.discover import discover_nat, route_local_ip
+from ..nat.info import NATInfo
+from ..signaling.client import whoami
+from ..types import Address
+from . import native
+from .alerts import AlertPump
+from . import settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PublicEndpoints:
+    """What discovery learnt (each None when unknown)."""
+
+    udp: Address | None = None
+    tcp: Address | None = None
+    nat: NATInfo | None = None
+    reflector: Address | None = None
+    """The reflector's resolved address (the keep-alives refresh our mapping to it)."""
+
+
+def reflector_of(config: Config) -> Address | None:
+    """The signaling server's DHT reflector (host, port), from its URL."""
+    url = config.signaling_url
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None:
+        return None
+    return parts.hostname, config.signaling_udp_port or parts.port or 80
+
+
+class Discovery:
+    """Learns :class:`PublicEndpoints` for one libtorrent session.
+
+    Args:
+        session, pump: the libtorrent session and its alert pump.
+        config: ``signaling_url``, ``listen_host``, ``stun_servers`` are used.
+        outgoing_port: libtorrent's outgoing TCP port (None: TCP punching off); a new
+            one is chosen when it was taken meanwhile (:attr:`outgoing_port`).
+        alert_mask: the session's alert mask (the reflector query adds dht_log).
+        tls: the client TLS context for a ``wss://`` server.
+    """
+
+    def __init__(self, session: lt.session, pump: AlertPump, config: Config, *,
+                 outgoing_port: int | None, alert_mask: int,
+                 tls: ssl.SSLContext | None) -> None:
+        self._session = session
+        self._pump = pump
+        self._config = config
+        self.outgoing_port = outgoing_port
+        self._alert_mask = alert_mask
+        self._tls = tls
+
+    async def discover(self, known_nat: NATInfo | None) -> PublicEndpoints:
+        """Ask the signaling server (and STUN servers) about us.
+
+        Raises:
+            SignalingError, LtTimeoutError, OSError: the server cannot be reached.
+        """
+        reflector = reflector_of(self._config)
+        assert reflector is not None
+        reflector = (socket.gethostbyname(reflector[0]), reflector[1])
+        found = PublicEndpoints(reflector=reflector, nat=known_nat)
+        # TCP first: an unreachable server fails here at once (connection
+        # refused) instead of after the reflector's retries.
+        observed_tcp = await self._whoami()
+        if self.outgoing_port is not None:
+            found.tcp = observed_tcp
+        found.udp = await self._query_reflector(reflector)
+        if found.nat is None:
+            found.nat = await self._detect_nat(reflector, found.udp)
+        return found
+
+    async def _whoami(self, tries: int = 3) -> Address:
+        """Our TCP endpoint as the signaling server sees it, asked from libtorrent's
+        outgoing port. That port was free when the session picked it, but another
+        socket can take it meanwhile (CI saw EADDRINUSE): then we pick a new one."""
+        url = self._config.signaling_url
+        assert url is not None
+        for attempt in range(1, tries + 1):
+            try:
+                return await whoami(url, local_port=self.outgoing_port,
+                                    local_host=self._config.listen_host, timeout=3.0,
+                                    ssl=self._tls)
+            except SignalingError as exc:
+                cause = exc.__cause__
+                if (self.outgoing_port is None or attempt == tries
+                        or not isinstance(cause, OSError)
+                        or cause.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)):
+                    raise
+                logger.info("outgoing port %d taken (%s): picking another",
+                            self.outgoing_port, cause)
+                self.outgoing_port = settings.free_tcp_port(self._config.listen_host)
+                self._session.apply_settings({"outgoing_port": self.outgoing_port})
+        raise AssertionError("unreachable")
+
+    async def _query_reflector(self, reflector: Address, tries: int = 3) -> Address | None:
+        self._session.apply_settings(
+            {"alert_mask": self._alert_mask | lt.alert_category.dht_log})
+        try:
+            for attempt in range(tries):
+                fut = self._pump.wait_for(lambda a: native.dht_reply_ip(a, reflector))
+                native.open_udp(self._session, reflector)
+                try:
+                    async with asyncio.timeout(1.0 * (attempt + 1)):
+                        ep: Address = await fut
+                        logger.info("public UDP endpoint %s:%d (BEP 42 via %s:%d)",
+                                    *ep, *reflector)
+                        return ep
+                except TimeoutError:
+                    fut.cancel()
+            logger.warning("no DHT reply from reflector %s:%d", *reflector)
+            return None
+        finally:
+            self._session.apply_settings({"alert_mask": self._alert_mask})
+
+    async def _detect_nat(self, reflector: Address, udp: Address | None) -> NATInfo:
+        local_ip = route_local_ip(reflector)
+        if self._config.stun_servers:
+            info = await discover_nat(self._config.stun_servers, local_ip=local_ip)
+            if info.public_endpoint is not None:
+                return info
+            logger.warning("STUN discovery failed (%s); asking the reflector", info.error)
+        # Without STUN: the reflector tells whether our address is public.
+        nat_type = "open" if udp is not None and udp[0] == local_ip else "unknown"
+        return NATInfo(
+            nat_type=nat_type,
+            public_ip=udp[0] if udp else None,
+            public_port=udp[1] if udp else None,
+            local_ip=local_ip,
+            local_port=self._session.listen_port(),
+            stun_server=None,
+            duration=0.0,
+            error=None if udp else "no reply from the reflector",
+            source="signaling",
+        )
+
+
+def tls_context(cafile: str) -> ssl.SSLContext:
+    """A client TLS context that also trusts the CAs in ``cafile`` (PEM).
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"signaling_ca: cannot load {cafile}: {exc}") from None

@@ -1,0 +1,104 @@
+"""libtorrent's settings for an lt_punch session, from a :class:`~lt_punch.config.Config`."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import libtorrent as lt
+
+from ..config import Config
+
+ISOLATED_SETTINGS: dict[str, Any] = {
+    # No public DHT bootstrap, no LSD, no UPnP / NAT-PMP: peers only come from
+    # the signaling room (tests, the demo and the lab use this).
+    "dht_bootstrap_nodes": "",
+    "enable_lsd": False,
+    "enable_upnp": False,
+    "enable_natpmp": False,
+}
+
+MIN_RECONNECT_TIME = 2
+"""Seconds before libtorrent redials a peer it lost (its default is 60)."""
+
+ALERT_MASK = (
+    lt.alert_category.error
+    | lt.alert_category.status
+    | lt.alert_category.peer
+    | lt.alert_category.connect
+    | lt.alert_category.storage
+    | lt.alert_category.dht
+    | lt.alert_category.port_mapping
+    | lt.alert_category.piece_progress
+)
+
+_S = lt.torrent_status.states
+STATE_NAMES: dict[int, str] = {
+    int(_S.queued_for_checking): "queued",
+    int(_S.checking_files): "checking",
+    int(_S.downloading_metadata): "downloading_metadata",
+    int(_S.downloading): "downloading",
+    int(_S.finished): "finished",
+    int(_S.seeding): "seeding",
+    int(_S.allocating): "allocating",
+    int(_S.checking_resume_data): "checking_resume",
+}
+"""Our names of libtorrent's torrent states (as shown in stats and the CLI)."""
+
+READY_STATES = frozenset(int(s) for s in (_S.downloading_metadata, _S.downloading,
+                                          _S.finished, _S.seeding))
+"""States in which a torrent accepts peer connections (not queued or checking)."""
+
+
+def state_name(state: Any) -> str:
+    return STATE_NAMES.get(int(state), str(state))
+
+
+def free_tcp_port(host: str) -> int:
+    """A TCP port free on ``host`` now (another socket may take it later)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) -> dict[str, Any]:
+    """The settings pack (as a dict) for ``config``, ``overrides`` applied last.
+
+    ``outgoing_port``: the one local port every TCP dial leaves from (the one whoami
+    mapped), for TCP simultaneous open; None when TCP punching is off.
+    """
+    settings: dict[str, Any] = {
+        "listen_interfaces": f"{config.listen_host}:{config.listen_port}",
+        "enable_dht": True,
+        "alert_mask": ALERT_MASK,
+        "user_agent": "lt_punch/0.1 libtorrent/" + lt.__version__,
+        # Peers behind one NAT share its public address: libtorrent's default (one
+        # connection per IP) refuses all but the first of them.
+        "allow_multiple_connections_per_ip": True,
+        # libtorrent waits (failures + 1) x min_reconnect_time before it dials a peer
+        # again, 60 s by default, even when connect_peer names it again: one dropped
+        # uTP connection (a starved process, a pause) stalled a stream for a minute.
+        # A punched peer is rare and known good; redial it within seconds.
+        "min_reconnect_time": MIN_RECONNECT_TIME,
+    }
+    if outgoing_port is not None:
+        settings["outgoing_port"] = outgoing_port
+        # Every dial from this one port: libtorrent's range is
+        # [outgoing_port, outgoing_port + num_outgoing_ports], both ends in, so 1 would
+        # alternate with the next port and break every other punch.
+        settings["num_outgoing_ports"] = 0
+        # TCP simultaneous open makes both ends "outgoing": MSE/PE cannot work (both
+        # send the initiator's half), so outgoing handshakes are plaintext; incoming
+        # ones still accept encryption.
+        settings["out_enc_policy"] = int(lt.enc_policy.pe_disabled)
+        settings["in_enc_policy"] = int(lt.enc_policy.pe_enabled)
+    if config.isolated:
+        settings.update(ISOLATED_SETTINGS)
+    settings.update(overrides)
+    return settings
+
+
+def wants_outgoing_port(config: Config) -> bool:
+    """Whether the session dials TCP from one fixed port (TCP punching is on)."""
+    return "tcp" in config.methods and config.hole_punching_enabled
