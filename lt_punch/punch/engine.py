@@ -45,7 +45,7 @@ from ..torrent.events import Event, PeerLeft
 from ..types import Address
 from . import plan
 from .plan import PeerProfile, PunchMessage
-from .record import PunchRecord, PunchState
+from .record import PunchRecord, PunchState, TransitionError
 from .strategy import recommend_strategy
 
 logger = logging.getLogger(__name__)
@@ -284,10 +284,19 @@ class PunchEngine:
 
     def _move(self, rec: PunchRecord, state: PunchState, **how: Any) -> None:
         """The one place a punch changes state: move, publish, wake the waiters."""
-        event = rec.transition(state, now=self._now(), **how)
+        try:
+            event = rec.transition(state, now=self._now(), **how)
+        except TransitionError:
+            logger.exception("punch state machine")  # a bug: say so, keep punching
+            return
         if event is not None:
             self._emit(event)
         self._touch(rec.infohash)
+
+    def _give_up(self, rec: PunchRecord, reason: str) -> None:
+        """FAILED, unless another path (an answer to the peer's own offer) connected."""
+        if rec.state != S.CONNECTED:
+            self._move(rec, S.FAILED, reason=reason)
 
     def _fail(self, rec: PunchRecord, method: str, attempt: int, reason: str) -> None:
         self._emit(rec.fail(method, attempt, reason))
@@ -323,7 +332,7 @@ class PunchEngine:
         if not await self._until_ready(rec.infohash):
             reason = "torrent not ready for peers (still checking?)"
             self._fail(rec, methods[0], 0, reason)
-            self._move(rec, S.FAILED, reason=reason)
+            self._give_up(rec, reason)
             return
         for attempt in range(1, self.config.punch_attempts + 1):
             delay = plan.retry_delay(attempt)
@@ -334,7 +343,7 @@ class PunchEngine:
                 if why is None:
                     return
                 self._fail(rec, method, attempt, why)
-        self._move(rec, S.FAILED, reason=rec.last_reason or "no attempt")
+        self._give_up(rec, rec.last_reason or "no attempt")
 
     async def _attempt(self, rec: PunchRecord, peer: PeerProfile, method: str,
                        attempt: int) -> str | None:
@@ -376,7 +385,8 @@ class PunchEngine:
             return f"libtorrent: {exc}"
         finally:
             watch.cancel()
-        self._move(rec, S.CONNECTED, method=method, endpoint=endpoint)
+        if rec.state != S.CONNECTED:  # else another path connected first
+            self._move(rec, S.CONNECTED, method=method, endpoint=endpoint)
         return None
 
     # -- responder ----------------------------------------------------------------------
@@ -413,8 +423,7 @@ class PunchEngine:
         reason = await self._prepare_and_answer(rec, peer, offer, endpoint)
         if reason is not None:
             self._fail(rec, offer.method, offer.attempt, reason)
-            if rec.state != S.CONNECTED:
-                self._move(rec, S.FAILED, reason=reason)
+            self._give_up(rec, reason)
 
     async def _prepare_and_answer(self, rec: PunchRecord, peer: PeerProfile,
                                   offer: PunchMessage, endpoint: Address) -> str | None:

@@ -75,10 +75,6 @@ class AlertPump:
         self._waiters.append((predicate, fut))
         return fut
 
-    def poll(self) -> None:
-        """Pop and dispatch alerts now (used after actions that post alerts)."""
-        self._on_readable()
-
     def _on_readable(self) -> None:
         if self._rsock is not None:
             with contextlib.suppress(BlockingIOError, InterruptedError):

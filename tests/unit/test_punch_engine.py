@@ -1,0 +1,537 @@
+"""PunchEngine driven by a fake relay, fake dialers and a virtual clock.
+
+No libtorrent, no sockets: two engines exchange punch messages through
+:class:`FakeNetwork`; :class:`FakeDialer` decides what libtorrent would do with each
+dial; the event loop's clock is virtual (:class:`VirtualTimeLoop`: time jumps to the
+next timer whenever nothing is ready), so retry schedules and timeouts of many seconds
+run in microseconds and their times can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import selectors
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from lt_punch.config import Config
+from lt_punch.errors import SignalingError
+from lt_punch.punch import engine as engine_module
+from lt_punch.punch import plan
+from lt_punch.punch.engine import (
+    MAX_REPUNCHES,
+    REPUNCH_RESPONDER_DELAY,
+    DialFailed,
+    PunchEngine,
+)
+from lt_punch.punch.plan import NAT_RANK, PeerProfile
+from lt_punch.punch.record import PunchState, TransitionError
+from lt_punch.torrent.events import (
+    ConnectionLost,
+    Event,
+    PeerLeft,
+    PeerPunched,
+    PunchAttemptFailed,
+    PunchFailed,
+)
+from lt_punch.types import Address
+
+IH = "ab" * 20
+CONFIG = Config(signaling_enabled=False, connection_timeout=10.0, punch_attempts=3)
+
+
+# --- a virtual clock ------------------------------------------------------------------
+
+
+class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """Never blocks: where the loop would sleep until its next timer, time jumps there."""
+
+    loop: VirtualTimeLoop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        ready = super().select(0)
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:
+            raise RuntimeError("deadlock: nothing ready and no timer scheduled")
+        self.loop.now += timeout
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        selector = _JumpingSelector()
+        super().__init__(selector)
+        selector.loop = self
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+# --- fakes ----------------------------------------------------------------------------
+
+
+class FakeNetwork:
+    """Relays punch messages between engines (on the next loop turn), or loses them."""
+
+    def __init__(self) -> None:
+        self.engines: dict[str, PunchEngine] = {}
+        self.sent: list[tuple[float, str, str, dict[str, Any]]] = []
+        self.drop: Callable[[str, dict[str, Any]], bool] = lambda to, data: False
+        self.fail: Callable[[str, dict[str, Any]], bool] = lambda to, data: False
+
+    def relay_for(self, me: str) -> Any:
+        network = self
+
+        class _Relay:
+            async def relay(self, to: str, room: str, data: dict[str, Any]) -> None:
+                if network.fail(to, data):
+                    raise SignalingError("server gone")
+                network.sent.append((asyncio.get_running_loop().time(), me, to, data))
+                target = network.engines.get(to)
+                if target is not None and not network.drop(to, data):
+                    asyncio.get_running_loop().call_soon(target.receive, me, room, dict(data))
+
+        return _Relay()
+
+    def offers(self, sender: str | None = None) -> list[tuple[float, str, dict[str, Any]]]:
+        return [(t, frm, d) for t, frm, _, d in self.sent
+                if d["t"] == plan.OFFER and (sender is None or frm == sender)]
+
+
+@dataclass
+class FakeWatch:
+    endpoint: Address
+    outcome: str | Exception
+    immediate: bool = False
+    cancelled: bool = False
+
+    async def wait(self) -> Address:
+        if self.outcome == "hang":
+            await asyncio.Event().wait()
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.endpoint
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class FakeDialer:
+    """``outcome(kind, method, endpoint)``: "connect", "hang" or a DialFailed."""
+
+    outcome: Callable[[str, str, Address], str | Exception] = lambda *a: "connect"
+    is_ready: asyncio.Event | None = None
+    opened: list[Address] = field(default_factory=list)
+    dials: list[tuple[str, Address]] = field(default_factory=list)
+    expected: list[Address] = field(default_factory=list)
+
+    async def ready(self, infohash: str) -> None:
+        if self.is_ready is not None:
+            await self.is_ready.wait()
+
+    def open_nat(self, endpoint: Address) -> None:
+        self.opened.append(endpoint)
+
+    def expect(self, infohash: str, endpoint: Address, *, any_port: bool) -> FakeWatch:
+        self.expected.append(endpoint)
+        return FakeWatch(endpoint, self.outcome("expect", "utp", endpoint))
+
+    async def dial(self, infohash: str, method: str, endpoint: Address) -> FakeWatch:
+        self.dials.append((method, endpoint))
+        return FakeWatch(endpoint, self.outcome("dial", method, endpoint), immediate=True)
+
+
+def profile(peer_id: str, nat: str, n: int) -> PeerProfile:
+    return PeerProfile(peer_id, nat, udp=(f"198.51.100.{n}", 6881), tcp=(f"198.51.100.{n}", 40000))
+
+
+@dataclass
+class Side:
+    me: PeerProfile
+    engine: PunchEngine
+    dialer: FakeDialer
+    events: list[Event]
+
+    def failed(self) -> list[PunchFailed]:
+        return [e for e in self.events if isinstance(e, PunchFailed)]
+
+    def record(self, peer_id: str) -> Any:
+        return self.engine.records[IH][peer_id]
+
+
+def side(network: FakeNetwork, me: PeerProfile, dialer: FakeDialer | None = None,
+         config: Config = CONFIG) -> Side:
+    events: list[Event] = []
+    dialer = dialer or FakeDialer()
+    engine = PunchEngine(config, lambda: me, network.relay_for(me.peer_id), dialer,
+                         events.append)
+    engine.track(IH, {})
+    network.engines[me.peer_id] = engine
+    return Side(me, engine, dialer, events)
+
+
+async def settle(*sides: Side, peer_ids: tuple[str, ...], within: float = 300.0) -> None:
+    """Wait (virtual time) until every record is connected or failed."""
+    async with asyncio.timeout(within):
+        for s, pid in zip(sides, peer_ids, strict=True):
+            await s.engine.wait_for(lambda s=s, pid=pid: s.engine.records[IH].get(pid)
+                                    and s.record(pid).state in (PunchState.CONNECTED,
+                                                                PunchState.FAILED))
+
+
+async def close(*sides: Side) -> None:
+    for s in sides:
+        await s.engine.close()
+
+
+# --- roles ----------------------------------------------------------------------------
+
+NATS = sorted(NAT_RANK)
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), list(itertools.product(NATS, NATS)))
+def test_roles_and_outcome_for_every_nat_pair(nat_a: str, nat_b: str) -> None:
+    """Exactly the side plan.is_initiator names sends offers; both ends connect with the
+    first method the plan lists, or the initiator fails once saying no method fits."""
+    async def main() -> None:
+        net = FakeNetwork()
+        a = side(net, profile("peer-a", nat_a, 1))
+        b = side(net, profile("peer-b", nat_b, 2))
+        assert a.engine.peer_joined(IH, b.me) and b.engine.peer_joined(IH, a.me)
+        a_starts = plan.is_initiator(a.me, b.me)
+        init, resp = (a, b) if a_starts else (b, a)
+        methods = plan.plan_methods(init.me, resp.me, CONFIG.methods)
+        assert init.record(resp.me.peer_id).role == "initiator"
+        assert resp.record(init.me.peer_id).role == "responder"
+        if not methods:
+            await settle(init, peer_ids=(resp.me.peer_id,))
+            assert [e.reason for e in init.failed()] == ["no punch method fits this pair "
+                                                         "of NATs"]
+            assert net.offers() == []
+            assert resp.record(init.me.peer_id).state == PunchState.PENDING
+        else:
+            await settle(init, resp, peer_ids=(resp.me.peer_id, init.me.peer_id))
+            assert {frm for _, frm, _ in net.offers()} == {init.me.peer_id}
+            for s, other in ((init, resp), (resp, init)):
+                punched = [e for e in s.events if isinstance(e, PeerPunched)]
+                assert [(e.peer_id, e.method) for e in punched] == [(other.me.peer_id,
+                                                                     methods[0])]
+                assert s.failed() == []
+            if methods[0] == "utp":
+                # The responder opened its NAT towards the initiator; only the
+                # initiator dialled (two uTP connects kill each other).
+                assert resp.dialer.opened == [init.me.udp] and resp.dialer.dials == []
+                assert init.dialer.dials == [("utp", resp.me.udp)]
+        await close(a, b)
+
+    run(main())
+
+
+# --- retries and failures ---------------------------------------------------------------
+
+
+def test_retry_schedule_follows_plan_retry_delay() -> None:
+    """Every dial fails at once: offers go out per attempt and method, attempt n after
+    plan.retry_delay(n); then one punch-failed with the last reason."""
+    async def main() -> None:
+        net = FakeNetwork()
+        fail = DialFailed("connection refused")
+        a = side(net, profile("peer-a", "port", 1), FakeDialer(lambda *x: fail))
+        b = side(net, profile("peer-b", "port", 2))
+        a.engine.peer_joined(IH, b.me)
+        b.engine.peer_joined(IH, a.me)
+        init = a if plan.is_initiator(a.me, b.me) else b
+        other = b if init is a else a
+        start = asyncio.get_running_loop().time()
+        await settle(init, peer_ids=(other.me.peer_id,))
+        offers = net.offers(init.me.peer_id)
+        assert [(d["attempt"], d["method"]) for _, _, d in offers] == [
+            (n, m) for n in (1, 2, 3) for m in ("utp", "tcp")]
+        firsts = [t - start for t, _, d in offers if d["method"] == "utp"]
+        expected, total = [], 0.0
+        for n in (1, 2, 3):
+            total += plan.retry_delay(n)
+            expected.append(total)
+        assert firsts == pytest.approx(expected, abs=1e-6)
+        if init is a:
+            assert [e.reason for e in a.failed()] == ["libtorrent: connection refused"]
+            attempts = [e for e in a.events if isinstance(e, PunchAttemptFailed)]
+            assert len(attempts) == 6
+        await close(a, b)
+
+    run(main())
+
+
+def _failing_pair(setup: Callable[[FakeNetwork, FakeDialer], None],
+                  config: Config = CONFIG) -> tuple[Side, Side, FakeNetwork]:
+    """peer-a (symmetric: always the initiator) and peer-b (port)."""
+    net = FakeNetwork()
+    dialer = FakeDialer()
+    setup(net, dialer)
+    a = side(net, profile("peer-a", "symmetric", 1), dialer, config)
+    b = side(net, profile("peer-b", "port", 2), config=config)
+    return a, b, net
+
+
+@pytest.mark.parametrize(("setup", "reason"), [
+    (lambda net, d: setattr(net, "drop", lambda to, data: data["t"] == plan.OFFER),
+     "no punch-answer from peer"),
+    (lambda net, d: setattr(net, "fail", lambda to, data: True), "signaling: server gone"),
+    (lambda net, d: setattr(d, "outcome", lambda *x: "hang"), "no connection within 10 s"),
+    (lambda net, d: setattr(d, "outcome", lambda *x: DialFailed("timed out")),
+     "libtorrent: timed out"),
+    (lambda net, d: setattr(d, "is_ready", asyncio.Event()),
+     "torrent not ready for peers (still checking?)"),
+], ids=["no-answer", "signaling", "no-connection", "dial-failed", "not-ready"])
+def test_each_initiator_failure_emits_one_punch_failed(setup: Any, reason: str) -> None:
+    async def main() -> None:
+        a, b, net = _failing_pair(setup)
+        a.engine.peer_joined(IH, b.me)
+        b.engine.peer_joined(IH, a.me)
+        await settle(a, peer_ids=("peer-b",))
+        assert [(e.peer_id, e.reason) for e in a.failed()] == [("peer-b", reason)]
+        assert a.record("peer-b").state == PunchState.FAILED
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_refusing_peer_fails_the_punch_with_its_reason() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        a = side(net, profile("peer-a", "symmetric", 1))
+        b = side(net, profile("peer-b", "port", 2),
+                 config=CONFIG.replace(methods=("tcp",)))
+        a.engine.peer_joined(IH, b.me)
+        b.engine.peer_joined(IH, a.me)
+        await settle(a, peer_ids=("peer-b",))
+        assert [e.reason for e in a.failed()] == ["peer refused: method utp disabled"]
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_responder_whose_connection_fails_emits_one_punch_failed() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        a = side(net, profile("peer-a", "symmetric", 1))
+        b = side(net, profile("peer-b", "port", 2),
+                 FakeDialer(lambda *x: DialFailed("reset")),
+                 config=CONFIG.replace(punch_attempts=1))
+        a.engine.peer_joined(IH, b.me)
+        b.engine.peer_joined(IH, a.me)
+        await settle(b, peer_ids=("peer-a",))
+        assert [e.reason for e in b.failed()] == ["libtorrent: reset"]
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_responder_without_an_endpoint_for_the_method_fails_once() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        a = side(net, profile("peer-a", "symmetric", 1))
+        b = side(net, profile("peer-b", "port", 2))
+        a.engine.peer_joined(IH, b.me)
+        # The responder knows the initiator without its UDP endpoint.
+        b.engine.peer_joined(IH, PeerProfile("peer-a", "symmetric", udp=None,
+                                              tcp=a.me.tcp))
+        await settle(b, peer_ids=("peer-a",))
+        assert [e.reason for e in b.failed()] == ["no endpoint for method"]
+        await close(a, b)
+
+    run(main())
+
+
+def test_transitions_outside_the_table_are_refused() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        a = side(net, profile("peer-a", "port", 1))
+        a.engine.peer_joined(IH, profile("peer-z", "port", 9))  # a responder: PENDING
+        rec = a.record("peer-z")
+        with pytest.raises(TransitionError, match="pending -> connected"):
+            rec.transition(PunchState.CONNECTED, now=0.0, method="utp", endpoint=("1.2.3.4", 1))
+        await close(a)
+
+    run(main())
+
+
+# --- re-punch ----------------------------------------------------------------------------
+
+
+def _connected_pair() -> tuple[Side, Side, FakeNetwork]:
+    net = FakeNetwork()
+    a = side(net, profile("peer-a", "port", 1), config=CONFIG.replace(methods=("tcp",)))
+    b = side(net, profile("peer-b", "port", 2), config=CONFIG.replace(methods=("tcp",)))
+    a.engine.peer_joined(IH, b.me)
+    b.engine.peer_joined(IH, a.me)
+    return a, b, net
+
+
+@pytest.mark.parametrize("who", ["initiator", "responder"])
+def test_a_lost_tcp_connection_is_punched_again(who: str) -> None:
+    """The initiator punches again at once; a responder after REPUNCH_RESPONDER_DELAY,
+    when the initiator did not (it lost the connection on its side only)."""
+    async def main() -> None:
+        a, b, net = _connected_pair()
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        init = a if a.record("peer-b").role == "initiator" else b
+        resp = b if init is a else a
+        loser = init if who == "initiator" else resp
+        other = resp if loser is init else init
+        before = len(net.offers())
+        lost_at = asyncio.get_running_loop().time()
+        loser.engine.connection_lost(IH, other.me.tcp, "connection reset")
+        rec = loser.record(other.me.peer_id)
+        assert rec.state == PunchState.DROPPED
+        assert [type(e) for e in loser.events[-1:]] == [ConnectionLost]
+        await loser.engine.wait_for(lambda: len(net.offers()) > before)
+        offer_at, sender, _ = net.offers()[before]
+        assert sender == loser.me.peer_id
+        delay = 0.0 if loser is init else REPUNCH_RESPONDER_DELAY
+        assert offer_at - lost_at == pytest.approx(delay, abs=1e-6)
+        await loser.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+        assert rec.repunches == 1
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_responder_does_not_repunch_when_the_initiator_did() -> None:
+    async def main() -> None:
+        a, b, net = _connected_pair()
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        init = a if a.record("peer-b").role == "initiator" else b
+        resp = b if init is a else a
+        before = len(net.offers())
+        init.engine.connection_lost(IH, resp.me.tcp, "reset")
+        resp.engine.connection_lost(IH, init.me.tcp, "reset")
+        await asyncio.sleep(REPUNCH_RESPONDER_DELAY + 1)
+        assert [frm for _, frm, _ in net.offers()[before:]] == [init.me.peer_id]
+        assert resp.record(init.me.peer_id).repunches == 0
+        await close(a, b)
+
+    run(main())
+
+
+def test_the_repunch_cap_ends_in_one_punch_failed() -> None:
+    async def main() -> None:
+        a, b, net = _connected_pair()
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        init = a if a.record("peer-b").role == "initiator" else b
+        resp = b if init is a else a
+        rec = init.record(resp.me.peer_id)
+        for n in range(1, MAX_REPUNCHES + 1):
+            init.engine.connection_lost(IH, resp.me.tcp, "reset")
+            await init.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+            assert rec.repunches == n
+        init.engine.connection_lost(IH, resp.me.tcp, "reset")
+        await init.engine.wait_for(lambda: rec.state == PunchState.FAILED)
+        assert len(init.failed()) == 1 and "re-punches" in init.failed()[0].reason
+        assert len([e for e in init.events if isinstance(e, ConnectionLost)]) == MAX_REPUNCHES + 1
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_lost_utp_connection_is_left_to_libtorrent() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        a = side(net, profile("peer-a", "port", 1), config=CONFIG.replace(methods=("utp",)))
+        b = side(net, profile("peer-b", "port", 2), config=CONFIG.replace(methods=("utp",)))
+        a.engine.peer_joined(IH, b.me)
+        b.engine.peer_joined(IH, a.me)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        a.engine.connection_lost(IH, b.me.udp, "reset")
+        assert a.record("peer-b").state == PunchState.CONNECTED
+        await close(a, b)
+
+    run(main())
+
+
+# --- one punch per peer, peer-left ------------------------------------------------------
+
+
+def test_a_second_punch_to_the_same_peer_is_refused_while_one_runs() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        net.drop = lambda to, data: True  # keeps the first punch waiting for answers
+        a = side(net, profile("peer-a", "symmetric", 1))
+        peer = profile("peer-b", "port", 2)
+        assert a.engine.peer_joined(IH, peer)
+        await asyncio.sleep(0)
+        moved = PeerProfile("peer-b", "port", udp=("203.0.113.9", 1), tcp=("203.0.113.9", 2))
+        assert not a.engine.peer_joined(IH, moved)
+        assert not a.engine.peer_joined(IH, peer)
+        await asyncio.sleep(1)
+        assert {d["attempt"] for _, _, d in net.offers()} == {1}
+        assert len(net.offers()) == 1  # one punch, still on its first offer
+        await close(a)
+
+    run(main())
+
+
+def test_peer_left_cancels_the_punch() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        net.drop = lambda to, data: True
+        a = side(net, profile("peer-a", "symmetric", 1))
+        a.engine.peer_joined(IH, profile("peer-b", "port", 2))
+        await asyncio.sleep(0.1)
+        assert a.record("peer-b").state == PunchState.PUNCHING
+        a.engine.peer_left(IH, "peer-b")
+        assert a.record("peer-b").state == PunchState.FAILED
+        assert [e.reason for e in a.failed()] == ["peer left the room"]
+        assert isinstance(a.events[-1], PeerLeft)
+        offers = len(net.offers())
+        await asyncio.sleep(60)
+        assert len(net.offers()) == offers  # nothing more was sent
+        assert len(a.failed()) == 1
+        await close(a)
+
+    run(main())
+
+
+def test_keepalive_refreshes_the_reflector_and_punched_utp_peers() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        a = side(net, profile("peer-a", "port", 1), config=CONFIG.replace(methods=("utp",)))
+        b = side(net, profile("peer-b", "port", 2), config=CONFIG.replace(methods=("utp",)))
+        a.engine.peer_joined(IH, b.me)
+        b.engine.peer_joined(IH, a.me)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        reflector = ("192.0.2.1", 8765)
+        task = asyncio.get_running_loop().create_task(a.engine.keepalive(lambda: [reflector]))
+        a.dialer.opened.clear()
+        await asyncio.sleep(CONFIG.keep_alive_interval * 2 + 1)
+        assert a.dialer.opened == [reflector, b.me.udp] * 2
+        task.cancel()
+        await close(a, b)
+
+    run(main())
+
+
+def test_the_engine_module_imports_no_libtorrent() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, lt_punch.punch.engine, lt_punch.punch.record; "
+            "print('libtorrent' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "False", engine_module.__name__
