@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import ssl
 import sys
 from collections.abc import Iterator
@@ -79,6 +80,30 @@ async def test_secret_requires_a_valid_token_for_the_peer_id() -> None:
             assert isinstance(reply, p.Registered) and reply.peer_id == "alice"
         assert srv.stats()["errors"] == {"auth-required": 1, "bad-token": 1,
                                          "token-expired": 1}
+
+
+async def test_malformed_tokens_are_bad_token_and_no_token_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="lt_punch")
+    bad = ["v1.².abc", "v1.1.é", "v1.١٢٣." + "0" * 64, "v1." + "9" * 400 + ".ab"]
+    async with SignalingServer("127.0.0.1", 0, dht_port=None, secret="s3cret") as srv:
+        async with await _raw(srv) as ws:
+            for token in bad:
+                reply = await _ask(ws, p.Register(PeerId("alice"), token=token))
+                assert _code(reply) == "bad-token", token
+                assert isinstance(reply, p.Error) and token not in reply.message
+            good = make_token("s3cret", "alice")
+            reply = await _ask(ws, p.Register(PeerId("alice"), token=good))
+            assert isinstance(reply, p.Registered) and reply.session_key
+        async with await _raw(srv) as ws:  # another connection resumes alice's session
+            resumed = await _ask(ws, p.Register(PeerId("alice"), token=good,
+                                                resume=reply.session_key))
+            assert isinstance(resumed, p.Registered)
+        assert srv.stats()["errors"] == {"bad-token": len(bad)}
+    logged = caplog.text
+    assert "register peer_id=alice token=***" in logged  # debug logging was on
+    for secret in [*bad, good, reply.session_key, resumed.session_key]:
+        assert secret and secret not in logged, secret
 
 
 async def test_client_sends_its_token() -> None:
