@@ -44,6 +44,7 @@ from ..errors import LocalProtocolError, LtTimeoutError, SignalingError
 from ..types import Address, InfoHash
 from .protocol import (
     MAX_SERVER_MESSAGE_SIZE,
+    REPLACED_CLOSE_CODE,
     Error,
     Join,
     Joined,
@@ -76,10 +77,6 @@ _REPLY_TO = {"registered": "register", "joined": "join", "left": "leave", "pong"
 
 FATAL_CODES = frozenset({"auth-required", "bad-token", "token-expired", "bad-peer-id"})
 """``register`` refusals that stop reconnecting: retrying cannot fix them."""
-
-REPLACED_CLOSE_CODE = 4000
-"""Websocket close code of a connection the server replaced (``register`` with ``resume``
-from another connection): a reconnecting client stops instead of fighting over the id."""
 
 
 class SignalingClosed(SignalingError):

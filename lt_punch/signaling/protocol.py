@@ -32,6 +32,7 @@ __all__ = [
     "MAX_SERVER_MESSAGE_SIZE",
     "MAX_METADATA_SIZE",
     "PROTOCOL_VERSION",
+    "REPLACED_CLOSE_CODE",
     "Error",
     "Join",
     "Joined",
@@ -70,6 +71,10 @@ MAX_DATA_SIZE = 16 * 1024
 """Largest relay ``data`` object, serialized compactly."""
 MAX_ID_LENGTH = 128
 """Largest ping ``id`` string; also the limit of ``ref``."""
+REPLACED_CLOSE_CODE = 4000
+"""Websocket close code (RFC 6455 section 7.4.2: 4000-4999 are for applications) of a
+connection the server replaced: its peer id registered again elsewhere with its
+``session_key``. A reconnecting client stops instead of fighting over the id."""
 MAX_ERROR_MESSAGE_LENGTH = 1024
 MAX_TOKEN_LEN = 512
 """Longest ``token``, ``resume`` or ``session_key`` string."""

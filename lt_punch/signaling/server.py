@@ -51,6 +51,7 @@ from ..types import Address, PeerId
 from .protocol import (
     MAX_JOINED_PEERS,
     MAX_MESSAGE_SIZE,
+    REPLACED_CLOSE_CODE,
     Error,
     Join,
     Joined,
@@ -418,7 +419,7 @@ class SignalingServer:
         conn = self.rooms.conn_of(peer_id)
         if isinstance(conn, ServerConnection):
             self._spawn_refusal(conn, "replaced", f"peer id {peer_id!r} registered again "
-                                "on another server", 4000)
+                                "on another server", REPLACED_CLOSE_CODE)
 
     def _is_trusted(self, ip: str) -> bool:
         try:
@@ -576,7 +577,7 @@ class SignalingServer:
             out.extend(notes)
             if isinstance(old, ServerConnection):
                 self._spawn_refusal(old, "replaced", f"peer id {message.peer_id!r} "
-                                    "registered again on a new connection", 4000)
+                                    "registered again on a new connection", REPLACED_CLOSE_CODE)
         key = secrets.token_hex(16)
         if self.shared is not None and self.rooms.peer_of(ws) is None \
                 and self.rooms.conn_of(message.peer_id) is None:

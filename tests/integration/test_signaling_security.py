@@ -265,7 +265,7 @@ async def test_resume_replaces_a_stale_connection() -> None:
             assert isinstance(again, p.Registered) and again.session_key != first.session_key
             assert await _next(watcher) == p.PeerLeft(IH, PeerId("alice"))
             assert _code(await _next(old)) == "replaced"
-            assert await _closed(old) == (4000, "replaced")
+            assert await _closed(old) == (p.REPLACED_CLOSE_CODE, "replaced")
             assert srv.rooms.conn_of(PeerId("alice")) is not None
             assert srv.rooms.rooms_of(PeerId("alice")) == set()  # it joins again itself
 
