@@ -1,7 +1,8 @@
 """Signaling: rooms by infohash, relay of punch messages, observed-endpoint echo.
 
 ``protocol``, ``rooms`` and ``security`` do no I/O; ``server`` and ``client`` are the
-asyncio shells; ``whoami`` asks the server for a local TCP port's public mapping;
+asyncio shells; ``mapping`` has :func:`whoami` (a local TCP port's public mapping, over
+aiohttp; not named ``whoami.py``, which would shadow the function on this package);
 ``reflector`` answers DHT queries with the sender's address (BEP 42 ``ip``).
 
 Names are imported lazily (PEP 562), so ``import lt_punch.signaling.protocol`` loads no
@@ -14,7 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import SignalingClient, SignalingClosed, whoami
+    from .client import SignalingClient, SignalingClosed
+    from .mapping import whoami
     from .protocol import Message, MessageError, PeerInfo, normalize_infohash, parse_message
     from .server import SignalingServer
 
@@ -27,7 +29,7 @@ _LAZY = {
     "SignalingServer": "server",
     "normalize_infohash": "protocol",
     "parse_message": "protocol",
-    "whoami": "client",
+    "whoami": "mapping",
 }
 
 
