@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+# Eager: Config and the exceptions need only the standard library.
 from .config import Config
 from .errors import (
     ConfigError,
@@ -27,8 +28,14 @@ from .errors import (
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+if TYPE_CHECKING:
+    from .coordinator import P2PCoordinator
+    from .torrent.session import EnhancedTorrentSession
+
 __version__ = "0.1.0"
 
+# PEP 562: these import libtorrent (and aiohttp, websockets), so only on first use;
+# `import lt_punch.nat.stun` or `lt-punch signal serve` must work without libtorrent.
 _LAZY = {
     "EnhancedTorrentSession": "lt_punch.torrent.session",
     "P2PCoordinator": "lt_punch.coordinator",
@@ -39,6 +46,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lt_punch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -1,14 +1,47 @@
 """Signaling: rooms by infohash, relay of punch messages, observed-endpoint echo.
 
-``protocol`` and ``rooms`` do no I/O; ``server`` and ``client`` are the asyncio shells;
+``protocol``, ``rooms`` and ``security`` do no I/O; ``server`` and ``client`` are the
+asyncio shells; ``mapping`` has :func:`whoami` (a local TCP port's public mapping, over
+aiohttp; not named ``whoami.py``, which would shadow the function on this package);
 ``reflector`` answers DHT queries with the sender's address (BEP 42 ``ip``).
+
+Names are imported lazily (PEP 562), so ``import lt_punch.signaling.protocol`` loads no
+websockets, aiohttp, redis or prometheus_client.
 """
 
 from __future__ import annotations
 
-from .client import SignalingClient, SignalingClosed, whoami
-from .protocol import Message, MessageError, PeerInfo, normalize_infohash, parse_message
-from .server import SignalingServer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import SignalingClient, SignalingClosed
+    from .mapping import whoami
+    from .protocol import Message, MessageError, PeerInfo, normalize_infohash, parse_message
+    from .server import SignalingServer
+
+_LAZY = {
+    "Message": "protocol",
+    "MessageError": "protocol",
+    "PeerInfo": "protocol",
+    "SignalingClient": "client",
+    "SignalingClosed": "client",
+    "SignalingServer": "server",
+    "normalize_infohash": "protocol",
+    "parse_message": "protocol",
+    "whoami": "mapping",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "Message",

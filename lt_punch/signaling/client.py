@@ -1,4 +1,5 @@
-"""Signaling client (asyncio), and ``whoami``: the public mapping of a local TCP port.
+"""Signaling client (asyncio); ``whoami`` (the public mapping of a local TCP port) is
+re-exported from :mod:`.mapping`.
 
 :class:`SignalingClient` keeps one websocket to the server. A reader task parses every
 frame: replies (``registered``, ``joined``, ``left``, ``pong``, and ``error`` whose
@@ -25,11 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import random
-import socket
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -42,8 +40,10 @@ from websockets.protocol import State
 
 from ..errors import LocalProtocolError, LtTimeoutError, SignalingError
 from ..types import Address, InfoHash
+from .mapping import whoami
 from .protocol import (
     MAX_SERVER_MESSAGE_SIZE,
+    REPLACED_CLOSE_CODE,
     Error,
     Join,
     Joined,
@@ -76,10 +76,6 @@ _REPLY_TO = {"registered": "register", "joined": "join", "left": "leave", "pong"
 
 FATAL_CODES = frozenset({"auth-required", "bad-token", "token-expired", "bad-peer-id"})
 """``register`` refusals that stop reconnecting: retrying cannot fix them."""
-
-REPLACED_CLOSE_CODE = 4000
-"""Websocket close code of a connection the server replaced (``register`` with ``resume``
-from another connection): a reconnecting client stops instead of fighting over the id."""
 
 
 class SignalingClosed(SignalingError):
@@ -657,120 +653,3 @@ def _local_infohash(room: str) -> InfoHash:
         return normalize_infohash(room)
     except MessageError as exc:
         raise LocalProtocolError(str(exc)) from None
-
-
-# --- whoami ------------------------------------------------------------------------------
-
-
-def _http_target(url: str) -> tuple[str, int, bool]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
-        raise SignalingError(f"expected a ws://, wss://, http:// or https:// URL, got {url!r}")
-    secure = scheme in ("wss", "https")
-    try:
-        port = parts.port or (443 if secure else 80)
-    except ValueError:
-        raise SignalingError(f"bad port in URL {url!r}") from None
-    return parts.hostname, port, secure
-
-
-async def whoami(
-    url: str,
-    *,
-    local_port: int | None = None,
-    local_host: str = "0.0.0.0",
-    timeout: float = 3.0,  # noqa: ASYNC109 (one deadline for resolve + connect + read)
-    ssl: SSLContext | None = None,
-) -> Address:
-    """Ask the server which (ip, port) our TCP connection comes from.
-
-    The request leaves from ``local_host:local_port`` (any port when ``None``), bound with
-    ``SO_REUSEADDR``, so the answer is the public mapping of that local port. The server
-    closes first (``Connection: close``), so the TIME_WAIT state stays on its side and
-    the local port can be bound again at once.
-
-    Args:
-        url: the server's ``ws://`` URL or an ``http://`` base.
-        ssl: the TLS context for ``wss://`` / ``https://`` (default: the system's CAs).
-
-    Raises:
-        SignalingError: unreachable, bad URL, non-200 status or a malformed answer.
-        LtTimeoutError: no complete answer within ``timeout``.
-    """
-    host, port, secure = _http_target(url)
-    loop = asyncio.get_running_loop()
-    writer: asyncio.StreamWriter | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            if not infos:
-                raise SignalingError(f"cannot resolve {host!r}")
-            family, type_, proto, _, address = infos[0]
-            sock = socket.socket(family, type_, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6 and local_host == "0.0.0.0":
-                    local_host = "::"
-                sock.bind((local_host, local_port or 0))
-                sock.setblocking(False)
-                await loop.sock_connect(sock, address)
-            except BaseException:
-                sock.close()
-                raise
-            reader, writer = await asyncio.open_connection(
-                sock=sock, ssl=(ssl or True) if secure else None,
-                server_hostname=host if secure else None
-            )
-            hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            writer.write(
-                f"GET /whoami HTTP/1.1\r\nHost: {hostport}\r\nAccept: application/json\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            await writer.drain()
-            raw = await reader.read(65536 + 1)
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                raw += chunk
-                if len(raw) > 65536:
-                    raise SignalingError("whoami: answer larger than 64 KiB")
-    except TimeoutError:
-        raise LtTimeoutError(f"whoami {host}:{port} timed out after {timeout} s") from None
-    except OSError as exc:
-        # Chained: a caller may retry from another port on EADDRINUSE.
-        raise SignalingError(f"whoami {host}:{port}: {exc}") from exc
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-    return _parse_whoami(raw)
-
-
-def _parse_whoami(raw: bytes) -> Address:
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise SignalingError("whoami: incomplete HTTP answer")
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    fields = status_line.split(" ", 2)
-    if len(fields) < 2 or not fields[0].startswith("HTTP/1.") or not fields[1].isdigit():
-        raise SignalingError(f"whoami: bad HTTP status line {status_line[:80]!r}")
-    if fields[1] != "200":
-        raise SignalingError(f"whoami: HTTP {status_line[9:80]}")
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            body = body[: int(value.strip())]
-    try:
-        answer = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise SignalingError("whoami: the answer is not JSON") from None
-    ip = answer.get("ip") if isinstance(answer, dict) else None
-    port = answer.get("port") if isinstance(answer, dict) else None
-    if not isinstance(ip, str) or isinstance(port, bool) or not isinstance(port, int):
-        raise SignalingError(f"whoami: expected {{'ip': str, 'port': int}}, got {answer!r:.80}")
-    if not 0 < port <= 65535:
-        raise SignalingError(f"whoami: port {port} out of range")
-    return (ip, port)

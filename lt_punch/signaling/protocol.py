@@ -32,6 +32,7 @@ __all__ = [
     "MAX_SERVER_MESSAGE_SIZE",
     "MAX_METADATA_SIZE",
     "PROTOCOL_VERSION",
+    "REPLACED_CLOSE_CODE",
     "Error",
     "Join",
     "Joined",
@@ -70,6 +71,10 @@ MAX_DATA_SIZE = 16 * 1024
 """Largest relay ``data`` object, serialized compactly."""
 MAX_ID_LENGTH = 128
 """Largest ping ``id`` string; also the limit of ``ref``."""
+REPLACED_CLOSE_CODE = 4000
+"""Websocket close code (RFC 6455 section 7.4.2: 4000-4999 are for applications) of a
+connection the server replaced: its peer id registered again elsewhere with its
+``session_key``. A reconnecting client stops instead of fighting over the id."""
 MAX_ERROR_MESSAGE_LENGTH = 1024
 MAX_TOKEN_LEN = 512
 """Longest ``token``, ``resume`` or ``session_key`` string."""
@@ -321,6 +326,11 @@ class PeerInfo:
         return {"peer_id": self.peer_id, "metadata": self.metadata}
 
 
+_SECRET_FIELDS = frozenset({"token", "resume", "session_key"})
+"""Fields that are credentials: never in ``str()`` or ``repr()`` of a message, so never
+in a log line."""
+
+
 class _Base:
     TYPE: ClassVar[str]
     SENT_BY: ClassVar[Sender]
@@ -368,8 +378,11 @@ class _Base:
         return message
 
     def __str__(self) -> str:
+        """``type field=value ...`` for logs: without ``data`` and ``metadata``, and with
+        credentials (``token``, ``resume``, ``session_key``) shown as ``***``."""
         parts = " ".join(
-            f"{k}={v}" for k, v in self._fields().items() if k not in ("data", "metadata")
+            f"{k}={'***' if k in _SECRET_FIELDS else v}"
+            for k, v in self._fields().items() if k not in ("data", "metadata")
         )
         return f"{self.TYPE} {parts}".rstrip()
 
@@ -385,9 +398,9 @@ class Register(_Base):
     SENT_BY: ClassVar[Sender] = "client"
     peer_id: PeerId
     metadata: dict[str, Any] = field(default_factory=dict)
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     """Authentication token (``lt-punch signal token``), when the server needs one."""
-    resume: str | None = None
+    resume: str | None = field(default=None, repr=False)
     """The ``session_key`` of an earlier ``registered`` for this peer id: replaces that
     (stale) connection instead of failing with ``peer-id-taken``."""
 
@@ -483,7 +496,7 @@ class Registered(_Base):
     SENT_BY: ClassVar[Sender] = "server"
     peer_id: PeerId
     observed: Address
-    session_key: str | None = None
+    session_key: str | None = field(default=None, repr=False)
     """Secret of this registration: ``register`` with ``resume`` set to it replaces
     this connection (a client reconnecting before the server noticed the old one died)."""
 

@@ -13,8 +13,11 @@ of the request); notifications and relays to other peers go through
 the others -- its buffer grows until the websocket keepalive drops it.
 
 HTTP on the same port (``process_request``): ``GET /health``, ``GET /stats``,
-``GET /whoami``, ``GET /rooms/{infohash}/peers``; ``GET /`` without an upgrade gets a
-short text; other paths a JSON 404.
+``GET /metrics``, ``GET /whoami``, ``GET /rooms/{infohash}/peers``; ``GET /`` without an
+upgrade gets a short text; other paths a JSON 404. With a ``secret``, the room listing
+(peer ids, public endpoints, NAT kinds) needs the credential the websocket needs: a
+peer id and its token, as ``Authorization: Basic`` (401 otherwise). The rest stays open:
+counters only, or the caller's own address (docs/signaling.md, "Security model").
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from ..types import Address, PeerId
 from .protocol import (
     MAX_JOINED_PEERS,
     MAX_MESSAGE_SIZE,
+    REPLACED_CLOSE_CODE,
     Error,
     Join,
     Joined,
@@ -68,7 +72,13 @@ from .protocol import (
 )
 from .reflector import ReflectorProtocol
 from .rooms import RoomError, Rooms
-from .security import TokenBucket, candidates_of, check_candidate, check_token
+from .security import (
+    TokenBucket,
+    candidates_of,
+    check_authorization,
+    check_candidate,
+    check_token,
+)
 from .shared import SharedRooms
 from .webtorrent import TrackerMessage, WebTorrentTracker, is_tracker_message
 
@@ -93,18 +103,21 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _json_response(status: http.HTTPStatus, body: Any) -> Response:
+def _json_response(status: http.HTTPStatus, body: Any,
+                   extra: tuple[tuple[str, str], ...] = ()) -> Response:
     data = json.dumps(body, separators=(",", ":")).encode()
-    return _response(status, data, "application/json")
+    return _response(status, data, "application/json", extra)
 
 
-def _response(status: http.HTTPStatus, data: bytes, content_type: str) -> Response:
+def _response(status: http.HTTPStatus, data: bytes, content_type: str,
+              extra: tuple[tuple[str, str], ...] = ()) -> Response:
     headers = Headers(
         [
             ("Connection", "close"),
             ("Content-Length", str(len(data))),
             ("Content-Type", content_type),
             ("Cache-Control", "no-store"),
+            *extra,
         ]
     )
     return Response(status.value, status.phrase, headers, data)
@@ -123,7 +136,9 @@ class SignalingServer:
         node_id: the reflector's 20-byte DHT node id (random by default).
         ssl: a server-side TLS context: the server speaks ``wss://`` (and HTTPS).
         secret: shared secret of the authentication tokens; when set, ``register`` needs
-            a valid ``token`` (:func:`~lt_punch.signaling.security.make_token`).
+            a valid ``token`` (:func:`~lt_punch.signaling.security.make_token`), and
+            ``GET /rooms/{infohash}/peers`` a peer id and its token as
+            ``Authorization: Basic``.
         rate, burst: per-connection limit on messages (per second, burst).
         address_rate, address_burst: the same per client address (not for ``trusted``).
         max_connections_per_address: concurrent connections per client address (0: no
@@ -404,7 +419,7 @@ class SignalingServer:
         conn = self.rooms.conn_of(peer_id)
         if isinstance(conn, ServerConnection):
             self._spawn_refusal(conn, "replaced", f"peer id {peer_id!r} registered again "
-                                "on another server", 4000)
+                                "on another server", REPLACED_CLOSE_CODE)
 
     def _is_trusted(self, ip: str) -> bool:
         try:
@@ -562,7 +577,7 @@ class SignalingServer:
             out.extend(notes)
             if isinstance(old, ServerConnection):
                 self._spawn_refusal(old, "replaced", f"peer id {message.peer_id!r} "
-                                    "registered again on a new connection", 4000)
+                                    "registered again on a new connection", REPLACED_CLOSE_CODE)
         key = secrets.token_hex(16)
         if self.shared is not None and self.rooms.peer_of(ws) is None \
                 and self.rooms.conn_of(message.peer_id) is None:
@@ -630,6 +645,9 @@ class SignalingServer:
             return _json_response(http.HTTPStatus.OK, {"ip": ip, "port": port})
         parts = path.split("/")
         if len(parts) == 4 and parts[1] == "rooms" and parts[3] == "peers":
+            refusal = self._authorize(connection, request)
+            if refusal is not None:
+                return refusal
             try:
                 room = normalize_infohash(urllib.parse.unquote(parts[2]))
             except MessageError as exc:
@@ -661,6 +679,29 @@ class SignalingServer:
         return _json_response(
             http.HTTPStatus.NOT_FOUND, {"error": "not-found", "message": f"no such path {path!r}"}
         )
+
+    def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
+        """``None`` if the request may read the address book, else the 401 to send.
+
+        Any peer id with a valid token may list any room: over the websocket the same
+        token may ``join`` any room and read the same list in ``joined``, so requiring
+        membership here would protect nothing and would lock out operators' tools
+        (they mint a token for a peer id of their own). Checked before the path is
+        parsed, so a caller without a credential learns nothing else.
+        """
+        if self.secret is None:
+            return None
+        try:
+            check_authorization(self.secret, request.headers.get("Authorization"))
+        except RoomError as exc:
+            # The message names the problem, never the header's content.
+            logger.info("refused GET %s from %s:%d: %s", request.path.split("?")[0][:100],
+                        *_address(connection.remote_address), exc.code)
+            return _json_response(
+                http.HTTPStatus.UNAUTHORIZED, {"error": exc.code, "message": str(exc)},
+                # RFC 9110 section 11.6.1: a 401 carries the scheme it wants.
+                (("WWW-Authenticate", 'Basic realm="lt-punch signaling", charset="UTF-8"'),))
+        return None
 
 
 def _metrics_registry(server: SignalingServer) -> CollectorRegistry:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -263,14 +265,77 @@ async def test_whoami_from_a_chosen_local_port(server: SignalingServer) -> None:
     assert ip == "127.0.0.1" and any_port > 0
 
 
+async def test_whoami_frees_and_shares_its_port(server: SignalingServer) -> None:
+    """libtorrent dials from the port whoami used: nothing of whoami may hold it after,
+    and a socket bound with SO_REUSEADDR (as libtorrent's outgoing ones) may share it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    await whoami(server.url, local_port=port, local_host="127.0.0.1")
+    # A bind without SO_REUSEADDR fails while any socket, even one in TIME_WAIT, holds
+    # the port: the connection is closed, and the server closed first.
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", port))
+    with socket.socket() as sharer:
+        sharer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sharer.bind(("127.0.0.1", port))
+        assert await whoami(server.url, local_port=port, local_host="127.0.0.1") == (
+            "127.0.0.1", port)
+        # A listening socket on the port cannot be shared: EADDRINUSE, chained, for the
+        # session's retry from another port.
+        sharer.listen()
+        with pytest.raises(SignalingError) as info:
+            await whoami(server.url, local_port=port, local_host="127.0.0.1")
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.EADDRINUSE
+
+
 async def test_whoami_errors(server: SignalingServer) -> None:
     with pytest.raises(SignalingError, match="expected a ws://"):
         await whoami("ftp://127.0.0.1:1")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        with pytest.raises(SignalingError):
+        with pytest.raises(SignalingError) as info:
             await whoami(f"ws://127.0.0.1:{port}")
+        assert isinstance(info.value.__cause__, ConnectionRefusedError)
+    async with _http_once(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n") as url:
+        with pytest.raises(SignalingError, match="HTTP 403 Forbidden"):
+            await whoami(url)
+    async with _http_once(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"ip\": 1}") as url:
+        with pytest.raises(SignalingError, match="expected"):
+            await whoami(url)
+    async with _http_once(b"SSH-2.0-OpenSSH\r\n\r\n") as url:
+        with pytest.raises(SignalingError, match="whoami"):
+            await whoami(url)
+    async with _http_once(b"") as url:  # accepts and never answers
+        with pytest.raises(LtTimeoutError):
+            await whoami(url, timeout=0.3)
+
+
+@contextlib.asynccontextmanager
+async def _http_once(answer: bytes) -> AsyncIterator[str]:
+    """A TCP server on loopback that sends ``answer`` to each request and closes (or,
+    with an empty ``answer``, holds the connection open); yields its http:// URL."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if not answer:
+            held.append(writer)
+            return
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in held:
+            writer.close()
+        srv.close()
+        await srv.wait_closed()
 
 
 # --- UDP reflector -----------------------------------------------------------------------

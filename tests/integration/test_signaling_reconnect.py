@@ -324,7 +324,7 @@ async def test_resume_replaces_a_stale_connection() -> None:
                 assert _states(events) == ["disconnected", "reconnecting", "connected"]
                 assert client.session_key not in (None, first_key)
                 await _poll(lambda: b"replaced" in proxy.stale)  # the stale one, closed
-                assert bytes([0x0F, 0xA0]) in proxy.stale  # close code 4000
+                assert p.REPLACED_CLOSE_CODE.to_bytes(2, "big") in proxy.stale  # the close frame
                 await client.relay("bob", IH, {"type": "again"})
                 got = await _until(watcher, lambda e: isinstance(e, p.Relayed))
                 assert got[-1] == p.Relayed(PeerId("alice"), InfoHash(IH), {"type": "again"})
@@ -442,7 +442,7 @@ async def test_replaced_connection_stops_reconnecting() -> None:
         try:
             await client.connect()
             await _until(client, _state("connected"))
-            await _drop(fake, 4000, "replaced")
+            await _drop(fake, p.REPLACED_CLOSE_CODE, "replaced")
             events = await _until(client, _state("closed"))
             assert _states(events) == ["disconnected", "closed"]
             assert len(fake.registers) == 1

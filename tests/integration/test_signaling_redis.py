@@ -162,7 +162,7 @@ async def test_resume_on_another_server_replaces_the_old_connection(
         assert isinstance(error, p.Error) and error.code == "replaced"
         with pytest.raises(ConnectionClosed):
             await _next(old)
-        assert old.close_code == 4000
+        assert old.close_code == p.REPLACED_CLOSE_CODE
         # The old connection's end does not free the id or the rooms of the new one.
         assert await _next(watcher) == p.PeerLeft(IH, PeerId("alice"))
         await _ask(new, p.Join(IH))

@@ -4,7 +4,9 @@ limits, candidate checks, session resume, idle cleanup, /metrics, and the CLI.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import ssl
 import sys
 from collections.abc import Iterator
@@ -78,6 +80,30 @@ async def test_secret_requires_a_valid_token_for_the_peer_id() -> None:
             assert isinstance(reply, p.Registered) and reply.peer_id == "alice"
         assert srv.stats()["errors"] == {"auth-required": 1, "bad-token": 1,
                                          "token-expired": 1}
+
+
+async def test_malformed_tokens_are_bad_token_and_no_token_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="lt_punch")
+    bad = ["v1.².abc", "v1.1.é", "v1.١٢٣." + "0" * 64, "v1." + "9" * 400 + ".ab"]
+    async with SignalingServer("127.0.0.1", 0, dht_port=None, secret="s3cret") as srv:
+        async with await _raw(srv) as ws:
+            for token in bad:
+                reply = await _ask(ws, p.Register(PeerId("alice"), token=token))
+                assert _code(reply) == "bad-token", token
+                assert isinstance(reply, p.Error) and token not in reply.message
+            good = make_token("s3cret", "alice")
+            reply = await _ask(ws, p.Register(PeerId("alice"), token=good))
+            assert isinstance(reply, p.Registered) and reply.session_key
+        async with await _raw(srv) as ws:  # another connection resumes alice's session
+            resumed = await _ask(ws, p.Register(PeerId("alice"), token=good,
+                                                resume=reply.session_key))
+            assert isinstance(resumed, p.Registered)
+        assert srv.stats()["errors"] == {"bad-token": len(bad)}
+    logged = caplog.text
+    assert "register peer_id=alice token=***" in logged  # debug logging was on
+    for secret in [*bad, good, reply.session_key, resumed.session_key]:
+        assert secret and secret not in logged, secret
 
 
 async def test_client_sends_its_token() -> None:
@@ -239,7 +265,7 @@ async def test_resume_replaces_a_stale_connection() -> None:
             assert isinstance(again, p.Registered) and again.session_key != first.session_key
             assert await _next(watcher) == p.PeerLeft(IH, PeerId("alice"))
             assert _code(await _next(old)) == "replaced"
-            assert await _closed(old) == (4000, "replaced")
+            assert await _closed(old) == (p.REPLACED_CLOSE_CODE, "replaced")
             assert srv.rooms.conn_of(PeerId("alice")) is not None
             assert srv.rooms.rooms_of(PeerId("alice")) == set()  # it joins again itself
 
@@ -266,6 +292,68 @@ async def test_idle_connections_are_closed() -> None:
 
 
 # -- HTTP ------------------------------------------------------------------------------------
+
+
+async def _get(srv: SignalingServer, path: str, *headers: str
+               ) -> tuple[int, dict[str, str], bytes]:
+    """``GET path`` with extra header lines: (status, lower-cased headers, body)."""
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection(srv.host, srv.port)
+        try:
+            lines = "".join(f"{h}\r\n" for h in headers)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{lines}"
+                         "Connection: close\r\n\r\n".encode())
+            raw = await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode().split("\r\n")
+    parsed = {k.lower(): v for k, _, v in (f.partition(": ") for f in fields)}
+    return int(status_line.split()[1]), parsed, body
+
+
+def _basic(peer_id: str, token: str) -> str:
+    return "Authorization: Basic " + base64.b64encode(f"{peer_id}:{token}".encode()).decode()
+
+
+async def test_address_book_needs_a_token_when_the_server_has_a_secret() -> None:
+    async with SignalingServer("127.0.0.1", 0, dht_port=None, secret="s3cret") as srv:
+        async with await _raw(srv) as ws:
+            token = make_token("s3cret", "alice")
+            reply = await _ask(ws, p.Register(PeerId("alice"), {"udp": ["203.0.113.5", 6881]},
+                                              token=token))
+            assert isinstance(reply, p.Registered)
+            assert isinstance(await _ask(ws, p.Join(IH)), p.Joined)
+            refusals = [
+                ((), "auth-required"),
+                ((f"Authorization: Bearer {token}",), "bad-token"),  # no peer id: no MAC
+                ((_basic("bob", token),), "bad-token"),  # alice's token
+                ((_basic("alice", make_token("other", "alice")),), "bad-token"),
+                ((_basic("alice", make_token("s3cret", "alice", ttl=-10)),), "token-expired"),
+                (("Authorization: Basic !!notbase64",), "bad-token"),
+                ((_basic("not a peer id", token),), "bad-token"),
+                (("Authorization: Basic " + base64.b64encode(b"alice").decode(),), "bad-token"),
+            ]
+            for headers, code in refusals:
+                for path in (f"/rooms/{IH}/peers", "/rooms/nothex/peers"):
+                    status, head, body = await _get(srv, path, *headers)
+                    assert status == 401, (headers, body)  # not the members list
+                    assert json.loads(body)["error"] == code, headers
+                    assert head["www-authenticate"].startswith("Basic realm=")
+                    assert set(json.loads(body)) == {"error", "message"}
+                    assert b"203.0.113.5" not in body and token.encode() not in body
+            # Any peer id with a valid token may list any room (bob is in none).
+            status, _, body = await _get(srv, f"/rooms/{IH}/peers",
+                                         _basic("bob", make_token("s3cret", "bob")))
+            assert status == 200
+            [alice] = json.loads(body)
+            assert alice["peer_id"] == "alice" and alice["metadata"]["udp"][0] == "203.0.113.5"
+            # Counters and the caller's own address stay open.
+            for path in ("/health", "/stats", "/metrics", "/whoami"):
+                status, _, body = await _get(srv, path)
+                assert status == 200, path
+                assert b"alice" not in body and b"203.0.113.5" not in body, path
 
 
 async def test_metrics_and_peer_states() -> None:

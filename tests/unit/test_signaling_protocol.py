@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
-import pathlib
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -444,18 +445,52 @@ def test_reflector_fuzz(data: bytes) -> None:
 # --- no I/O in the cores -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["protocol.py", "rooms.py"])
-def test_core_imports_no_io(module: str) -> None:
-    import lt_punch.signaling
+_IO_PACKAGES = ("websockets", "aiohttp", "libtorrent", "redis", "prometheus_client")
+_IO_MODULES = ("asyncio", "socket", "selectors", "ssl")
 
-    source = pathlib.Path(lt_punch.signaling.__file__).with_name(module).read_text()
-    imported: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            imported.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"asyncio", "socket", "websockets", "libtorrent", "selectors"}
+
+def _loaded_after(imports: str) -> set[str]:
+    """The modules a fresh interpreter holds after ``import <imports>``."""
+    code = f"import {imports}, sys; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    return set(ast.literal_eval(done.stdout))
+
+
+def _top(names: set[str], banned: tuple[str, ...]) -> set[str]:
+    return {n for n in names if n.split(".")[0] in banned}
+
+
+def test_codecs_import_no_io_packages() -> None:
+    """Read sys.modules in a fresh process: parsing a module's own import lines misses
+    what its package __init__ pulls in (lt_punch.signaling loaded websockets, redis and
+    prometheus_client for ``import lt_punch.signaling.protocol``)."""
+    loaded = _loaded_after("lt_punch.signaling.protocol, lt_punch.nat.stun")
+    assert "lt_punch.signaling.protocol" in loaded  # the probe really ran
+    assert not _top(loaded, _IO_PACKAGES)
+
+
+def test_lazy_packages_still_export_every_name() -> None:
+    code = (
+        "import lt_punch, lt_punch.signaling as s\n"
+        "from lt_punch import EnhancedTorrentSession, P2PCoordinator, Config\n"
+        "from lt_punch.signaling import SignalingServer, SignalingClient, whoami\n"
+        "assert sorted(s.__all__) == sorted(s._LAZY), s.__all__\n"
+        "for pkg in (lt_punch, s):\n"
+        "    for name in pkg.__all__:\n"
+        "        assert getattr(pkg, name) is not None and name in dir(pkg), name\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout == "ok\n", done.stderr
+
+
+@pytest.mark.parametrize("module", ["protocol", "rooms", "security", "webtorrent"])
+def test_signaling_cores_import_no_io(module: str) -> None:
+    loaded = _loaded_after(f"lt_punch.signaling.{module}")
+    assert f"lt_punch.signaling.{module}" in loaded
+    assert not _top(loaded, _IO_PACKAGES + _IO_MODULES)
 
 
 def test_joined_listing_is_capped_and_fits_the_server_limit() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lt_punch.signaling.rooms import RoomError
 from lt_punch.signaling.security import (
     TokenBucket,
     candidates_of,
+    check_authorization,
     check_candidate,
     check_token,
     make_token,
@@ -41,11 +44,67 @@ def test_token_round_trip_and_refusals() -> None:
         check_token("s3cret", forged, "alice", now=NOW)
 
 
-@given(st.text(max_size=200))
-def test_any_token_text_is_refused_cleanly(text: str) -> None:
+_MAC = "0" * 64
+# Texts shaped like tokens reach the expiry and MAC checks; plain text the split.
+_TOKENS = st.one_of(
+    st.text(max_size=200),
+    st.builds("v1.{}.{}".format, st.text(max_size=30), st.text(max_size=80)),
+    st.builds("v1.{}.{}".format, st.integers(-(10**30), 10**30), st.just(_MAC)),
+    st.builds("v1.{}.{}".format, st.text("0123456789²³¹١٢٣۴５", min_size=1, max_size=40),
+              st.sampled_from([_MAC, "é" * 64, "\ud800", ""])),
+)
+
+
+@given(_TOKENS, st.one_of(st.just("alice"), st.text(max_size=70)))
+@example("v1.².abc", "alice")  # int("²") raised ValueError: internal-error
+@example("v1.1.é", "alice")  # compare_digest refused non-ASCII str: TypeError
+@example("v1." + "9" * 5000 + ".ab", "alice")  # over int()'s 4300-digit limit
+@example("v1.١٢٣." + _MAC, "alice")  # Arabic-Indic digits: another spelling of 123
+@example("v1.1." + _MAC, "\ud800")  # a lone surrogate in the peer id
+def test_any_token_text_is_refused_cleanly(text: str, peer_id: str) -> None:
+    """check_token raises RoomError and nothing else, whatever the text."""
     with pytest.raises(RoomError) as info:
-        check_token("s3cret", text, "alice", now=NOW)
+        check_token("s3cret", text, peer_id, now=NOW)
     assert info.value.code in ("bad-token", "token-expired")
+
+
+def _basic(raw: bytes) -> str:
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+@given(st.one_of(
+    st.none(),
+    st.text(max_size=200),
+    st.binary(max_size=300).map(_basic),
+    st.builds("{}:{}".format, st.text(max_size=70), _TOKENS).map(
+        lambda text: _basic(text.encode("utf-8", "surrogatepass"))),
+))
+def test_any_authorization_header_is_refused_cleanly(header: str | None) -> None:
+    with pytest.raises(RoomError) as info:
+        check_authorization("s3cret", header, now=NOW)
+    assert info.value.code in ("auth-required", "bad-token", "token-expired")
+
+
+def test_authorization_header_carries_peer_id_and_token() -> None:
+    token = make_token("s3cret", "alice", ttl=60, now=NOW)
+    assert check_authorization("s3cret", _basic(f"alice:{token}".encode()), now=NOW) == "alice"
+    assert check_authorization("s3cret", "basic  " + _basic(f"alice:{token}".encode())[6:],
+                               now=NOW) == "alice"  # the scheme is case-insensitive
+    for header, code in [
+        (None, "auth-required"),
+        (f"Bearer {token}", "bad-token"),
+        (_basic(f"bob:{token}".encode()), "bad-token"),
+        (_basic(f"alice:{token}".encode()).replace("Basic", "Digest"), "bad-token"),
+        (_basic(b"alice"), "bad-token"),
+        (_basic(b"\xff:" + token.encode()), "bad-token"),
+    ]:
+        with pytest.raises(RoomError) as info:
+            check_authorization("s3cret", header, now=NOW)
+        assert info.value.code == code, header
+        assert token not in str(info.value)
+    with pytest.raises(RoomError, match="expired") as info:
+        check_authorization("s3cret", _basic(f"alice:{token}".encode()), now=NOW + 60)
+    assert info.value.code == "token-expired"
 
 
 def test_token_bucket_rate_and_burst() -> None:
