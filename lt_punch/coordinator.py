@@ -32,10 +32,10 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError, LtPunchError, LtTimeoutError, PunchError
 from .nat.info import NATInfo
+from .punch.record import SETTLED, PunchRecord, PunchState
 from .punch.strategy import STRATEGY_METHODS, recommend_strategy
 from .signaling.protocol import MessageError, validate_peer_id
 from .signaling.server import SignalingServer
-from .punch.record import SETTLED, PunchRecord, PunchState
 from .torrent.session import EnhancedTorrentSession, Torrent
 from .types import Address
 

@@ -25,11 +25,10 @@ from ..config import Config
 from ..errors import ConfigError, SignalingError
 from ..nat.discover import discover_nat, route_local_ip
 from ..nat.info import NATInfo
-from ..signaling.client import whoami
+from ..signaling.mapping import whoami
 from ..types import Address
-from . import native
+from . import native, settings
 from .alerts import AlertPump
-from . import settings
 
 logger = logging.getLogger(__name__)
 
