@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+
+if TYPE_CHECKING:
+    from .handle import Torrent
 
 
 class _Event:
@@ -204,3 +209,38 @@ class EventStream:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+class EventHub:
+    """Where every event goes: the metrics, the torrent's open streams, and (the
+    events users act on, :attr:`_Event.public`) the session's queue of dicts.
+
+    The queue keeps the last 1,000: beyond that the oldest are dropped.
+    """
+
+    def __init__(self, torrents: Mapping[str, Torrent],
+                 metrics: Callable[[Event], None]) -> None:
+        self._torrents = torrents
+        self._metrics = metrics
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+    def emit(self, event: Event) -> None:
+        self._metrics(event)
+        torrent = self._torrents.get(getattr(event, "infohash", ""))
+        if torrent is not None and torrent.listened:
+            torrent.publish(event)  # type: ignore[arg-type]
+        if event.public:
+            if self._queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._queue.get_nowait()
+            self._queue.put_nowait(event.to_dict())
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self._queue.get()
+
+    def drain(self) -> list[dict[str, Any]]:
+        drained = []
+        while not self._queue.empty():
+            drained.append(self._queue.get_nowait())
+        return drained

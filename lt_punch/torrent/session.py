@@ -22,7 +22,7 @@ import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import libtorrent as lt
 
@@ -41,7 +41,7 @@ from . import requests, settings
 from .alerts import AlertPump
 from .dispatch import AlertDispatch
 from .endpoints import Discovery, reflector_of, tls_context
-from .events import Event
+from .events import EventHub
 from .handle import Torrent, infohash_of, make_params
 from .reader import TorrentReader
 from .rooms import RoomLink
@@ -55,8 +55,6 @@ __all__ = [
     "STATE_NAMES", "EnhancedTorrentSession", "PunchRecord", "Torrent", "infohash_of",
     "make_params",
 ]
-
-_STATE_FLAGS = lt.save_state_flags_t.save_dht_state
 
 
 class EnhancedTorrentSession:
@@ -97,8 +95,8 @@ class EnhancedTorrentSession:
         self._rooms: RoomLink | None = None
         self._reflector: Address | None = None
         self._metrics = PunchMetrics()
+        self._hub = EventHub(self.torrents, self._metrics)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         self._started_at = time.monotonic()
         self._closed = False
         self._signaling_error: str | None = None
@@ -121,21 +119,14 @@ class EnhancedTorrentSession:
         if settings.wants_outgoing_port(cfg):
             self.outgoing_port = settings.free_tcp_port(cfg.listen_host)
         pack = settings.build(cfg, self._lt_settings, self.outgoing_port)
-        params = lt.session_params()
-        if self._state:
-            try:
-                params = lt.read_session_params(self._state, _STATE_FLAGS)
-            except RuntimeError as exc:
-                logger.warning("ignoring the saved session state (%s): starting afresh", exc)
-        params.settings = cast(Any, pack)  # the binding takes a dict; its stubs do not
-        self.session = lt.session(params)
+        self.session = lt.session(settings.session_params(pack, self._state))
         self._pump = AlertPump(self.session)
         self._pump.start()
         self._dialer = LtDialer(self.session, self._pump, self.torrents.__getitem__,
                                 utp="utp" in cfg.methods)
-        self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer, self._emit,
+        self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer, self._hub.emit,
                                    changed=self._on_punch_change)
-        self._pump.subscribe(AlertDispatch(self.torrents, self._engine, self._emit,
+        self._pump.subscribe(AlertDispatch(self.torrents, self._engine, self._hub.emit,
                                            self.port_mappings))
         if cfg.signaling_enabled and cfg.signaling_url:
             try:
@@ -184,10 +175,7 @@ class EnhancedTorrentSession:
     def session_state(self) -> bytes:
         """The session state to keep for the next run (``state=``): the DHT's node id
         and routing table, bencoded."""
-        if self.session is None:
-            raise LtPunchError("session not started")
-        return bytes(lt.write_session_params_buf(self.session.session_state(_STATE_FLAGS),
-                                                 _STATE_FLAGS))
+        return settings.saved_state(self._lt()[0])
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -374,31 +362,16 @@ class EnhancedTorrentSession:
 
     # -- events ------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    def events(self) -> AsyncIterator[dict[str, Any]]:
         """Events as dicts (:meth:`~lt_punch.torrent.events.PeerPunched.to_dict`):
         ``{"type": "punched"|"punch-failed"|"connection-lost"|"finished"|"error"|
         "peer-left"|"port-mapping", ...}``."""
-        while True:
-            yield await self._events.get()
+        return self._hub.events()
 
     def drain_events(self) -> list[dict[str, Any]]:
         """The events queued so far, without waiting (what :meth:`events` would yield
         next); for a consumer that is about to stop and must not lose them."""
-        drained = []
-        while not self._events.empty():
-            drained.append(self._events.get_nowait())
-        return drained
-
-    def _emit(self, event: Event) -> None:
-        self._metrics(event)
-        torrent = self.torrents.get(getattr(event, "infohash", ""))
-        if torrent is not None and torrent.listened:
-            torrent.publish(event)  # type: ignore[arg-type]
-        if event.public:
-            if self._events.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    self._events.get_nowait()
-            self._events.put_nowait(event.to_dict())
+        return self._hub.drain()
 
     def _on_punch_change(self, infohash: str) -> None:
         torrent = self.torrents.get(infohash)

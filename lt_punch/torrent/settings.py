@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import socket
-from typing import Any
+from typing import Any, cast
 
 import libtorrent as lt
 
 from ..config import Config
+
+logger = logging.getLogger(__name__)
+
+STATE_FLAGS = lt.save_state_flags_t.save_dht_state
+"""What a session keeps across runs: the DHT's node id and routing table."""
 
 ISOLATED_SETTINGS: dict[str, Any] = {
     # No public DHT bootstrap, no LSD, no UPnP / NAT-PMP: peers only come from
@@ -102,3 +108,21 @@ def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) 
 def wants_outgoing_port(config: Config) -> bool:
     """Whether the session dials TCP from one fixed port (TCP punching is on)."""
     return "tcp" in config.methods and config.hole_punching_enabled
+
+
+def session_params(pack: dict[str, Any], state: bytes | None) -> lt.session_params:
+    """``session_params`` with the settings ``pack``, starting from a saved ``state``
+    (:func:`saved_state`) when it can be read."""
+    params = lt.session_params()
+    if state:
+        try:
+            params = lt.read_session_params(state, STATE_FLAGS)
+        except RuntimeError as exc:
+            logger.warning("ignoring the saved session state (%s): starting afresh", exc)
+    params.settings = cast(Any, pack)  # the binding takes a dict; its stubs do not
+    return params
+
+
+def saved_state(session: lt.session) -> bytes:
+    """The state of ``session`` to keep for the next run, bencoded."""
+    return bytes(lt.write_session_params_buf(session.session_state(STATE_FLAGS), STATE_FLAGS))
