@@ -16,7 +16,7 @@ once. A client that goes away cancels its request, and with it the piece read it
 on and that read's deadline: run the app with :func:`make_runner` (aiohttp cancels
 handlers on disconnect only when asked to).
 
-Every request first passes :func:`guard_middleware` (also ``lt-punch serve``'s): a
+Every request first passes a :class:`Guard` (also ``lt-punch serve``'s): a
 ``Host`` that is not an IP address, ``localhost`` or an allowed name is refused (DNS
 rebinding: a page of ``evil.example`` whose name now points at 127.0.0.1 would read the
 user's files), and so is a state-changing request from another web origin (a form any
@@ -56,17 +56,17 @@ IDLE_TIMEOUT = 30.0
 sending request headers that never end (then it is closed without an answer)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def make_app(session: Any, *, allow_hosts: Iterable[str] = (),
              allow_origins: Iterable[str] = (), **options: Any) -> web.Application:
     """The aiohttp application serving ``session``'s torrents, behind
-    :func:`guard_middleware` (``allow_hosts``, ``allow_origins``); ``options`` go to
+    :class:`Guard` (``allow_hosts``, ``allow_origins``); ``options`` go to
     :class:`aiohttp.web.Application` (e.g. ``middlewares``, run after the guard)."""
-    options["middlewares"] = [guard_middleware(allow_hosts, allow_origins),
-                              *options.get("middlewares", ())]
+    guard = Guard(allow_hosts, allow_origins)
+    options["middlewares"] = [guard.middleware, *options.get("middlewares", ())]
     app = web.Application(**options)
+    app.on_response_prepare.append(guard.on_response_prepare)
     app[SESSION_KEY] = session
     app.router.add_get("/", _index)
     app.router.add_get("/playlist.m3u", _playlist)
@@ -142,62 +142,73 @@ def normal_origin(value: str) -> str | None:
     return f"{scheme}://[{name}]:{port}" if ":" in name else f"{scheme}://{name}:{port}"
 
 
-def guard_middleware(allow_hosts: Iterable[str] = (),
-                     allow_origins: Iterable[str] = ()) -> Middleware:
+class Guard:
     """Refuse what a web page could make a browser send us (403, ``{"error": ...}``):
 
-    - a ``Host`` that :func:`host_allowed` refuses (DNS rebinding), or several;
+    - a ``Host`` that :func:`host_allowed` refuses (DNS rebinding), or several (400);
     - a state-changing request (not GET, HEAD, OPTIONS) whose ``Origin`` is neither
       ours (same scheme, host and port as the request) nor in ``allow_origins``
       (``*``: any); ``Origin: null`` included.
 
     An allowed other origin also gets CORS headers and answers to its preflights, so
-    that a web UI there can call the API (and send ``Authorization``)."""
-    hosts = frozenset(n for h in allow_hosts if (n := _allowed_name(h)))
-    origins = frozenset("*" if o.strip() == "*" else normal_origin(o) or o.strip().lower()
-                        for o in allow_origins)
+    that a web UI there can call the API (and send ``Authorization``). Install both
+    :meth:`middleware` (first) and :meth:`on_response_prepare` (streamed responses
+    send their headers before the middleware sees them)."""
+
+    def __init__(self, allow_hosts: Iterable[str] = (),
+                 allow_origins: Iterable[str] = ()) -> None:
+        self.hosts = frozenset(n for h in allow_hosts if (n := _allowed_name(h)))
+        self.origins = frozenset("*" if o.strip() == "*" else normal_origin(o)
+                                 or o.strip().lower() for o in allow_origins)
+
+    def _origin(self, request: web.Request) -> tuple[bool, bool]:
+        """Whether the request's ``Origin`` is ours, and whether it is listed."""
+        origin = request.headers.get("Origin")
+        normal = normal_origin(origin) if origin is not None else None
+        if normal is None:
+            return False, False
+        host = request.headers.get("Host")
+        ours = host is not None and normal == normal_origin(f"{request.scheme}://{host}")
+        return ours, "*" in self.origins or normal in self.origins
+
+    def _cors(self, request: web.Request) -> dict[str, str]:
+        return {"Access-Control-Allow-Origin": request.headers["Origin"], "Vary": "Origin",
+                "Access-Control-Expose-Headers":
+                    "Content-Range, Content-Length, Accept-Ranges, Location"}
 
     @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def middleware(self, request: web.Request,
+                         handler: Handler) -> web.StreamResponse:
         given = request.headers.getall("Host", [])
         if len(given) > 1:
             raise _forbidden("several Host headers", web.HTTPBadRequest)
         parts = split_authority(given[0]) if given else None
-        if given and (parts is None or not host_allowed(parts[0], hosts)):
+        if given and (parts is None or not host_allowed(parts[0], self.hosts)):
             raise _forbidden(f"Host {given[0][:100]!r} is not allowed: use an IP address "
                              "or localhost, or allow the name with --allow-host")
         origin = request.headers.get("Origin")
         if origin is None:
             return await handler(request)
-        normal = normal_origin(origin)
-        ours = (parts is not None and normal is not None
-                and normal == normal_origin(f"{request.scheme}://{given[0]}"))
-        listed = normal is not None and ("*" in origins or normal in origins)
-        if not (ours or listed):
-            if request.method in SAFE_METHODS:
-                return await handler(request)
+        ours, listed = self._origin(request)
+        if not (ours or listed) and request.method not in SAFE_METHODS:
             raise _forbidden(f"cross-origin {request.method} from {origin[:100]!r} refused: "
                              "allow the origin with --allow-origin")
-        if ours:
-            return await handler(request)
-        cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-                "Access-Control-Expose-Headers":
-                    "Content-Range, Content-Length, Accept-Ranges, Location"}
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        if (listed and not ours and request.method == "OPTIONS"
+                and "Access-Control-Request-Method" in request.headers):
             # A CORS preflight (Fetch standard, "CORS protocol"): before any token check.
             return web.Response(status=204, headers={
-                **cors, "Access-Control-Allow-Methods": "GET, HEAD, POST, DELETE",
+                **self._cors(request), "Access-Control-Allow-Methods": "GET, HEAD, POST, DELETE",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type, Range",
                 "Access-Control-Max-Age": "600"})
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers.update(cors)  # so that the page can read why
-            raise
-        response.headers.update(cors)
-        return response
+        return await handler(request)
 
-    return guard
+    async def on_response_prepare(self, request: web.Request,
+                                  response: web.StreamResponse) -> None:
+        """CORS headers on every answer to a listed origin, errors too (the page can
+        then read why)."""
+        ours, listed = self._origin(request)
+        if listed and not ours and "Access-Control-Allow-Origin" not in response.headers:
+            response.headers.update(self._cors(request))
 
 
 def _allowed_name(value: str) -> str | None:
@@ -475,8 +486,8 @@ async def _serve(source: str, file_index: int | None, host: str, port: int, out_
             await runner.cleanup()
 
 
-__all__ = ["IDLE_TIMEOUT", "RangeNotSatisfiable", "byte_range", "file_rows",
-           "guard_middleware", "link_query", "make_app", "make_runner", "stream_command"]
+__all__ = ["IDLE_TIMEOUT", "Guard", "RangeNotSatisfiable", "byte_range", "file_rows",
+           "link_query", "make_app", "make_runner", "stream_command"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(stream_command())

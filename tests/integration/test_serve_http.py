@@ -120,6 +120,11 @@ async def test_allowed_hosts_and_origins(swarm: Swarm, start: Any) -> None:
     async with api.http.post(api.url + "/torrents", json={"magnet": swarm.magnet},
                              headers={"Origin": ui, **auth}) as r:
         assert r.status == 201 and r.headers["Access-Control-Allow-Origin"] == ui
+    await api.daemon.session.torrents[swarm.infohash].wait_metadata(timeout=30)
+    async with api.http.get(f"{api.url}/files/{swarm.infohash}/0",  # a streamed answer
+                            headers={"Origin": ui, "Range": "bytes=0-9", **auth}) as r:
+        assert r.status == 206 and r.headers["Access-Control-Allow-Origin"] == ui
+        assert await r.read() == swarm.data[:10]
     # The token is still needed; the refusal is readable by the page.
     async with api.http.delete(f"{api.url}/torrents/{swarm.infohash}",
                                headers={"Origin": ui}) as r:
