@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
+import json
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 MAX_TORRENT_FILE = 16 << 20
 """Largest accepted request body (a .torrent upload)."""
+
+BODY_TIMEOUT = 30.0
+"""Seconds a request body may take to arrive (then 408)."""
 
 _INFOHASH = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _SOURCE = re.compile(r"^(?:magnet:\?.*|[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$", re.DOTALL)
@@ -184,17 +189,31 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # -- HTTP API --------------------------------------------------------------------------------
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
+BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("body_timeout", float)
 
 
-def make_api(daemon: Daemon, token: str | None = None) -> web.Application:
+def make_api(daemon: Daemon, token: str | None = None, *, allow_hosts: Iterable[str] = (),
+             allow_origins: Iterable[str] = (),
+             body_timeout: float = BODY_TIMEOUT) -> web.Application:
     """The daemon's aiohttp application: the REST API, ``/metrics`` and the stream
-    routes; with ``token``, every request needs ``Authorization: Bearer <token>``
-    (or ``?token=<token>``, for players that cannot send headers)."""
+    routes (run it with :func:`lt_punch.stream.make_runner`).
+
+    Args:
+        daemon: the started daemon.
+        token: if set, every request needs ``Authorization: Bearer <token>`` (or
+            ``?token=<token>``, for players that cannot send headers).
+        allow_hosts: ``Host`` names served besides IP addresses and ``localhost``.
+        allow_origins: web origins (``http://host:port``) allowed to change state
+            (POST, DELETE) besides the server's own; ``*``: any.
+        body_timeout: seconds a request body may take to arrive.
+    """
     from .stream import make_app
 
-    middlewares = [_auth_middleware(token)] if token else []
-    app = make_app(daemon.session, middlewares=middlewares, client_max_size=MAX_TORRENT_FILE)
+    middlewares = [_json_errors, *([_auth_middleware(token)] if token else [])]
+    app = make_app(daemon.session, allow_hosts=allow_hosts, allow_origins=allow_origins,
+                   middlewares=middlewares, client_max_size=MAX_TORRENT_FILE)
     app[DAEMON_KEY] = daemon
+    app[BODY_TIMEOUT_KEY] = body_timeout
     app.router.add_get("/p2p/nat", _p2p_nat)
     app.router.add_get("/p2p/stats", _p2p_stats)
     app.router.add_get("/p2p/health", _p2p_health)
@@ -226,9 +245,23 @@ def _auth_middleware(token: str) -> Any:
     return auth
 
 
-def _json_error(message: str) -> str:
-    import json
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error of the API as ``{"error": ...}``, aiohttp's own too (413, 405, 404)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            if isinstance(exc, web.HTTPRequestEntityTooLarge):
+                message = f"request body over {MAX_TORRENT_FILE >> 20} MiB"
+            else:
+                message = (exc.text or exc.reason).strip()
+            exc.text = _json_error(message)
+            exc.content_type = "application/json"
+        raise
 
+
+def _json_error(message: str) -> str:
     return json.dumps({"error": message})
 
 
@@ -285,8 +318,12 @@ async def _delete_torrent(request: web.Request) -> web.Response:
     if flag not in ("true", "false", "1", "0"):
         raise _fail(web.HTTPBadRequest, f"delete_files: expected true or false, got {flag!r}")
     delete_files = flag in ("true", "1")
+    # Without metadata there are no files (libtorrent knows no names to write), and
+    # libtorrent answers a delete with a failure whose error is "Success".
+    has_files = torrent.handle.torrent_file() is not None
     try:
-        await request.app[DAEMON_KEY].remove(torrent.infohash, delete_files=delete_files)
+        await request.app[DAEMON_KEY].remove(torrent.infohash,
+                                              delete_files=delete_files and has_files)
     except LtPunchError as exc:
         raise _fail(web.HTTPInternalServerError, str(exc)) from None
     return web.json_response({"removed": torrent.infohash, "files_deleted": delete_files})
@@ -295,14 +332,34 @@ async def _delete_torrent(request: web.Request) -> web.Response:
 async def _add_torrent(request: web.Request) -> web.Response:
     """A magnet link or infohash as JSON ``{"magnet": ...}``, a .torrent file as the body
     (``application/x-bittorrent``) or as the ``torrent`` field of a multipart form."""
-    source = await _source_of(request)
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_KEY]):
+            source = await _source_of(request)
+    except TimeoutError:
+        late = _fail(web.HTTPRequestTimeout, "request body not received within "
+                     f"{request.app[BODY_TIMEOUT_KEY]:g} s")
+        late.force_close()  # RFC 9110 §15.5.9: "the server ... wishes to close"
+        raise late from None
     daemon = request.app[DAEMON_KEY]
+    known = set(daemon.session.torrents)
     try:
         torrent, new = await daemon.add(source)
     except ConfigError as exc:
         raise _fail(web.HTTPBadRequest, str(exc)) from None
     except LtPunchError as exc:
         raise _fail(web.HTTPUnprocessableEntity, str(exc)) from None
+    except OSError as exc:
+        # Its resume data could not be written (a full state directory): a torrent the
+        # daemon would forget at its next start is taken out again.
+        for infohash in set(daemon.session.torrents) - known:
+            if not (daemon.torrent_dir / f"{infohash}.resume").exists():
+                with contextlib.suppress(LtPunchError):
+                    await daemon.remove(infohash, delete_files=False)
+        logger.warning("cannot save an added torrent: %s", exc)
+        kind = (web.HTTPInsufficientStorage if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else web.HTTPInternalServerError)
+        raise _fail(kind, "cannot save the torrent in the state directory: "
+                    f"{exc.strerror or exc}; not added") from None
     data = _describe(request, torrent)
     return web.json_response(data, status=201 if new else 200, headers={
         "Location": f"/torrents/{torrent.infohash}"})
@@ -311,9 +368,15 @@ async def _add_torrent(request: web.Request) -> web.Response:
 async def _source_of(request: web.Request) -> str | bytes:
     kind = request.content_type
     if kind == "application/json":
+        # RFC 8259 §8.1: "JSON text exchanged between systems ... MUST be encoded using
+        # UTF-8"; its media type defines no charset parameter (§11).
+        charset = (request.charset or "utf-8").lower()
+        if charset not in ("utf-8", "utf8"):
+            raise _fail(web.HTTPBadRequest, f"charset {charset[:40]!r}: JSON must be UTF-8")
+        raw = await request.read()
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise _fail(web.HTTPBadRequest, "body is not valid JSON") from None
         text = body.get("magnet") if isinstance(body, dict) else None
         if not isinstance(text, str):
@@ -321,7 +384,11 @@ async def _source_of(request: web.Request) -> str | bytes:
                                             "infohash}")
         return _checked_source(text)
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError) as exc:
+            # A bad boundary or charset, a malformed part (aiohttp's messages).
+            raise _fail(web.HTTPBadRequest, f"malformed form: {exc}"[:200]) from None
         field = form.get("torrent")
         if isinstance(field, web.FileField):
             return bytes(field.file.read())
@@ -421,6 +488,14 @@ class _SessionCollector(Collector):
 @click.option("--token", envvar="P2P_API_TOKEN", default=None, metavar="TOKEN",
               help="Require 'Authorization: Bearer TOKEN' (or ?token=TOKEN) on every request "
                    "[env: P2P_API_TOKEN].")
+@click.option("--allow-host", "allow_hosts", multiple=True, envvar="P2P_API_ALLOW_HOST",
+              metavar="NAME", help="Also answer requests for this Host name (repeatable; "
+              "IP addresses and localhost always are; * for any) [env: P2P_API_ALLOW_HOST, "
+              "space-separated].")
+@click.option("--allow-origin", "allow_origins", multiple=True, envvar="P2P_API_ALLOW_ORIGIN",
+              metavar="ORIGIN", help="Let web pages of this origin (http://host:port) add "
+              "and remove torrents, with CORS (repeatable; * for any) "
+              "[env: P2P_API_ALLOW_ORIGIN, space-separated].")
 @click.option("--signal", "signal_url", metavar="URL", help="Signaling server URL.")
 @click.option("--stun", multiple=True, metavar="HOST:PORT", help="STUN server (repeatable).")
 @click.option("--listen-host", default=None,
@@ -431,7 +506,8 @@ class _SessionCollector(Collector):
               help="Seconds between resume data saves.")
 @click.option("--isolated", is_flag=True, help="Only the signaling room as peer source.")
 def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Path | None,
-                  token: str | None, signal_url: str | None, stun: tuple[str, ...],
+                  token: str | None, allow_hosts: tuple[str, ...],
+                  allow_origins: tuple[str, ...], signal_url: str | None, stun: tuple[str, ...],
                   listen_host: str | None, listen_port: int | None, save_every: float,
                   isolated: bool) -> None:
     """Run the daemon: several torrents kept across restarts, the REST API, the stream
@@ -444,6 +520,7 @@ def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Pa
     state_dir = state_dir or default_state_dir()
     if token is not None and not token.strip():
         raise click.UsageError("--token: empty")
+    api = _api_options(host, allow_hosts, allow_origins)
     try:
         for path in (state_dir, download_dir):
             if path is not None:
@@ -451,17 +528,34 @@ def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Pa
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     run_server(_serve(host, port, state_dir, download_dir, token, config, save_every,
-                      isolated), f"{host}:{port}")
+                      isolated, api), f"{host}:{port}")
+
+
+def _api_options(host: str, allow_hosts: tuple[str, ...],
+                 allow_origins: tuple[str, ...]) -> dict[str, Any]:
+    """make_api's Host and Origin options, checked; the bound name is always served."""
+    from .stream import normal_origin, split_authority
+
+    for name in allow_hosts:
+        if name != "*" and split_authority(name) is None:
+            raise click.UsageError(f"--allow-host {name!r}: not a host name")
+    for origin in allow_origins:
+        if origin != "*" and normal_origin(origin) is None:
+            raise click.UsageError(f"--allow-origin {origin!r}: expected "
+                                   "http(s)://host[:port] or *")
+    return {"allow_hosts": [host, *allow_hosts], "allow_origins": list(allow_origins)}
 
 
 async def _serve(host: str, port: int, state_dir: Path, download_dir: Path | None,
-                 token: str | None, config: Config, save_every: float, isolated: bool) -> None:
+                 token: str | None, config: Config, save_every: float, isolated: bool,
+                 api: dict[str, Any]) -> None:
+    from .stream import make_runner
     from .torrent.session import ISOLATED_SETTINGS
 
     settings = dict(ISOLATED_SETTINGS) if isolated else None
     async with Daemon(state_dir, config, download_dir=download_dir, lt_settings=settings,
                       save_every=save_every) as daemon:
-        runner = web.AppRunner(make_api(daemon, token))
+        runner = make_runner(make_api(daemon, token, **api))
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()

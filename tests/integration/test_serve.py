@@ -145,7 +145,7 @@ async def test_upload_torrent_file_raw_and_multipart(swarm: Swarm, start_api: An
     ({"data": aiohttp.FormData({"magnet": "/etc/passwd"})}, 400,
      "not a magnet link or infohash"),
     ({"data": io.BytesIO(b"x" * (17 << 20)),
-      "headers": {"Content-Type": "application/x-bittorrent"}}, 413, ""),
+      "headers": {"Content-Type": "application/x-bittorrent"}}, 413, "over 16 MiB"),
 ])
 async def test_add_rejects_bad_input(start_api: Any, kwargs: dict[str, Any], status: int,
                                      message: str) -> None:
@@ -250,6 +250,7 @@ def _serve_argv(state: Path, *extra: str) -> list[str]:
 async def test_serve_command_starts_answers_and_stops(swarm: Swarm, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
     env["P2P_API_TOKEN"] = TOKEN
+    env["P2P_API_ALLOW_HOST"] = "media.example tv.example"
     assert swarm.config.signaling_url is not None
     proc = await asyncio.create_subprocess_exec(
         # On loopback, libtorrent bound to 0.0.0.0 gets no DHT reply from a reflector on
@@ -265,11 +266,15 @@ async def test_serve_command_starts_answers_and_stops(swarm: Swarm, tmp_path: Pa
             match = re.match(r"serving (http://\S+)/ \(state in .*, 0 torrent\(s\) restored\)",
                              line)
             assert match, line + (await proc.stderr.read()).decode()
-            async with aiohttp.ClientSession() as http, http.get(
-                    match[1] + "/p2p/health",
-                    headers={"Authorization": f"Bearer {TOKEN}"}) as r:
-                health = await r.json()
-                assert r.status == 200 and health["status"] == "ok", health
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with aiohttp.ClientSession() as http:
+                async with http.get(match[1] + "/p2p/health", headers=auth) as r:
+                    health = await r.json()
+                    assert r.status == 200 and health["status"] == "ok", health
+                for host, status in (("tv.example", 200), ("evil.example", 403)):
+                    async with http.get(match[1] + "/torrents",
+                                        headers={**auth, "Host": host}) as r:
+                        assert r.status == status, host
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
             assert "stopping" in (await proc.stdout.read()).decode()
@@ -286,6 +291,8 @@ async def test_serve_command_starts_answers_and_stops(swarm: Swarm, tmp_path: Pa
     (["--signal", "http://x"], "--signal"),
     (["--save-every", "0"], "--save-every"),
     (["--listen-host", "nowhere"], "listen_host: not an IP address"),
+    (["--allow-origin", "ftp://x"], "--allow-origin 'ftp://x': expected"),
+    (["--allow-host", "a:b"], "--allow-host 'a:b': not a host name"),
 ])
 async def test_serve_command_bad_options(tmp_path: Path, extra: list[str],
                                          message: str) -> None:

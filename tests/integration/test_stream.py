@@ -1,24 +1,28 @@
 """HTTP streaming (lt_punch.stream) of a file that is still downloading: Range, HEAD,
-416, concurrent readers, a client that leaves mid-response, the listings (loopback)."""
+416, concurrent readers, a client that leaves mid-response, the Host check, the
+listings (loopback)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
+import socket
+import struct
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from lt_punch.stream import make_app
+from lt_punch.stream import make_app, make_runner
 from lt_punch.torrent.maketorrent import make_torrent, write_random_file
 
-from .conftest import SIZE, Pair
+from .conftest import PIECE, SIZE, Pair
 
 
 class Server:
@@ -29,7 +33,7 @@ class Server:
 
 @pytest.fixture
 async def server(pair: Pair) -> AsyncIterator[Server]:
-    runner = web.AppRunner(make_app(pair.leech))
+    runner = make_runner(make_app(pair.leech))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -78,13 +82,110 @@ async def test_random_ranges_are_exact(pair: Pair, server: Server,
             assert await r.read() == expected, header
 
 
-@pytest.mark.parametrize("header", [f"bytes={SIZE}-", "bytes=abc", "bytes=5-2",
-                                    "bytes=0-1,5-6", "items=0-1"])
+@pytest.mark.parametrize("header", [f"bytes={SIZE}-", "bytes=abc", "bytes=5-2", "bytes=-0",
+                                    "bytes=", "bytes=-", "bytes=1", "bytes=0x1-2",
+                                    "bytes=+1-2", f"bytes={'9' * 5000}-"])
 async def test_bad_ranges_get_416(server: Server, http: aiohttp.ClientSession,
                                   header: str) -> None:
     async with http.get(server.file_url, headers={"Range": header}) as r:
         assert r.status == 416, header
         assert r.headers["Content-Range"] == f"bytes */{SIZE}"
+
+
+@pytest.mark.parametrize("headers", [
+    {"Range": "bytes=0-1,5-6"},  # several ranges: RFC 9110 §14.2, a server MAY ignore
+    {"Range": "items=0-1"},  # §14.2: MUST ignore a unit it does not understand
+    {"Range": "bytes=0-1", "If-Range": '"etag"'},  # §13.1.5: no validator of ours matches
+])
+async def test_ignored_ranges_get_the_whole_file(pair: Pair, server: Server,
+                                                 http: aiohttp.ClientSession,
+                                                 headers: dict[str, str]) -> None:
+    async with http.get(server.file_url, headers=headers) as r:
+        assert r.status == 200, headers
+        assert "Content-Range" not in r.headers
+        assert r.headers["Content-Length"] == str(SIZE)
+        assert await r.content.readexactly(1000) == pair.data[:1000]
+
+
+async def test_an_unknown_host_is_refused(server: Server, http: aiohttp.ClientSession) -> None:
+    """DNS rebinding would let any page read the user's files through a player's URL."""
+    port = server.base.rsplit(":", 1)[1]
+    for url in (server.file_url, server.base + "/?format=json", server.base + "/playlist.m3u"):
+        async with http.get(url, headers={"Host": f"evil.example:{port}"}) as r:
+            assert r.status == 403, url
+            assert "Host 'evil.example:" in (await r.json())["error"]
+    async with http.head(server.file_url, headers={"Host": f"localhost:{port}"}) as r:
+        assert r.status == 200
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:  # noqa: ASYNC109
+    """Wait for a piece priority to change: libtorrent has no alert for it."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout} s: {what}") from None
+
+
+class _Lines(logging.Handler):
+    """Sets ``done`` once ``count`` records containing ``text`` were logged."""
+
+    def __init__(self, text: str, count: int) -> None:
+        super().__init__()
+        self.text, self.count, self.done = text, count, asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count -= 1
+            if self.count == 0:
+                self.done.set()
+
+
+async def test_a_client_that_leaves_takes_its_read_and_deadline_along(
+        pair: Pair, server: Server, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Players that seek and leave while their piece is missing: each read used to wait
+    (up to 60 s) with its piece deadline, ahead of the next reader's."""
+    caplog.set_level(logging.INFO, logger="lt_punch.stream")
+    torrent = pair.leech.torrents[pair.infohash]
+    handle = torrent.handle
+    handle.set_download_limit(1000)  # nothing more arrives while they wait
+    missing = [p for p in range(handle.torrent_file().num_pieces() - 1, -1, -1)
+               if not handle.have_piece(p)][:10]
+    assert len(missing) == 10, "the download finished too soon"
+    host, port = server.base.removeprefix("http://").split(":")
+    clients = []
+    for piece in missing:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        start = piece * PIECE + 5
+        writer.write(f"GET /files/{pair.infohash}/0 HTTP/1.1\r\nHost: {host}\r\n"
+                     f"Range: bytes={start}-{start + 65535}\r\n\r\n".encode())
+        async with asyncio.timeout(10):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 206")
+        clients.append(writer)
+    await _until(lambda: all(handle.piece_priority(p) == 7 for p in missing),
+                 "every read waits for its piece")
+    lines = _Lines("left video.mp4", len(missing))
+    logging.getLogger("lt_punch.stream").addHandler(lines)
+    try:
+        for writer in clients:  # gone with a reset, as a player killed mid-seek
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+        async with asyncio.timeout(10):  # one line per client, once its read is over
+            await lines.done.wait()
+    finally:
+        logging.getLogger("lt_punch.stream").removeHandler(lines)
+    assert len(torrent.claims) == 0  # each read gave its deadline and priority back
+    assert {handle.piece_priority(p) for p in missing} == {4}
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
+    handle.set_download_limit(0)
+    async with http.get(server.file_url, headers={"Range": f"bytes={missing[0] * PIECE}-"
+                                                            f"{missing[0] * PIECE + 9}"}) as r:
+        start = missing[0] * PIECE
+        assert await r.read() == pair.data[start:start + 10]
 
 
 async def test_concurrent_readers(pair: Pair, server: Server,
