@@ -169,8 +169,13 @@ async def test_stream_metadata_timeout_is_a_failure_not_bad_input(tmp_path: Path
     proc = await asyncio.create_subprocess_exec(
         *_stream_argv(tmp_path, "--metadata-timeout", "0.5"), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(30):
-        _, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 1, err  # it was 2, "bad input"
     assert err.decode().strip() == f"error: no metadata for {'ab' * 20} after 0.5 s"
 
@@ -209,7 +214,12 @@ async def test_stream_bad_signal_url_exits_2(tmp_path: Path, url: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         *_stream_argv(tmp_path, "--signal", url), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(30):
-        _, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 2, err
     assert "--signal: " in err.decode() and "Traceback" not in err.decode()
