@@ -69,14 +69,16 @@ def run_server(main: Coroutine[Any, Any, None], address: str) -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         raise click.exceptions.Exit(2) from None
+    except LtPunchError as exc:
+        # Before OSError: LtTimeoutError is a TimeoutError, hence an OSError, yet a
+        # failure (no metadata in time, say), not bad input.
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
     except OSError as exc:
         # A bind error carries strerror; our own OSErrors (e.g. Redis) say it all.
         reason = f"cannot serve on {address}: {exc.strerror}" if exc.strerror else str(exc)
         click.echo(f"error: {reason}", err=True)
         raise click.exceptions.Exit(2) from None
-    except LtPunchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise click.exceptions.Exit(1) from None
 
 
 @click.group(cls=LazyGroup)

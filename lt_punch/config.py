@@ -15,6 +15,7 @@ variable                       meaning
 ``P2P_SIGNALING_PORT``         port an embedded server binds (and the URL's)
 ``P2P_SIGNALING_TOKEN``        token sent when registering (servers with a secret)
 ``P2P_SIGNALING_CA``           CA file (PEM) trusted for a ``wss://`` server
+``P2P_PEER_ID``                our peer id on the signaling server (default: random)
 ``P2P_HOLE_PUNCHING_ENABLED``  punch to room peers (``true``/``false``)
 ``P2P_STUN_SERVERS``           comma-separated ``host:port`` list
 ``P2P_TURN_SERVER``            ``host:port`` of a TURN relay
@@ -33,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,10 +75,33 @@ def parse_ip(value: str, name: str) -> str:
 
 
 def parse_ws_url(value: str, name: str) -> str:
+    """A ``ws://`` or ``wss://`` URL with a host and, if given, a port in 1..65535."""
     url = value.strip()
     if not url.startswith(("ws://", "wss://")):
         raise ConfigError(f"{name}: expected ws:// or wss:// URL, got {value!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError: not a number, or out of 0..65535
+    except ValueError as exc:
+        raise ConfigError(f"{name}: bad URL {value!r}: {exc}") from None
+    if not parts.hostname:
+        raise ConfigError(f"{name}: no host in {value!r}")
+    if any(c.isspace() for c in parts.netloc):
+        raise ConfigError(f"{name}: invalid host in {value!r}")
+    if port == 0:
+        raise ConfigError(f"{name}: port 0 in {value!r}")
     return url
+
+
+def parse_peer_id(value: str, name: str) -> str:
+    """A peer id as the signaling protocol accepts it (1..64 of ``[A-Za-z0-9._-]``)."""
+    # Imported here: the signaling package pulls in websockets, which Config needs not.
+    from .signaling.protocol import MessageError, validate_peer_id
+
+    try:
+        return str(validate_peer_id(value, name))
+    except MessageError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_hostport(value: str, name: str) -> Address:
@@ -138,6 +163,11 @@ class Config:
     signaling_token: str | None = field(default=None, repr=False)
     """Token sent in ``register`` (needed when the server has a secret configured)."""
 
+    peer_id: str | None = None
+    """Our id on the signaling server (1..64 characters of ``[A-Za-z0-9._-]``). A server
+    with a secret accepts only tokens made for it (``lt-punch signal token --peer-id``).
+    None: sessions pick a random one."""
+
     signaling_ca: str | None = None
     """CA certificates (PEM file) to trust for a ``wss://`` server, besides the
     system's (a private CA, a self-signed server)."""
@@ -181,12 +211,12 @@ class Config:
         self._validate()
 
     def _validate(self) -> None:
-        if self.signaling_url is not None and not self.signaling_url.startswith(
-            ("ws://", "wss://")
-        ):
-            raise ConfigError(
-                f"signaling_url: expected ws:// or wss:// URL, got {self.signaling_url!r}"
-            )
+        if self.signaling_url is not None:
+            if not isinstance(self.signaling_url, str):
+                raise ConfigError(f"signaling_url: expected a string, got {self.signaling_url!r}")
+            parse_ws_url(self.signaling_url, "signaling_url")
+        if self.peer_id is not None:
+            parse_peer_id(self.peer_id, "peer_id")
         parse_port(self.signaling_port, "signaling_port")
         parse_port(self.listen_port, "listen_port")
         if self.signaling_udp_port is not None:
@@ -226,6 +256,7 @@ class Config:
             "P2P_SIGNALING_PORT": ("signaling_port", parse_port),
             "P2P_SIGNALING_TOKEN": ("signaling_token", lambda v, n: v.strip()),
             "P2P_SIGNALING_CA": ("signaling_ca", lambda v, n: v.strip()),
+            "P2P_PEER_ID": ("peer_id", lambda v, n: parse_peer_id(v.strip(), n)),
             "P2P_HOLE_PUNCHING_ENABLED": ("hole_punching_enabled", parse_bool),
             "P2P_STUN_SERVERS": ("stun_servers", parse_hostports),
             "P2P_TURN_SERVER": ("turn_server", parse_hostport),
@@ -259,5 +290,6 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["Config", "parse_bool", "parse_hostport", "parse_hostports", "parse_ms", "parse_port"]
+__all__ = ["Config", "parse_bool", "parse_hostport", "parse_hostports", "parse_ms",
+           "parse_peer_id", "parse_port", "parse_ws_url"]
 

@@ -21,6 +21,7 @@ import fnmatch
 import json
 import os
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any, TextIO
 
 import click
 
-from .config import Config, parse_hostport, parse_ws_url
+from .config import Config, parse_hostport, parse_peer_id, parse_ws_url
 from .errors import ConfigError, LtPunchError
 
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -115,18 +116,45 @@ class Output:
             self._live = None
 
 
-def state_path(out_dir: Path, infohash: str) -> Path:
-    return out_dir / ".lt_punch" / f"{infohash}.resume"
+def state_dir(out_dir: Path) -> Path:
+    """Where the command keeps resume data: ``DIR/.lt_punch``."""
+    return out_dir / ".lt_punch"
+
+
+def check_source(source: str) -> None:
+    """Refuse a path that is not a regular file before anything opens it: a FIFO would
+    block the open (and with it SIGINT and SIGTERM), a directory is no .torrent file.
+
+    Raises:
+        ConfigError: naming the path and what it is.
+    """
+    text = source.strip()
+    if text.startswith("magnet:"):
+        return
+    try:
+        mode = os.stat(text).st_mode  # stat does not open: a FIFO cannot block it
+    except (OSError, ValueError):
+        return  # not a path: make_params says what is wrong with it
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{text}: is a directory, not a .torrent file")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{text}: not a regular file (a FIFO, socket or device); "
+                          "give a .torrent file, a magnet link or an infohash")
 
 
 def check_writable(out_dir: Path) -> None:
     """Raises ConfigError naming the problem when files cannot be written in ``out_dir``."""
+    state = state_dir(out_dir)
     try:
-        (out_dir / ".lt_punch").mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".lt_punch" / ".write-test"
+        state.mkdir(parents=True, exist_ok=True)
+        probe = state / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        for path in (out_dir, state):
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"cannot write to {out_dir}: {path} is not a "
+                                  "directory") from None
         raise ConfigError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
 
 
@@ -166,28 +194,40 @@ async def run_download(
     """The download; returns the exit code. ``stop`` set = interrupted (save and leave)."""
     import libtorrent as lt
 
+    from .torrent.persistence import Origin, ResumeError, ResumeStore, infohash_of_params
     from .torrent.session import EnhancedTorrentSession, infohash_of, make_params
 
     stop = stop or asyncio.Event()
     check_writable(out_dir)
+    check_source(source)
     atp = make_params(source)  # ConfigError on a bad source
+    store = ResumeStore(state_dir(out_dir))
+    # The source's peers and trackers (a magnet's x.pe and tr): kept with the resume
+    # data, since libtorrent's own may have lost them by the time it is saved.
+    origin = Origin.of(atp)
+    infohash = infohash_of_params(atp)
+    if infohash is not None:
+        store.check(infohash)  # a directory where the resume file goes: bad input
+        # Resume data of an earlier run of this command, if any.
+        try:
+            entry = store.load(infohash)
+        except ResumeError as exc:
+            output.event("warning", f"warning: ignoring unusable resume data: {exc}")
+        else:
+            if entry is not None:
+                atp = entry.params
+                origin.apply(atp)  # this run's source may name new peers and trackers
+                origin = entry.origin.merge(origin)
+                output.event("resume", f"resuming from {entry.path}", path=str(entry.path))
     settings = dict(lt_settings or {})
-    async with EnhancedTorrentSession(config, lt_settings=settings, save_path=out_dir) as session:
+    async with EnhancedTorrentSession(config, peer_id=config.peer_id, lt_settings=settings,
+                                      save_path=out_dir) as session:
         assert session.session is not None
         if config.listen_port and session.session.listen_port() != config.listen_port:
             raise ConfigError(f"cannot listen on port {config.listen_port} (in use?)")
         if config.signaling_enabled and session.signaling_error:
             output.event("warning", f"warning: signaling server unreachable "
                          f"({session.signaling_error}); using the other peer sources")
-        # Resume data of an earlier run of this command, if any.
-        infohash = _atp_infohash(atp)
-        resume = state_path(out_dir, infohash) if infohash else None
-        if resume is not None and resume.exists():
-            try:
-                atp = lt.read_resume_data(resume.read_bytes())
-                output.event("resume", f"resuming from {resume}", path=str(resume))
-            except RuntimeError as exc:
-                output.event("warning", f"warning: ignoring unreadable resume data {resume}: {exc}")
         atp.save_path = str(out_dir)
         # Per torrent, so that they hold for every peer (libtorrent exempts peers on local
         # networks from the session-wide limits), and from the start: a peer of the room
@@ -198,7 +238,7 @@ async def run_download(
         torrent = await session.add(atp, save_path=out_dir)
         handle = torrent.handle
         infohash = infohash_of(handle)
-        resume = state_path(out_dir, infohash)
+        resume = store.path(infohash)
 
         async def save_resume() -> int | None:
             """Save; the bytes of the pieces the saved data holds (None: not saved)."""
@@ -207,7 +247,7 @@ async def run_download(
             received = handle.status().total_payload_download
             started = time.monotonic()
             try:
-                verified = await _save_resume(session, handle, infohash, resume)
+                verified = await _save_resume(session, handle, infohash, store, origin)
             except OSError as exc:  # a full disk, say: the download goes on
                 output.event("warning", f"warning: cannot save resume data in {resume}: "
                              f"{exc.strerror or exc}")
@@ -228,7 +268,7 @@ async def run_download(
         try:
             return await _report_until_done(
                 torrent, session, output, out_dir, files, seed, stop, report_every,
-                save_resume)
+                save_resume, resume)
         finally:
             saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -237,12 +277,11 @@ async def run_download(
 
 async def _report_until_done(
     torrent: Any, session: Any, output: Output, out_dir: Path, files: tuple[str, ...],
-    seed: bool, stop: asyncio.Event, report_every: float, save_resume: Any,
+    seed: bool, stop: asyncio.Event, report_every: float, save_resume: Any, resume: Path,
 ) -> int:
     """Report progress until the download is done, failed or interrupted; the exit code."""
     handle = torrent.handle
     infohash = torrent.infohash
-    resume = state_path(out_dir, infohash)
     files_set = False
     code: int | None = None
     while code is None:
@@ -289,18 +328,9 @@ async def _report_until_done(
     return code
 
 
-def _atp_infohash(atp: Any) -> str | None:
-    try:
-        ih = atp.info_hashes
-        best = ih.get_best()
-        text = str(best)
-        return text if text and set(text) != {"0"} else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-async def _save_resume(session: Any, handle: Any, infohash: str, path: Path) -> int:
-    """Write the torrent's resume data atomically (tmp file + rename); returns the bytes
+async def _save_resume(session: Any, handle: Any, infohash: str, store: Any,
+                       origin: Any) -> int:
+    """Write the torrent's resume data and origin atomically; returns the bytes
     of the pieces it holds - what a restart does not fetch again. Read from the data
     itself, not from the torrent's status: once (a CI run) the status counted 15.4 MB of
     checked pieces just before a save, yet the restart after ``kill -9`` fetched 8.4 MB
@@ -308,9 +338,7 @@ async def _save_resume(session: Any, handle: Any, infohash: str, path: Path) -> 
     import libtorrent as lt
 
     data = await session.resume_data(infohash)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    store.save(infohash, data, origin)
     ti = handle.torrent_file()
     if ti is None:
         return 0
@@ -339,7 +367,8 @@ def _progress(torrent: Any, status: Any) -> Progress:
 
 
 def config_from_options(
-    signal_url: str | None, stun: tuple[str, ...] = (), **overrides: Any
+    signal_url: str | None, stun: tuple[str, ...] = (), peer_id: str | None = None,
+    **overrides: Any,
 ) -> Config:
     """The Config of a command: its options over ``P2P_*``; signaling off without a URL.
 
@@ -349,6 +378,8 @@ def config_from_options(
     try:
         if signal_url:
             overrides["signaling_url"] = parse_ws_url(signal_url, "--signal")
+        if peer_id is not None:
+            overrides["peer_id"] = parse_peer_id(peer_id.strip(), "--peer-id")
         if stun:
             overrides["stun_servers"] = tuple(parse_hostport(s, "--stun") for s in stun)
         config = Config.from_env(**overrides)
@@ -357,6 +388,11 @@ def config_from_options(
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     return config
+
+
+PEER_ID_HELP = ("Our id on the signaling server (1..64 of A-Z a-z 0-9 . _ -); a server with "
+                "a secret needs a token made for it: 'lt-punch signal token --peer-id ID' "
+                "[default: P2P_PEER_ID, else random].")
 
 
 @click.command("download")
@@ -372,6 +408,7 @@ def config_from_options(
               help="Signaling server (ws:// or wss://); default P2P_SIGNALING_URL.")
 @click.option("--stun", multiple=True, metavar="HOST:PORT",
               help="STUN server for NAT discovery (repeatable); default P2P_STUN_SERVERS.")
+@click.option("--peer-id", metavar="ID", default=None, help=PEER_ID_HELP)
 @click.option("--listen-port", type=click.IntRange(0, 65535), default=None,
               help="TCP/UDP port for peers (0: any free port) [default: P2P_LISTEN_PORT or 0].")
 @click.option("--max-download-rate", type=click.IntRange(min=0), default=0, metavar="KB/s",
@@ -384,11 +421,12 @@ def config_from_options(
               help="Only the signaling room as peer source (no DHT bootstrap, LSD, UPnP).")
 def download_command(
     source: str, out_dir: Path, files: tuple[str, ...], seed: bool, as_json: bool,
-    signal_url: str | None, stun: tuple[str, ...], listen_port: int | None,
-    max_download_rate: int, max_upload_rate: int, save_every: float, isolated: bool,
+    signal_url: str | None, stun: tuple[str, ...], peer_id: str | None,
+    listen_port: int | None, max_download_rate: int, max_upload_rate: int,
+    save_every: float, isolated: bool,
 ) -> None:
     """Download SOURCE (a magnet link, a .torrent file or an infohash)."""
-    config = config_from_options(signal_url, stun, listen_port=listen_port)
+    config = config_from_options(signal_url, stun, peer_id, listen_port=listen_port)
     settings: dict[str, Any] = {}
     if isolated:
         from .torrent.session import ISOLATED_SETTINGS

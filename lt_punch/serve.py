@@ -4,9 +4,14 @@ One :class:`~lt_punch.coordinator.P2PCoordinator` (one libtorrent session), seve
 torrents, kept across restarts in a state directory::
 
     STATE_DIR/torrents/<infohash>.resume   libtorrent resume data (with the info dict once
-                                           known): written on add, every --save-every
-                                           seconds and at shutdown
+                                           known) and the peers and trackers the torrent
+                                           was added with (:mod:`~lt_punch.torrent.persistence`):
+                                           written on add, every --save-every seconds and
+                                           at shutdown
     STATE_DIR/session.state                the DHT's node id and routing table
+    STATE_DIR/peer_id                      our id on the signaling server, generated on
+                                           the first start when none is given, so that a
+                                           token made for it stays valid
     STATE_DIR/downloads/                   the default download directory
 
 and one aiohttp server for the REST API (``docs/api.md``), the stream URLs of
@@ -23,6 +28,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .config import Config
+from .config import Config, parse_peer_id
 from .errors import ConfigError, LtPunchError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +52,6 @@ MAX_TORRENT_FILE = 16 << 20
 BODY_TIMEOUT = 30.0
 """Seconds a request body may take to arrive (then 408)."""
 
-_INFOHASH = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _SOURCE = re.compile(r"^(?:magnet:\?.*|[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$", re.DOTALL)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,33 +62,99 @@ def default_state_dir() -> Path:
     return Path(base) / "lt_punch"
 
 
+def _state_error(state_dir: Path, problem: str) -> ConfigError:
+    return ConfigError(f"state directory {state_dir}: {problem}")
+
+
+def _make_dir(state_dir: Path, path: Path) -> None:
+    """Create ``path`` (in or at ``state_dir``); ConfigError saying what is wrong."""
+    what = "it" if path == state_dir else str(path.relative_to(state_dir)) \
+        if path.is_relative_to(state_dir) else str(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise _state_error(state_dir, f"{what} is a file, not a directory") from None
+    except NotADirectoryError:
+        raise _state_error(state_dir, f"a part of the path of {path} is a file, not a "
+                                      "directory") from None
+    except OSError as exc:
+        raise _state_error(state_dir, f"cannot create {path}: {exc.strerror or exc}") from None
+    if not path.is_dir():
+        raise _state_error(state_dir, f"{what} is not a directory")
+
+
+def load_peer_id(state_dir: Path) -> str:
+    """The peer id kept in ``state_dir/peer_id``; a new random one (saved) on the first
+    call. Stable across restarts, so a signaling token made for it stays valid.
+
+    Raises:
+        ConfigError: the file cannot be read or written, or holds no valid peer id.
+    """
+    path = state_dir / "peer_id"
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        text = None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise _state_error(state_dir, f"cannot read peer_id: {reason}") from None
+    if text is not None:
+        try:
+            return parse_peer_id(text, f"{path}")
+        except ConfigError as exc:
+            raise _state_error(state_dir, f"{exc}; fix or delete the file") from None
+    peer_id = "ltp-" + secrets.token_hex(6)
+    try:
+        _write_atomic(path, (peer_id + "\n").encode())
+    except OSError as exc:
+        raise _state_error(state_dir, f"cannot write peer_id: {exc.strerror or exc}") from None
+    return peer_id
+
+
 class Daemon:
     """The session, its torrents and their state directory.
 
     Args:
-        state_dir: where resume data and the session state live (created if missing).
+        state_dir: where resume data, the session state and the peer id live (created if
+            missing).
         config: the session's settings.
         download_dir: default download directory (``state_dir/downloads``).
         lt_settings: libtorrent settings over ours (e.g. ``ISOLATED_SETTINGS``).
         save_every: seconds between resume data saves.
+        peer_id: our id on the signaling server; default ``config.peer_id``, else the one
+            kept in ``state_dir/peer_id`` (generated on the first start).
+
+    Raises:
+        ConfigError: the state directory cannot be used (the message says why).
     """
 
     def __init__(self, state_dir: Path, config: Config, *, download_dir: Path | None = None,
-                 lt_settings: dict[str, Any] | None = None, save_every: float = 30.0) -> None:
+                 lt_settings: dict[str, Any] | None = None, save_every: float = 30.0,
+                 peer_id: str | None = None) -> None:
         from .coordinator import P2PCoordinator
+        from .torrent.persistence import Origin, ResumeStore
 
         self.state_dir = state_dir
         self.torrent_dir = state_dir / "torrents"
         self.download_dir = download_dir or state_dir / "downloads"
         self._state_file = state_dir / "session.state"
-        for path in (self.torrent_dir, self.download_dir):
-            path.mkdir(parents=True, exist_ok=True)
-        state = self._state_file.read_bytes() if self._state_file.exists() else None
-        self.coordinator = P2PCoordinator(config, lt_settings=lt_settings,
+        for path in (state_dir, self.torrent_dir, self.download_dir):
+            _make_dir(state_dir, path)
+        self.store = ResumeStore(self.torrent_dir)
+        try:
+            state = self._state_file.read_bytes() if self._state_file.exists() else None
+        except OSError as exc:
+            raise _state_error(state_dir, f"cannot read session.state: "
+                                          f"{exc.strerror or exc}") from None
+        self.peer_id = peer_id or config.peer_id or load_peer_id(state_dir)
+        self.coordinator = P2PCoordinator(config, peer_id=self.peer_id,
+                                          lt_settings=lt_settings,
                                           save_path=self.download_dir, session_state=state)
         self.save_every = save_every
         self.restored: list[str] = []
         """Infohashes brought back from the state directory at start."""
+        self._origins: dict[str, Origin] = {}
+        """Each torrent's peers and trackers from its sources, saved with its resume data."""
         self._saver: asyncio.Task[None] | None = None
 
     @property
@@ -124,30 +195,45 @@ class Daemon:
         await self.coordinator.close()
 
     async def _restore(self) -> None:
-        import libtorrent as lt
-
-        for path in sorted(self.torrent_dir.glob("*.resume")):
+        entries, unusable = self.store.entries()
+        bad = list(unusable)
+        for entry in entries:
             try:
-                atp = lt.read_resume_data(path.read_bytes())
-                torrent = await self.session.add(atp)
-            except (RuntimeError, OSError, LtPunchError) as exc:
-                bad = path.with_suffix(".bad")
-                logger.warning("cannot restore %s (%s): moved to %s", path.name, exc, bad.name)
-                with contextlib.suppress(OSError):
-                    os.replace(path, bad)
+                # The params carry the origin's peers and trackers: a magnet's x.pe
+                # peers are dialled again after a restart.
+                torrent = await self.session.add(entry.params)
+            except LtPunchError as exc:
+                bad.append((entry.path, str(exc)))
                 continue
+            self._origins[torrent.infohash] = entry.origin
             self.restored.append(torrent.infohash)
+        for path, reason in bad:
+            aside = path.with_suffix(".bad")
+            logger.warning("cannot restore %s (%s): moved to %s", path.name, reason, aside.name)
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
         if self.restored:
             logger.info("restored %d torrent(s) from %s", len(self.restored), self.torrent_dir)
 
     async def add(self, source: Any) -> tuple[Any, bool]:
         """Add a torrent (magnet, infohash or .torrent bytes) and save it at once;
-        returns it and whether it is new."""
+        returns it and whether it is new. The peers and trackers its source names are
+        kept with its resume data (and added again after a restart)."""
+        from .torrent.persistence import Origin
+        from .torrent.session import make_params
+
+        origin = Origin.of(make_params(source))  # ConfigError on a bad source
         known = set(self.session.torrents)
         torrent = await self.session.add(source)
         new = torrent.infohash not in known
-        if new:
-            await self.save(torrent.infohash)
+        old = self._origins.get(torrent.infohash, Origin())
+        merged = old.merge(origin)
+        self._origins[torrent.infohash] = merged
+        if new or merged != old:
+            try:
+                await self.save(torrent.infohash)
+            except OSError as exc:  # the torrent runs; the next periodic save may work
+                logger.warning("cannot save resume data of %s: %s", torrent.infohash, exc)
         return torrent, new
 
     async def remove(self, infohash: str, *, delete_files: bool) -> None:
@@ -159,13 +245,19 @@ class Daemon:
         try:
             await self.session.remove(infohash, delete_files=delete_files)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                (self.torrent_dir / f"{infohash}.resume").unlink()
+            self._origins.pop(infohash, None)
+            self.store.remove(infohash)
 
     async def save(self, infohash: str) -> None:
+        """Write a torrent's resume data (and origin) atomically.
+
+        Raises:
+            LtPunchError: libtorrent produced no resume data.
+            OSError: the file could not be written.
+        """
         data = await self.session.resume_data(infohash)
         if infohash in self.session.torrents:  # not removed meanwhile
-            _write_atomic(self.torrent_dir / f"{infohash}.resume", data)
+            self.store.save(infohash, data, self._origins.get(infohash))
 
     async def save_all(self) -> None:
         for infohash in list(self.session.torrents):
@@ -498,6 +590,10 @@ class _SessionCollector(Collector):
               "[env: P2P_API_ALLOW_ORIGIN, space-separated].")
 @click.option("--signal", "signal_url", metavar="URL", help="Signaling server URL.")
 @click.option("--stun", multiple=True, metavar="HOST:PORT", help="STUN server (repeatable).")
+@click.option("--peer-id", metavar="ID", default=None,
+              help="Our id on the signaling server (a server with a secret needs a token "
+                   "made for it: 'lt-punch signal token --peer-id ID') [default: "
+                   "P2P_PEER_ID, else one generated once and kept in STATE_DIR/peer_id].")
 @click.option("--listen-host", default=None,
               help="BitTorrent listen address [default: P2P_LISTEN_HOST or 0.0.0.0].")
 @click.option("--listen-port", type=click.IntRange(0, 65535), default=None,
@@ -508,23 +604,24 @@ class _SessionCollector(Collector):
 def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Path | None,
                   token: str | None, allow_hosts: tuple[str, ...],
                   allow_origins: tuple[str, ...], signal_url: str | None, stun: tuple[str, ...],
-                  listen_host: str | None, listen_port: int | None, save_every: float,
-                  isolated: bool) -> None:
+                  peer_id: str | None, listen_host: str | None, listen_port: int | None,
+                  save_every: float, isolated: bool) -> None:
     """Run the daemon: several torrents kept across restarts, the REST API, the stream
     URLs and /metrics on one HTTP server (docs/api.md)."""
     from .cli import run_server
     from .download import check_writable, config_from_options
 
-    config = config_from_options(signal_url, stun, listen_host=listen_host,
+    config = config_from_options(signal_url, stun, peer_id, listen_host=listen_host,
                                  listen_port=listen_port)
     state_dir = state_dir or default_state_dir()
     if token is not None and not token.strip():
         raise click.UsageError("--token: empty")
     api = _api_options(host, allow_hosts, allow_origins)
     try:
-        for path in (state_dir, download_dir):
-            if path is not None:
-                check_writable(path)
+        _make_dir(state_dir, state_dir)
+        _check_writable_state(state_dir)
+        if download_dir is not None:
+            check_writable(download_dir)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     run_server(_serve(host, port, state_dir, download_dir, token, config, save_every,
@@ -544,6 +641,15 @@ def _api_options(host: str, allow_hosts: tuple[str, ...],
             raise click.UsageError(f"--allow-origin {origin!r}: expected "
                                    "http(s)://host[:port] or *")
     return {"allow_hosts": [host, *allow_hosts], "allow_origins": list(allow_origins)}
+
+
+def _check_writable_state(state_dir: Path) -> None:
+    probe = state_dir / ".write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise _state_error(state_dir, f"not writable: {exc.strerror or exc}") from None
 
 
 async def _serve(host: str, port: int, state_dir: Path, download_dir: Path | None,
@@ -572,7 +678,7 @@ async def _serve(host: str, port: int, state_dir: Path, download_dir: Path | Non
             await runner.cleanup()
 
 
-__all__ = ["Daemon", "default_state_dir", "make_api", "serve_command"]
+__all__ = ["Daemon", "default_state_dir", "load_peer_id", "make_api", "serve_command"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(serve_command())

@@ -428,32 +428,72 @@ def _unsatisfiable(size: int) -> web.Response:
 @click.option("--player", type=click.Choice(["mpv", "vlc"]), default=None,
               help="Launch this player on the stream URL.")
 @click.option("--signal", "signal_url", metavar="URL", help="Signaling server URL.")
+@click.option("--peer-id", metavar="ID", default=None,
+              help="Our id on the signaling server (for a server with a secret: "
+                   "'lt-punch signal token --peer-id ID') [default: P2P_PEER_ID, else random].")
+@click.option("--metadata-timeout", type=click.FloatRange(min=0.1), default=120.0,
+              show_default=True, help="Seconds to wait for the metadata of a magnet link; "
+                                      "then exit with 1.")
 @click.option("--isolated", is_flag=True, help="Only the signaling room as peer source.")
 def stream_command(source: str, file_index: int | None, host: str, port: int, out_dir: Path,
-                   player: str | None, signal_url: str | None, isolated: bool) -> None:
-    """Stream SOURCE (magnet, .torrent or infohash) over HTTP while it downloads."""
-    from .cli import run_server
-    from .download import check_writable, config_from_options
+                   player: str | None, signal_url: str | None, peer_id: str | None,
+                   metadata_timeout: float, isolated: bool) -> None:
+    """Stream SOURCE (magnet, .torrent or infohash) over HTTP while it downloads.
 
-    config = config_from_options(signal_url)
+    SIGTERM (and SIGINT, unless the shell started it with SIGINT ignored) stops it at
+    any time, also while it waits for the metadata; exit code 0. Exit codes otherwise:
+    1 failed (no metadata in time), 2 bad input."""
+    from .cli import run_server
+    from .download import check_source, check_writable, config_from_options
+
+    config = config_from_options(signal_url, peer_id=peer_id)
     try:
         check_writable(out_dir)
+        check_source(source)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if player and shutil.which(player) is None:
         raise click.UsageError(f"--player {player}: not installed (not on PATH)")
-    run_server(_serve(source, file_index, host, port, out_dir, player, config, isolated),
-               f"{host}:{port}")
+    run_server(_serve(source, file_index, host, port, out_dir, player, config, isolated,
+                      metadata_timeout), f"{host}:{port}")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM sets ``stop``; so does SIGINT, unless it was ignored when we started (a
+    job a non-interactive shell puts in the background): that choice is the caller's."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
 
 
 async def _serve(source: str, file_index: int | None, host: str, port: int, out_dir: Path,
-                 player: str | None, config: Any, isolated: bool) -> None:
+                 player: str | None, config: Any, isolated: bool,
+                 metadata_timeout: float = 120.0) -> None:
     from .torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
 
+    # From the start: a stop while the metadata is awaited must not wait for it.
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
     settings = dict(ISOLATED_SETTINGS) if isolated else {}
-    async with EnhancedTorrentSession(config, lt_settings=settings, save_path=out_dir) as session:
+    async with EnhancedTorrentSession(config, peer_id=config.peer_id, lt_settings=settings,
+                                      save_path=out_dir) as session:
         torrent = await session.add(source)
-        await session.wait_metadata(torrent.infohash, timeout=120)
+        if not torrent.handle.status().has_metadata:
+            print(f"fetching the metadata of {torrent.infohash} (at most "  # noqa: T201
+                  f"{metadata_timeout:g} s)", flush=True)
+        metadata = asyncio.ensure_future(
+            session.wait_metadata(torrent.infohash, timeout=metadata_timeout))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({metadata, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (metadata, stopped):
+                task.cancel()
+            await asyncio.gather(metadata, stopped, return_exceptions=True)
+        if stop.is_set():
+            return
+        metadata.result()  # LtTimeoutError: no metadata in time
         ti = torrent.handle.torrent_file()
         assert ti is not None
         layout = ti.layout()
@@ -472,10 +512,6 @@ async def _serve(source: str, file_index: int | None, host: str, port: int, out_
             url = f"http://{bound[0]}:{bound[1]}/files/{torrent.infohash}/{file_index}"
             print(f"streaming {reader.name} at {url}", flush=True)  # noqa: T201
             proc = await asyncio.create_subprocess_exec(player, url) if player else None
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             if proc is not None and proc.returncode is None:
                 proc.terminate()

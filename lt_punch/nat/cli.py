@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from typing import Any
 
 import click
 
@@ -42,6 +43,20 @@ def _endpoint(ip: str | None, port: int | None) -> str:
     return f"{host}:{port}" if port is not None else host
 
 
+def _failed(info: NATInfo) -> bool:
+    """Detection failed: no verdict at all (``blocked``, with its error, is one)."""
+    return info.error is not None and info.nat_type == "unknown"
+
+
+def to_json(info: NATInfo) -> dict[str, Any]:
+    """The JSON report: :meth:`NATInfo.to_dict`, without a confidence when detection
+    failed (there is nothing to be confident about)."""
+    data = info.to_dict()
+    if _failed(info):
+        data["confidence"] = None
+    return data
+
+
 def format_table(info: NATInfo) -> str:
     """The human-readable report: the verdict, then each test with its duration."""
     server = _endpoint(*info.stun_server) if info.stun_server else "-"
@@ -56,7 +71,7 @@ def format_table(info: NATInfo) -> str:
         ("public endpoint", _endpoint(info.public_ip, info.public_port)),
         ("local endpoint", _endpoint(info.local_ip, info.local_port)),
         ("STUN server", server),
-        ("confidence", f"{info.confidence:.2f}"),
+        ("confidence", "-" if _failed(info) else f"{info.confidence:.2f}"),
         ("duration", f"{info.duration:.3f} s"),
     ]
     if info.error:
@@ -117,11 +132,11 @@ def nat_command(
         discover_nat(servers, retransmission=schedule, overall_timeout=overall_timeout)
     )
     if as_json:
-        click.echo(json.dumps(info.to_dict(), indent=2))
+        click.echo(json.dumps(to_json(info), indent=2))
     else:
         click.echo(format_table(info))
     if info.error:
         raise click.exceptions.Exit(1)
 
 
-__all__ = ["format_table", "nat_command"]
+__all__ = ["format_table", "nat_command", "to_json"]

@@ -259,6 +259,10 @@ def make_params(source: Any) -> lt.add_torrent_params:
         prefix = "urn:btih:" if len(lowered) == 40 else "urn:btmh:1220"
         return lt.parse_magnet_uri(f"magnet:?xt={prefix}{lowered}")
     if os.path.exists(text):
+        if not os.path.isfile(text):
+            # A FIFO would block the read forever; a directory is no .torrent either.
+            kind = "a directory" if os.path.isdir(text) else "not a regular file"
+            raise ConfigError(f"{text}: {kind}, not a .torrent file")
         try:
             return lt.load_torrent_file(text)
         except RuntimeError as exc:

@@ -76,8 +76,7 @@ class EnhancedTorrentSession:
                  state: bytes | None = None) -> None:
         self.config = config if config is not None else Config.from_env()
         self._state = state
-        self.peer_id: str = (peer_id or getattr(self.config, "peer_id", None)
-                             or "ltp-" + secrets.token_hex(6))
+        self.peer_id: str = peer_id or self.config.peer_id or "ltp-" + secrets.token_hex(6)
         self.save_path = str(save_path)
         self._lt_settings = dict(lt_settings or {})
         self.nat_info: NATInfo | None = nat_info

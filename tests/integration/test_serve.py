@@ -242,6 +242,17 @@ async def test_restart_brings_the_torrents_back(swarm: Swarm, start_api: Any,
     assert info["total_download"] == 0
 
 
+async def _communicate(proc: asyncio.subprocess.Process) -> bytes:
+    """The stderr of a command expected to end at once; killed if it does not."""
+    try:
+        async with asyncio.timeout(30):
+            return (await proc.communicate())[1]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 def _serve_argv(state: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "lt_punch", "serve", "--port", "0", "--state-dir",
             str(state), *extra]
@@ -293,14 +304,18 @@ async def test_serve_command_starts_answers_and_stops(swarm: Swarm, tmp_path: Pa
     (["--listen-host", "nowhere"], "listen_host: not an IP address"),
     (["--allow-origin", "ftp://x"], "--allow-origin 'ftp://x': expected"),
     (["--allow-host", "a:b"], "--allow-host 'a:b': not a host name"),
+    (["--signal", "ws://"], "--signal: no host in 'ws://'"),
+    (["--signal", "ws://:80"], "--signal: no host in 'ws://:80'"),
+    (["--signal", "ws://[::1"], "--signal: bad URL 'ws://[::1'"),
+    (["--signal", "ws://127.0.0.1:99999"], "Port out of range"),
+    (["--peer-id", "my box"], "--peer-id must be 1..64 characters"),
 ])
 async def test_serve_command_bad_options(tmp_path: Path, extra: list[str],
                                          message: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         *_serve_argv(tmp_path / "state", *extra), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
+    err = await _communicate(proc)
     assert proc.returncode == 2
     assert message in err.decode() and "Traceback" not in err.decode()
 
@@ -324,3 +339,80 @@ async def test_serve_command_port_in_use(tmp_path: Path, option: str, message: s
     assert proc.returncode == 2, err
     assert message.format(port=port) in err.decode()
     assert "Traceback" not in err.decode()
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda s: (s / "torrents").write_text(""), "torrents is a file, not a directory"),
+    (lambda s: (s / "session.state").mkdir(), "cannot read session.state: Is a directory"),
+    (lambda s: (s / "peer_id").write_text("my box\n"), "peer_id must be 1..64 characters"),
+])
+async def test_serve_command_says_what_is_wrong_with_the_state_dir(
+        tmp_path: Path, make: Any, message: str) -> None:
+    # It said "cannot serve on 127.0.0.1:0: File exists" (or a traceback).
+    state = tmp_path / "state"
+    state.mkdir()
+    make(state)
+    proc = await asyncio.create_subprocess_exec(
+        *_serve_argv(state, "--isolated"), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    err = await _communicate(proc)
+    assert proc.returncode == 2, err
+    assert f"error: state directory {state}: " in err.decode()
+    assert message in err.decode() and "Traceback" not in err.decode()
+
+
+async def test_peer_id_is_kept_in_the_state_dir(swarm: Swarm, tmp_path: Path) -> None:
+    """Without a peer id the daemon makes one once and keeps it: a signaling token made
+    for it stays valid across restarts. A given one wins and is not stored."""
+    from lt_punch import Config
+
+    state = tmp_path / "state"
+    config = Config(signaling_enabled=False, listen_host="127.0.0.1")
+    first = Daemon(state, config, lt_settings=LT)
+    again = Daemon(state, config, lt_settings=LT)
+    assert first.peer_id == again.peer_id
+    assert (state / "peer_id").read_text().strip() == first.peer_id
+    assert Daemon(state, config.replace(peer_id="mybox")).peer_id == "mybox"
+    assert Daemon(state, config, peer_id="other").peer_id == "other"
+    assert (state / "peer_id").read_text().strip() == first.peer_id
+    async with first:
+        assert first.session.peer_id == first.peer_id
+
+
+async def test_a_copied_resume_file_is_restored_once(swarm: Swarm, start_api: Any,
+                                                     tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    api = await start_api(state=state)
+    await api.json("POST", "/torrents", status=201, json={"magnet": swarm.magnet})
+    await api.daemon.close()
+    resume = state / "torrents" / f"{swarm.infohash}.resume"
+    (state / "torrents" / "backup.resume").write_bytes(resume.read_bytes())
+    api = await start_api(state=state)
+    assert api.daemon.restored == [swarm.infohash]
+    assert len((await api.json("GET", "/torrents"))["torrents"]) == 1
+
+
+async def test_restart_adds_a_magnets_peers_again(swarm: Swarm, start_api: Any,
+                                                  tmp_path: Path) -> None:
+    """The peers and trackers of an added magnet are kept with its resume data, and
+    come back with it after a restart."""
+    import libtorrent as lt
+
+    state = tmp_path / "state"
+    api = await start_api(state=state)
+    magnet = swarm.magnet + "&x.pe=127.0.0.1:45678&tr=http%3A%2F%2F127.0.0.1%3A45679%2Fa"
+    await api.json("POST", "/torrents", status=201, json={"magnet": magnet})
+    await api.daemon.close()
+    resume = state / "torrents" / f"{swarm.infohash}.resume"
+    # As libtorrent's resume data is once the dials to the peer failed: without it.
+    data = lt.bdecode(resume.read_bytes())
+    assert isinstance(data, dict)
+    data[b"peers"] = b""
+    data[b"trackers"] = []
+    resume.write_bytes(lt.bencode(data))
+    api = await start_api(state=state)
+    assert api.daemon.restored == [swarm.infohash]
+    entry = api.daemon.store.load(swarm.infohash)
+    assert entry is not None and ("127.0.0.1", 45678) in entry.params.peers
+    handle = api.daemon.session.torrents[swarm.infohash].handle
+    assert "http://127.0.0.1:45679/a" in [t["url"] for t in handle.trackers()]

@@ -257,3 +257,70 @@ async def test_stream_command_serves_a_file(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _stream_argv(tmp_path: Path, *extra: str) -> list[str]:
+    # An infohash nobody has: the command waits for its metadata.
+    return [sys.executable, "-m", "lt_punch", "stream", "ab" * 20, "-o", str(tmp_path),
+            "--port", "0", "--isolated", *extra]
+
+
+async def test_stream_metadata_timeout_is_a_failure_not_bad_input(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    proc = await asyncio.create_subprocess_exec(
+        *_stream_argv(tmp_path, "--metadata-timeout", "0.5"), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1, err  # it was 2, "bad input"
+    assert err.decode().strip() == f"error: no metadata for {'ab' * 20} after 0.5 s"
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def test_stream_stops_on_sigterm_while_waiting_for_metadata(tmp_path: Path) -> None:
+    """Started from a script with SIGINT ignored (a background job), SIGTERM stops the
+    command at once, cleanly, even before the metadata came (it was killed outright, or
+    with SIGINT handled, waited up to 120 s)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = await asyncio.create_subprocess_exec(
+        *_stream_argv(tmp_path), env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, preexec_fn=_ignore_sigint)
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+            assert line.startswith(f"fetching the metadata of {'ab' * 20}"), line
+            proc.send_signal(signal.SIGINT)  # ignored
+            proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+
+
+@pytest.mark.parametrize("url", ["ws://", "ws://:80", "ws://[::1", "ws://127.0.0.1:99999"])
+async def test_stream_bad_signal_url_exits_2(tmp_path: Path, url: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *_stream_argv(tmp_path, "--signal", url), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2, err
+    assert "--signal: " in err.decode() and "Traceback" not in err.decode()

@@ -162,3 +162,46 @@ def test_invalid_keyword_named(kwargs: dict[str, object], name: str) -> None:
 def test_replace_validates() -> None:
     with pytest.raises(ConfigError, match="punch_attempts"):
         Config().replace(punch_attempts=21)
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("ws://", "no host"),
+        ("ws://:80", "no host"),
+        ("ws://[::1", "Invalid IPv6 URL"),
+        ("ws://127.0.0.1:99999", "Port out of range"),
+        ("ws://host:port", "Port could not be cast"),
+        ("ws://host:0", "port 0"),
+        ("ws://a b:1", "invalid host"),
+        ("http://host:1", "expected ws:// or wss://"),
+    ],
+)
+def test_bad_signaling_url_is_a_config_error(url: str, fragment: str) -> None:
+    # Library users get the ConfigError too, not a ValueError from urllib later on.
+    with pytest.raises(ConfigError, match="signaling_url") as info:
+        Config(signaling_url=url)
+    assert fragment in str(info.value)
+    with pytest.raises(ConfigError, match="P2P_SIGNALING_URL") as info:
+        Config.from_env({"P2P_SIGNALING_URL": url})
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8765", "wss://[::1]:443/path",
+                                 "ws://signal.example"])
+def test_good_signaling_urls(url: str) -> None:
+    assert Config(signaling_url=url).signaling_url == url
+
+
+def test_peer_id_from_environment_and_keyword() -> None:
+    assert Config().peer_id is None
+    assert Config.from_env({"P2P_PEER_ID": " mybox "}).peer_id == "mybox"
+    assert Config.from_env({"P2P_PEER_ID": "mybox"}, peer_id="other").peer_id == "other"
+
+
+@pytest.mark.parametrize("value", ["my box", "x" * 65, "a/b"])
+def test_bad_peer_id_named(value: str) -> None:
+    with pytest.raises(ConfigError, match="P2P_PEER_ID must be 1..64 characters"):
+        Config.from_env({"P2P_PEER_ID": value})
+    with pytest.raises(ConfigError, match="peer_id must be 1..64 characters"):
+        Config(peer_id=value)

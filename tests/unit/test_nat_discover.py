@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lt_punch.errors import ConfigError
-from lt_punch.nat.cli import nat_command
+from lt_punch.nat.cli import format_table, nat_command, to_json
 from lt_punch.nat.discover import (
     Retransmission,
     _allocation_pattern,
@@ -482,3 +482,14 @@ def test_cli_registered_and_without_libtorrent() -> None:
         "assert 'libtorrent' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_cli_failed_detection_claims_no_confidence() -> None:
+    # It printed "confidence 1.00" beside the error.
+    info = NATInfo(nat_type="unknown", error="cannot resolve STUN server x:1")
+    table = format_table(info)
+    assert any(line.split() == ["confidence", "-"] for line in table.splitlines()), table
+    assert to_json(info)["confidence"] is None
+    blocked = NATInfo(nat_type="blocked", error="no answer", confidence=0.7)
+    assert to_json(blocked)["confidence"] == 0.7
+    assert "0.70" in format_table(blocked)
