@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from pathlib import Path
 
@@ -135,3 +136,55 @@ async def test_an_outgoing_port_taken_meanwhile_is_replaced(server, tmp_path, mo
             assert s.session.get_settings()["outgoing_port"] == s.outgoing_port
     finally:
         holder.close()
+
+
+async def test_concurrent_adds_each_get_their_own_torrent(tmp_path: Path) -> None:
+    """Each add waits for the add_torrent_alert of its own parameters (it used to take
+    any: parallel adds were answered with each other's torrent)."""
+    config = Config(signaling_enabled=False, listen_host="127.0.0.1")
+    wanted = [f"{n:02x}" * 20 for n in range(1, 9)]
+    async with EnhancedTorrentSession(config, lt_settings=SETTINGS, save_path=tmp_path) as s:
+        added = await asyncio.gather(*(s.add(f"magnet:?xt=urn:btih:{ih}") for ih in wanted))
+        assert [t.infohash for t in added] == wanted
+        assert sorted(s.torrents) == sorted(wanted)
+
+
+async def test_adding_a_torrent_again_adds_the_new_peers_and_trackers(tmp_path: Path) -> None:
+    """A second source of the same torrent (a magnet with other x.pe peers and trackers)
+    gives them to the torrent already there: libtorrent dials the new peer."""
+    dialled = asyncio.Event()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dialled.set()
+        writer.close()
+
+    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    ih = "cd" * 20
+    config = Config(signaling_enabled=False, listen_host="127.0.0.1")
+    try:
+        async with EnhancedTorrentSession(config, lt_settings=SETTINGS,
+                                          save_path=tmp_path) as s:
+            first = await s.add(f"magnet:?xt=urn:btih:{ih}&tr=http://127.0.0.1:9/a")
+            again = await s.add(f"magnet:?xt=urn:btih:{ih}&tr=http://127.0.0.1:9/b"
+                                f"&x.pe=127.0.0.1:{port}")
+            assert again is first
+            urls = {entry["url"] for entry in first.handle.trackers()}
+            assert urls == {"http://127.0.0.1:9/a", "http://127.0.0.1:9/b"}
+            async with asyncio.timeout(10):
+                await dialled.wait()
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+def test_a_fifo_or_a_directory_is_not_a_torrent_file(tmp_path: Path) -> None:
+    """Reading a FIFO would block for ever: refused at once, like a directory."""
+    from lt_punch.torrent.handle import make_params
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        make_params(str(fifo))
+    with pytest.raises(ConfigError, match="a directory"):
+        make_params(str(tmp_path))
