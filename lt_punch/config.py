@@ -18,9 +18,6 @@ variable                       meaning
 ``P2P_PEER_ID``                our peer id on the signaling server (default: random)
 ``P2P_HOLE_PUNCHING_ENABLED``  punch to room peers (``true``/``false``)
 ``P2P_STUN_SERVERS``           comma-separated ``host:port`` list
-``P2P_TURN_SERVER``            ``host:port`` of a TURN relay
-``P2P_TURN_USERNAME``          TURN user name
-``P2P_TURN_PASSWORD``          TURN password
 ``P2P_CONNECTION_TIMEOUT``     milliseconds for one punch / connection
 ``P2P_KEEP_ALIVE_INTERVAL``    milliseconds between NAT keep-alives
 ``P2P_LISTEN_HOST``            libtorrent's listen address
@@ -139,6 +136,13 @@ def parse_ms(value: str, name: str, *, minimum: int = 1, maximum: int = 86_400_0
     return ms / 1000.0
 
 
+_NO_TURN = "a TURN relay is not supported yet (no setting would use it); unset it"
+UNSUPPORTED = {"P2P_TURN_SERVER": _NO_TURN, "P2P_TURN_USERNAME": _NO_TURN,
+               "P2P_TURN_PASSWORD": _NO_TURN}
+"""Variables of the contract that nothing implements yet: set, they are an error
+rather than silently ignored."""
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings of a coordinator / session. All fields are optional."""
@@ -178,12 +182,6 @@ class Config:
     stun_servers: tuple[Address, ...] = ()
     """STUN servers for NAT type detection. Empty: no STUN, the public endpoint
     comes from the signaling server only (no traffic to third parties by default)."""
-
-    turn_server: Address | None = None
-    """TURN relay (used by the relay fallback, a later milestone)."""
-
-    turn_username: str | None = None
-    turn_password: str | None = None
 
     connection_timeout: float = 10.0
     """Seconds one punch may take before it is reported failed."""
@@ -236,8 +234,6 @@ class Config:
         for m in self.methods:
             if m not in ("utp", "tcp"):
                 raise ConfigError(f"methods: unknown method {m!r} (known: utp, tcp)")
-        if (self.turn_username is None) != (self.turn_password is None):
-            raise ConfigError("turn_username and turn_password must be given together")
 
     @classmethod
     def from_env(
@@ -259,15 +255,15 @@ class Config:
             "P2P_PEER_ID": ("peer_id", lambda v, n: parse_peer_id(v.strip(), n)),
             "P2P_HOLE_PUNCHING_ENABLED": ("hole_punching_enabled", parse_bool),
             "P2P_STUN_SERVERS": ("stun_servers", parse_hostports),
-            "P2P_TURN_SERVER": ("turn_server", parse_hostport),
-            "P2P_TURN_USERNAME": ("turn_username", lambda v, n: v),
-            "P2P_TURN_PASSWORD": ("turn_password", lambda v, n: v),
             "P2P_CONNECTION_TIMEOUT": ("connection_timeout", parse_ms),
             "P2P_KEEP_ALIVE_INTERVAL": ("keep_alive_interval", parse_ms),
             "P2P_LISTEN_HOST": ("listen_host", parse_ip),
             "P2P_LISTEN_PORT": ("listen_port", parse_port),
             "P2P_ISOLATED": ("isolated", parse_bool),
         }
+        for var in UNSUPPORTED:
+            if env.get(var):
+                raise ConfigError(f"{var}: {UNSUPPORTED[var]}")
         for var, (attr, parse) in parsers.items():
             raw = env.get(var)
             if raw is None or raw == "":
@@ -280,8 +276,6 @@ class Config:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("stun_servers"), str):
             values["stun_servers"] = parse_hostports(values["stun_servers"], "stun_servers")
-        if isinstance(values.get("turn_server"), str):
-            values["turn_server"] = parse_hostport(values["turn_server"], "turn_server")
         if "stun_servers" in values:
             values["stun_servers"] = tuple(tuple(s) for s in values["stun_servers"])
         return cls(**values)
