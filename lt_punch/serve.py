@@ -218,7 +218,14 @@ class Daemon:
     async def add(self, source: Any) -> tuple[Any, bool]:
         """Add a torrent (magnet, infohash or .torrent bytes) and save it at once;
         returns it and whether it is new. The peers and trackers its source names are
-        kept with its resume data (and added again after a restart)."""
+        kept with its resume data (and added again after a restart).
+
+        Raises:
+            ConfigError: a bad source.
+            OSError: a new torrent's resume data could not be written (a full state
+                directory): it is taken out again rather than forgotten at the next
+                start.
+        """
         from .torrent.persistence import Origin
         from .torrent.session import make_params
 
@@ -232,7 +239,12 @@ class Daemon:
         if new or merged != old:
             try:
                 await self.save(torrent.infohash)
-            except OSError as exc:  # the torrent runs; the next periodic save may work
+            except OSError as exc:
+                if new:
+                    with contextlib.suppress(LtPunchError):
+                        await self.remove(torrent.infohash, delete_files=False)
+                    raise
+                # A torrent saved before keeps its file; the next periodic save may work.
                 logger.warning("cannot save resume data of %s: %s", torrent.infohash, exc)
         return torrent, new
 
@@ -433,20 +445,13 @@ async def _add_torrent(request: web.Request) -> web.Response:
         late.force_close()  # RFC 9110 §15.5.9: "the server ... wishes to close"
         raise late from None
     daemon = request.app[DAEMON_KEY]
-    known = set(daemon.session.torrents)
     try:
         torrent, new = await daemon.add(source)
     except ConfigError as exc:
         raise _fail(web.HTTPBadRequest, str(exc)) from None
     except LtPunchError as exc:
         raise _fail(web.HTTPUnprocessableEntity, str(exc)) from None
-    except OSError as exc:
-        # Its resume data could not be written (a full state directory): a torrent the
-        # daemon would forget at its next start is taken out again.
-        for infohash in set(daemon.session.torrents) - known:
-            if not (daemon.torrent_dir / f"{infohash}.resume").exists():
-                with contextlib.suppress(LtPunchError):
-                    await daemon.remove(infohash, delete_files=False)
+    except OSError as exc:  # not saved, so taken out again (Daemon.add)
         logger.warning("cannot save an added torrent: %s", exc)
         kind = (web.HTTPInsufficientStorage if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 else web.HTTPInternalServerError)

@@ -5,6 +5,7 @@ never finish, a full state directory, deleting a torrent without metadata."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -212,13 +213,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _fill(path: Path) -> None:
-    with path.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    """Write until the disk is full (unbuffered: the last write fails here, not in a
+    flush at close)."""
+    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
+        while True:
+            f.write(b"\0" * 65536)
 
 
 async def test_a_full_state_directory_gives_507_and_adds_nothing(
