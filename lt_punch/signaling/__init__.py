@@ -1,8 +1,10 @@
 """Signaling: rooms by infohash, relay of punch messages, observed-endpoint echo.
 
-``protocol``, ``rooms`` and ``security`` do no I/O; ``server`` and ``client`` are the
-asyncio shells; ``mapping`` has :func:`whoami` (a local TCP port's public mapping, over
-aiohttp; not named ``whoami.py``, which would shadow the function on this package);
+``protocol``, ``rooms``, ``security``, ``admission`` and ``retry`` do no I/O; ``server``
+(with ``connections``, ``dispatch``, ``routes``, ``metrics``) and ``client`` (with
+``link``, ``pending``, ``events``) are the asyncio shells; ``mapping`` has
+:func:`whoami` (a local TCP port's public mapping, over aiohttp; not named
+``whoami.py``, which would shadow the function on this package);
 ``reflector`` answers DHT queries with the sender's address (BEP 42 ``ip``).
 
 Names are imported lazily (PEP 562), so ``import lt_punch.signaling.protocol`` loads no

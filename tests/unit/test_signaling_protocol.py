@@ -486,7 +486,8 @@ def test_lazy_packages_still_export_every_name() -> None:
     assert done.stdout == "ok\n", done.stderr
 
 
-@pytest.mark.parametrize("module", ["protocol", "rooms", "security", "webtorrent"])
+@pytest.mark.parametrize(
+    "module", ["protocol", "rooms", "security", "webtorrent", "admission", "retry"])
 def test_signaling_cores_import_no_io(module: str) -> None:
     loaded = _loaded_after(f"lt_punch.signaling.{module}")
     assert f"lt_punch.signaling.{module}" in loaded

@@ -1,0 +1,184 @@
+"""The signaling server's websocket connections: admit, read, dispatch, send, close.
+
+:meth:`Connections.serve` is the websocket handler: it admits the connection
+(:class:`~.admission.Admission`), charges every frame to its quota, hands the frames to
+:class:`~.dispatch.Dispatcher` and sends the messages that come back; when the
+connection ends, its peer leaves its rooms (here, and with Redis on the other nodes).
+
+Messages to the requester are sent with ``await send()`` (backpressure on the sender
+of the request); notifications and relays to other peers go through
+:func:`websockets.asyncio.server.broadcast`, so a peer that stops reading cannot stall
+the others -- its buffer grows until the websocket keepalive drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
+
+from ..errors import LocalProtocolError
+from ..types import PeerId
+from .admission import Admission, Verdict, address_of
+from .dispatch import Dispatcher
+from .dispatch import Host as DispatchHost
+from .metrics import Counters
+from .protocol import REPLACED_CLOSE_CODE, PeerJoined, PeerLeft, Pong, Relayed, peek_type
+
+__all__ = ["Connections"]
+
+logger = logging.getLogger(__name__)
+
+_TRUSTED = (Relayed, PeerJoined, PeerLeft, Pong)
+"""Server messages sent without a re-parse (see :meth:`Connections._send_all`)."""
+
+
+class Host(DispatchHost, Protocol):
+    """What the connections read from their server."""
+
+    @property
+    def admission(self) -> Admission: ...
+
+
+class Connections:
+    """Every websocket connection of one server.
+
+    Args:
+        host: the server whose rooms, limits and settings apply.
+        counters: where connections, messages, closes and errors are counted.
+    """
+
+    def __init__(self, host: Host, counters: Counters) -> None:
+        self._host = host
+        self._counters = counters
+        self.dispatcher = Dispatcher(host, counters, self.replace)
+        """Turns each frame into the messages to send."""
+        self._last_seen: dict[ServerConnection, float] = {}
+        self._refusals: set[asyncio.Task[None]] = set()
+
+    async def serve(self, ws: ServerConnection) -> None:
+        """Serve ``ws`` until it closes (the handler given to websockets' ``serve``)."""
+        admission = self._host.admission
+        observed = address_of(ws.remote_address)
+        ip = observed[0]
+        self._counters.connections += 1
+        logger.debug("connection from %s:%d", *observed)
+        quota = admission.admit(ip)
+        if quota is None:
+            await self._refuse(ws, "too-many-connections", f"more than "
+                               f"{admission.max_connections_per_address} connections from {ip}")
+            return
+        self._last_seen[ws] = time.monotonic()
+        try:
+            async for frame in ws:
+                now = self._last_seen[ws] = time.monotonic()
+                self._counters.received += 1
+                verdict = quota.take()
+                if verdict is Verdict.CLOSE:
+                    await self._refuse(ws, "rate-limited", f"over {admission.rate:g} messages "
+                                       f"per second, {quota.refusals} times in a row: closing")
+                    break
+                if verdict is Verdict.REFUSE:
+                    await self._send_all(ws, [(ws, self.dispatcher.error(
+                        "rate-limited", f"over {admission.rate:g} messages per second; slow "
+                        "down", peek_type(frame) if isinstance(frame, str) else None))])
+                    continue
+                out = await self.dispatcher.receive(ws, frame, observed, now)
+                await self._send_all(ws, out)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._last_seen.pop(ws, None)
+            admission.release(ip)
+            await self._disconnect(ws)
+
+    def deliver(self, peer_id: PeerId, text: str) -> None:
+        """A message from another node for a peer of ours."""
+        conn = self._host.rooms.conn_of(peer_id)
+        if isinstance(conn, ServerConnection):
+            broadcast([conn], text)
+
+    def evict(self, peer_id: PeerId) -> None:
+        """Our peer registered again on another node (with its session key)."""
+        conn = self._host.rooms.conn_of(peer_id)
+        if isinstance(conn, ServerConnection):
+            self.replace(conn, f"peer id {peer_id!r} registered again on another server")
+
+    def replace(self, ws: ServerConnection, text: str) -> None:
+        """Close ``ws``: its peer id registered again (resumed) on another connection."""
+        self._spawn_refusal(ws, "replaced", text, REPLACED_CLOSE_CODE)
+
+    def close_idle(self, now: float, timeout: float) -> None:
+        """Close the connections that sent nothing for ``timeout`` seconds."""
+        stale = [ws for ws, seen in self._last_seen.items() if now - seen >= timeout]
+        for ws in stale:
+            self._spawn_refusal(ws, "idle-timeout", f"no message for {timeout:g} s", 1000)
+
+    async def close(self) -> None:
+        """Stop the refusals under way (the server closes the connections themselves)."""
+        for task in list(self._refusals):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _disconnect(self, ws: ServerConnection) -> None:
+        """``ws`` closed: its peer leaves its rooms, here and on the other nodes."""
+        rooms, shared = self._host.rooms, self._host.shared
+        peer = rooms.peer_of(ws)
+        key = rooms.session_key_of(ws)
+        left = rooms.rooms_of(peer) if peer is not None else set()
+        out = rooms.disconnect(ws)
+        self._host.webtorrent.disconnect(ws)
+        if peer is not None:
+            logger.info("peer %s disconnected", peer)
+        await self._send_all(ws, out)
+        if shared is not None and peer is not None:
+            try:
+                await shared.release(peer, key, sorted(left), lambda room: PeerLeft(room, peer))
+            except (RedisError, OSError) as exc:
+                logger.warning("cannot release %s in Redis: %s", peer, exc)
+
+    async def _refuse(self, ws: ServerConnection, code: str, text: str,
+                      close_code: int = 1008) -> None:
+        """Send an error with ``code``, then close the connection."""
+        self._counters.closed[code] += 1
+        logger.info("closing %s:%d: %s", *address_of(ws.remote_address), text)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(self.dispatcher.error(code, text).serialize())
+        await ws.close(close_code, code)
+
+    def _spawn_refusal(self, ws: ServerConnection, code: str, text: str,
+                       close_code: int) -> None:
+        self._last_seen.pop(ws, None)  # once
+        task = asyncio.get_running_loop().create_task(
+            self._refuse(ws, code, text, close_code))
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
+
+    async def _send_all(self, ws: ServerConnection, out: list[Any]) -> None:
+        for target, message in out:
+            try:
+                # Relays and notifications carry fields that passed parse_message on the
+                # way in: skip the re-parse (a third of the relay cost at saturation).
+                text = message.encode() if isinstance(message, _TRUSTED) \
+                    else message.serialize()
+            except LocalProtocolError:
+                logger.exception("not sending an invalid message to %s", target)
+                continue
+            conn = target if isinstance(target, ServerConnection) \
+                else self._host.rooms.conn_of(target)
+            if conn is ws:
+                logger.debug("> %s", message)
+                try:
+                    await ws.send(text)
+                except ConnectionClosed:
+                    return
+            elif isinstance(conn, ServerConnection):
+                logger.debug("> %s: %s", target, message)
+                broadcast([conn], text)
