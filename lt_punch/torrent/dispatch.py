@@ -29,15 +29,19 @@ class AlertDispatch:
         engine: told about lost connections (a punched TCP path is punched again).
         emit: the session's event sink.
         port_mappings: libtorrent's UPnP / NAT-PMP results, kept up to date here.
+        listening: libtorrent's listen sockets, ``(address, "tcp"|"udp") -> port``,
+            kept up to date here (one per interface when it listens on a wildcard).
     """
 
     def __init__(self, torrents: Mapping[str, Torrent], engine: PunchEngine,
                  emit: Callable[[Event], None],
-                 port_mappings: dict[tuple[str, str], dict[str, Any]]) -> None:
+                 port_mappings: dict[tuple[str, str], dict[str, Any]],
+                 listening: dict[tuple[str, str], int]) -> None:
         self._torrents = torrents
         self._engine = engine
         self._emit = emit
         self._port_mappings = port_mappings
+        self._listening = listening
 
     def __call__(self, alert: Any) -> None:
         if logger.isEnabledFor(logging.DEBUG):
@@ -47,6 +51,10 @@ class AlertDispatch:
             self._port_mappings[key] = {k: v for k, v in mapping.to_dict().items()
                                         if k != "type"}
             self._emit(mapping)
+            return
+        if isinstance(alert, lt.listen_succeeded_alert):
+            kind = "udp" if alert.socket_type == lt.socket_type_t.udp else "tcp"
+            self._listening[(str(alert.address), kind)] = int(alert.port)
             return
         if not isinstance(alert, _TORRENT_ALERTS):
             return

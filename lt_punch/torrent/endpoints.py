@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 import ssl
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import libtorrent as lt
@@ -65,11 +67,14 @@ class Discovery:
             one is chosen when it was taken meanwhile (:attr:`outgoing_port`).
         alert_mask: the session's alert mask (the reflector query adds dht_log).
         tls: the client TLS context for a ``wss://`` server.
+        listening: libtorrent's listen sockets, ``(address, "tcp"|"udp") -> port``.
     """
 
     def __init__(self, session: lt.session, pump: AlertPump, config: Config, *,
                  outgoing_port: int | None, alert_mask: int,
-                 tls: ssl.SSLContext | None) -> None:
+                 tls: ssl.SSLContext | None,
+                 listening: Mapping[tuple[str, str], int] | None = None) -> None:
+        self._listening = listening if listening is not None else {}
         self._session = session
         self._pump = pump
         self._config = config
@@ -92,7 +97,7 @@ class Discovery:
         observed_tcp = await self._whoami()
         if self.outgoing_port is not None:
             found.tcp = observed_tcp
-        found.udp = await self._query_reflector(reflector)
+        found.udp = self._loopback_udp(reflector) or await self._query_reflector(reflector)
         if found.nat is None:
             found.nat = await self._detect_nat(reflector, found.udp)
         return found
@@ -119,6 +124,23 @@ class Discovery:
                 self.outgoing_port = settings.free_tcp_port(self._config.listen_host)
                 self._session.apply_settings({"outgoing_port": self.outgoing_port})
         raise AssertionError("unreachable")
+
+    def _loopback_udp(self, reflector: Address) -> Address | None:
+        """A reflector on loopback: our endpoint is libtorrent's loopback UDP socket.
+
+        Listening on a wildcard address, libtorrent opens one socket per interface and
+        runs its DHT only on the non-loopback ones, which do not send to 127.0.0.1 (it
+        cannot be routed from them): the reflector would never hear from us. Peers that
+        share a loopback signaling server are on this machine and reach that socket.
+        """
+        if not ipaddress.ip_address(reflector[0]).is_loopback:
+            return None
+        port = self._listening.get(("127.0.0.1", "udp"))
+        if port is None:
+            return None
+        logger.info("public UDP endpoint 127.0.0.1:%d (libtorrent's loopback socket; "
+                    "the reflector is on loopback)", port)
+        return "127.0.0.1", port
 
     async def _query_reflector(self, reflector: Address, tries: int = 3) -> Address | None:
         self._session.apply_settings(

@@ -93,6 +93,7 @@ class EnhancedTorrentSession:
         self._engine: PunchEngine | None = None
         self._rooms: RoomLink | None = None
         self._reflector: Address | None = None
+        self._listening: dict[tuple[str, str], int] = {}
         self._metrics = PunchMetrics()
         self._hub = EventHub(self.torrents, self._metrics)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -126,7 +127,7 @@ class EnhancedTorrentSession:
         self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer, self._hub.emit,
                                    changed=self._on_punch_change)
         self._pump.subscribe(AlertDispatch(self.torrents, self._engine, self._hub.emit,
-                                           self.port_mappings))
+                                           self.port_mappings, self._listening))
         if cfg.signaling_enabled and cfg.signaling_url:
             try:
                 await self._discover(int(pack["alert_mask"]))
@@ -193,7 +194,7 @@ class EnhancedTorrentSession:
         assert self.session is not None and self._pump is not None
         discovery = Discovery(self.session, self._pump, self.config,
                               outgoing_port=self.outgoing_port, alert_mask=alert_mask,
-                              tls=self._tls_context())
+                              tls=self._tls_context(), listening=self._listening)
         try:
             found = await discovery.discover(self.nat_info)
         finally:
