@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +93,28 @@ async def http_get(srv: SignalingServer, path: str, timeout: float = 5.0  # noqa
     status = int(lines[0].split()[1])
     ctype = next(v for k, _, v in (ln.partition(": ") for ln in lines) if k == "Content-Type")
     return status, ctype, body
+
+
+async def communicate(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> bytes:  # noqa: ASYNC109
+    """The stderr of a command expected to end by itself; killed if it does not."""
+    try:
+        async with asyncio.timeout(timeout):
+            return (await proc.communicate())[1]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (root: mount), unmounted by the test."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

@@ -8,10 +8,9 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -208,19 +207,6 @@ async def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str],
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) <= 3, err  # click's usage lines, or our one line
 
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs (root: mount), unmounted by the test."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 async def test_full_disk_fails_with_one_clear_line(seed: Seed, small_disk: Path) -> None:

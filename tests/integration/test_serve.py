@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lt_punch.serve import Daemon, make_api
 
-from .conftest import LT, Swarm
+from .conftest import LT, Swarm, communicate
 from .conftest import SWARM_SIZE as SIZE
 
 TOKEN = "s3cret-token"
@@ -242,17 +242,6 @@ async def test_restart_brings_the_torrents_back(swarm: Swarm, start_api: Any,
     assert info["total_download"] == 0
 
 
-async def _communicate(proc: asyncio.subprocess.Process) -> bytes:
-    """The stderr of a command expected to end at once; killed if it does not."""
-    try:
-        async with asyncio.timeout(30):
-            return (await proc.communicate())[1]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 def _serve_argv(state: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "lt_punch", "serve", "--port", "0", "--state-dir",
             str(state), *extra]
@@ -315,7 +304,7 @@ async def test_serve_command_bad_options(tmp_path: Path, extra: list[str],
     proc = await asyncio.create_subprocess_exec(
         *_serve_argv(tmp_path / "state", *extra), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    err = await _communicate(proc)
+    err = await communicate(proc)
     assert proc.returncode == 2
     assert message in err.decode() and "Traceback" not in err.decode()
 
@@ -355,7 +344,7 @@ async def test_serve_command_says_what_is_wrong_with_the_state_dir(
     proc = await asyncio.create_subprocess_exec(
         *_serve_argv(state, "--isolated"), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    err = await _communicate(proc)
+    err = await communicate(proc)
     assert proc.returncode == 2, err
     assert f"error: state directory {state}: " in err.decode()
     assert message in err.decode() and "Traceback" not in err.decode()

@@ -22,7 +22,7 @@ from aiohttp import web
 from lt_punch.stream import make_app, make_runner
 from lt_punch.torrent.maketorrent import make_torrent, write_random_file
 
-from .conftest import PIECE, SIZE, Pair
+from .conftest import PIECE, SIZE, Pair, communicate
 
 
 class Server:
@@ -270,13 +270,7 @@ async def test_stream_metadata_timeout_is_a_failure_not_bad_input(tmp_path: Path
     proc = await asyncio.create_subprocess_exec(
         *_stream_argv(tmp_path, "--metadata-timeout", "0.5"), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(30):
-            _, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    err = await communicate(proc)
     assert proc.returncode == 1, err  # it was 2, "bad input"
     assert err.decode().strip() == f"error: no metadata for {'ab' * 20} after 0.5 s"
 
@@ -315,12 +309,6 @@ async def test_stream_bad_signal_url_exits_2(tmp_path: Path, url: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         *_stream_argv(tmp_path, "--signal", url), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(30):
-            _, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    err = await communicate(proc)
     assert proc.returncode == 2, err
     assert "--signal: " in err.decode() and "Traceback" not in err.decode()

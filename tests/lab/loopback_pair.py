@@ -38,4 +38,4 @@ async def main(method: str) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1]))))
+    sys.stdout.write(json.dumps(asyncio.run(main(sys.argv[1]))) + "\n")
