@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from lt_punch.serve import Daemon, make_api
+from lt_punch.stream import make_runner
 
 from .conftest import LT, Swarm, communicate
 from .conftest import SWARM_SIZE as SIZE
@@ -45,13 +46,18 @@ class Api:
 
 @pytest.fixture
 async def start_api(swarm: Swarm, tmp_path: Path) -> AsyncIterator[Any]:
+    """``await start_api(token, state, save_every=..., idle_timeout=..., **make_api
+    options)``: a daemon and its API (run as ``lt-punch serve`` runs it) on a loopback
+    port; all stopped with the test."""
     runners: list[tuple[Daemon, web.AppRunner]] = []
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
-    async def start(token: str | None = None, state: Path = tmp_path / "state") -> Api:
-        daemon = Daemon(state, swarm.config, lt_settings=LT, save_every=1.0)
+    async def start(token: str | None = None, state: Path = tmp_path / "state", *,
+                    save_every: float = 1.0, idle_timeout: float = 30.0,
+                    **options: Any) -> Api:
+        daemon = Daemon(state, swarm.config, lt_settings=LT, save_every=save_every)
         await daemon.start()
-        runner = web.AppRunner(make_api(daemon, token))
+        runner = make_runner(make_api(daemon, token, **options), idle_timeout=idle_timeout)
         runners.append((daemon, runner))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -6,49 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from lt_punch.serve import Daemon, make_api
-from lt_punch.stream import make_runner
-
-from .conftest import LT, Swarm
-from .test_serve import Api
+from .conftest import Swarm
+from .test_serve import Api, start_api  # noqa: F401 (a fixture)
 
 EVIL = "http://evil.example"
 
 
 @pytest.fixture
-async def start(swarm: Swarm, tmp_path: Path) -> AsyncIterator[Any]:
-    """``await start(**make_api options)``: a daemon and its API on a loopback port."""
-    started: list[tuple[Daemon, Any]] = []
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-
-    async def start_api(state: Path = tmp_path / "state", idle_timeout: float = 30.0,
-                        **options: Any) -> Api:
-        daemon = Daemon(state, swarm.config, lt_settings=LT, save_every=3600)
-        await daemon.start()
-        runner = make_runner(make_api(daemon, **options), idle_timeout=idle_timeout)
-        started.append((daemon, runner))
-        await runner.setup()
-        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return Api(daemon, f"http://{host}:{port}", http)
-
-    try:
-        yield start_api
-    finally:
-        for daemon, runner in reversed(started):
-            await runner.cleanup()
-            await daemon.close()
-        await http.close()
+def start(start_api: Any) -> Any:  # noqa: F811 (the fixture imported above)
+    """``await start(**make_api options)``: a daemon (no periodic saves) and its API."""
+    return functools.partial(start_api, save_every=3600)
 
 
 def _port(api: Api) -> int:

@@ -185,6 +185,14 @@ def side(network: FakeNetwork, me: PeerProfile, dialer: FakeDialer | None = None
     return Side(me, engine, dialer, events)
 
 
+def meet(*sides: Side) -> None:
+    """Every side meets every other in the room (as the signaling server tells them)."""
+    for s in sides:
+        for other in sides:
+            if other is not s:
+                s.engine.peer_joined(IH, other.me)
+
+
 async def settle(*sides: Side, peer_ids: tuple[str, ...], within: float = 300.0) -> None:
     """Wait (virtual time) until every record is connected or failed."""
     async with asyncio.timeout(within):
@@ -253,8 +261,7 @@ def test_retry_schedule_follows_plan_retry_delay() -> None:
         fail = DialFailed("connection refused")
         a = side(net, profile("peer-a", "port", 1), FakeDialer(lambda *x: fail))
         b = side(net, profile("peer-b", "port", 2))
-        a.engine.peer_joined(IH, b.me)
-        b.engine.peer_joined(IH, a.me)
+        meet(a, b)
         init = a if plan.is_initiator(a.me, b.me) else b
         other = b if init is a else a
         start = asyncio.get_running_loop().time()
@@ -301,8 +308,7 @@ def _failing_pair(setup: Callable[[FakeNetwork, FakeDialer], None],
 def test_each_initiator_failure_emits_one_punch_failed(setup: Any, reason: str) -> None:
     async def main() -> None:
         a, b, net = _failing_pair(setup)
-        a.engine.peer_joined(IH, b.me)
-        b.engine.peer_joined(IH, a.me)
+        meet(a, b)
         await settle(a, peer_ids=("peer-b",))
         assert [(e.peer_id, e.reason) for e in a.failed()] == [("peer-b", reason)]
         assert a.record("peer-b").state == PunchState.FAILED
@@ -317,8 +323,7 @@ def test_a_refusing_peer_fails_the_punch_with_its_reason() -> None:
         a = side(net, profile("peer-a", "symmetric", 1))
         b = side(net, profile("peer-b", "port", 2),
                  config=CONFIG.replace(methods=("tcp",)))
-        a.engine.peer_joined(IH, b.me)
-        b.engine.peer_joined(IH, a.me)
+        meet(a, b)
         await settle(a, peer_ids=("peer-b",))
         assert [e.reason for e in a.failed()] == ["peer refused: method utp disabled"]
         await close(a, b)
@@ -333,8 +338,7 @@ def test_a_responder_whose_connection_fails_emits_one_punch_failed() -> None:
         b = side(net, profile("peer-b", "port", 2),
                  FakeDialer(lambda *x: DialFailed("reset")),
                  config=CONFIG.replace(punch_attempts=1))
-        a.engine.peer_joined(IH, b.me)
-        b.engine.peer_joined(IH, a.me)
+        meet(a, b)
         await settle(b, peer_ids=("peer-a",))
         assert [e.reason for e in b.failed()] == ["libtorrent: reset"]
         await close(a, b)
@@ -378,8 +382,7 @@ def _connected_pair() -> tuple[Side, Side, FakeNetwork]:
     net = FakeNetwork()
     a = side(net, profile("peer-a", "port", 1), config=CONFIG.replace(methods=("tcp",)))
     b = side(net, profile("peer-b", "port", 2), config=CONFIG.replace(methods=("tcp",)))
-    a.engine.peer_joined(IH, b.me)
-    b.engine.peer_joined(IH, a.me)
+    meet(a, b)
     return a, b, net
 
 
@@ -454,8 +457,7 @@ def test_a_lost_utp_connection_is_left_to_libtorrent() -> None:
         net = FakeNetwork()
         a = side(net, profile("peer-a", "port", 1), config=CONFIG.replace(methods=("utp",)))
         b = side(net, profile("peer-b", "port", 2), config=CONFIG.replace(methods=("utp",)))
-        a.engine.peer_joined(IH, b.me)
-        b.engine.peer_joined(IH, a.me)
+        meet(a, b)
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
         a.engine.connection_lost(IH, b.me.udp, "reset")
         assert a.record("peer-b").state == PunchState.CONNECTED
@@ -512,8 +514,7 @@ def test_keepalive_refreshes_the_reflector_and_punched_utp_peers() -> None:
         net = FakeNetwork()
         a = side(net, profile("peer-a", "port", 1), config=CONFIG.replace(methods=("utp",)))
         b = side(net, profile("peer-b", "port", 2), config=CONFIG.replace(methods=("utp",)))
-        a.engine.peer_joined(IH, b.me)
-        b.engine.peer_joined(IH, a.me)
+        meet(a, b)
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
         reflector = ("192.0.2.1", 8765)
         task = asyncio.get_running_loop().create_task(a.engine.keepalive(lambda: [reflector]))
