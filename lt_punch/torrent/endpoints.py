@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import libtorrent as lt
 
 from ..config import Config
-from ..errors import ConfigError, SignalingError
+from ..errors import ConfigError, LtTimeoutError, SignalingError
 from ..nat.discover import discover_nat, route_local_ip
 from ..nat.info import NATInfo
 from ..signaling.mapping import whoami
@@ -75,6 +75,8 @@ class Discovery:
                  tls: ssl.SSLContext | None,
                  listening: Mapping[tuple[str, str], int] | None = None) -> None:
         self._listening = listening if listening is not None else {}
+        self.whoami_timeout = 3.0
+        """Seconds one ``/whoami`` request may take."""
         self._session = session
         self._pump = pump
         self._config = config
@@ -105,14 +107,22 @@ class Discovery:
     async def _whoami(self, tries: int = 3) -> Address:
         """Our TCP endpoint as the signaling server sees it, asked from libtorrent's
         outgoing port. That port was free when the session picked it, but another
-        socket can take it meanwhile (CI saw EADDRINUSE): then we pick a new one."""
+        socket can take it meanwhile (CI saw EADDRINUSE): then we pick a new one. A
+        request that got no answer is asked once more (CI saw one TLS request stall for
+        3 s among a thousand): a server that is really gone costs two timeouts."""
         url = self._config.signaling_url
         assert url is not None
+        timeouts = 0
         for attempt in range(1, tries + 1):
             try:
                 return await whoami(url, local_port=self.outgoing_port,
-                                    local_host=self._config.listen_host, timeout=3.0,
-                                    ssl=self._tls)
+                                    local_host=self._config.listen_host,
+                                    timeout=self.whoami_timeout, ssl=self._tls)
+            except LtTimeoutError:
+                timeouts += 1
+                if timeouts == 2 or attempt == tries:
+                    raise
+                logger.info("whoami got no answer in %g s: asking again", self.whoami_timeout)
             except SignalingError as exc:
                 cause = exc.__cause__
                 if (self.outgoing_port is None or attempt == tries

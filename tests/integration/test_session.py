@@ -188,3 +188,43 @@ def test_a_fifo_or_a_directory_is_not_a_torrent_file(tmp_path: Path) -> None:
         make_params(str(fifo))
     with pytest.raises(ConfigError, match="a directory"):
         make_params(str(tmp_path))
+
+
+async def test_a_whoami_without_answer_is_asked_once_more() -> None:
+    """One request that stalls (seen once in CI, over TLS) costs a retry, not the
+    session's signaling; a server that never answers fails after the second try."""
+    from aiohttp import web
+
+    from lt_punch.errors import LtTimeoutError
+    from lt_punch.torrent.endpoints import Discovery
+
+    calls: list[int] = []
+    stall = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append(1)
+        if len(calls) == 1 or stall.is_set():
+            await asyncio.Event().wait()  # never answers
+        host, port = request.transport.get_extra_info("peername")[:2]
+        return web.json_response({"ip": host, "port": port})
+
+    app = web.Application()
+    app.router.add_get("/whoami", answer)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        config = Config(signaling_url=f"ws://127.0.0.1:{port}", listen_host="127.0.0.1")
+        discovery = Discovery(None, None, config, outgoing_port=None,  # type: ignore[arg-type]
+                              alert_mask=0, tls=None)
+        discovery.whoami_timeout = 0.3
+        ip, _ = await discovery._whoami()
+        assert ip == "127.0.0.1" and len(calls) == 2
+        stall.set()
+        with pytest.raises(LtTimeoutError):
+            await discovery._whoami()
+        assert len(calls) == 4
+    finally:
+        await runner.cleanup()
