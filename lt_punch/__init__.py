@@ -7,11 +7,11 @@ Public API (imported lazily, so the parts that need no libtorrent work without i
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # Eager: Config and the exceptions need only the standard library.
+from ._lazy import lazy_attributes
 from .config import Config
 from .errors import (
     ConfigError,
@@ -41,15 +41,7 @@ _LAZY = {
     "P2PCoordinator": "lt_punch.coordinator",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lt_punch' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

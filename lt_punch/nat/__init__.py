@@ -8,30 +8,25 @@ RFC 3489 client, is the lab's independent reference: :mod:`lt_punch.netlab.probe
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_attributes
 
 _LAZY = {
-    "CLASSIC_NAMES": "info",
-    "NAT_TYPES": "info",
-    "PYSTUN_TYPES": "info",
-    "NATInfo": "info",
-    "from_pystun": "info",
-    "ServerStats": "server",
-    "StunResponder": "server",
-    "StunServer": "server",
-    "StunMessage": "stun",
-    "NATTest": "info",
-    "Retransmission": "discover",
-    "discover_nat": "discover",
-    "route_local_ip": "discover",
+    "CLASSIC_NAMES": ".info",
+    "NAT_TYPES": ".info",
+    "PYSTUN_TYPES": ".info",
+    "NATInfo": ".info",
+    "from_pystun": ".info",
+    "ServerStats": ".server",
+    "StunResponder": ".server",
+    "StunServer": ".server",
+    "StunMessage": ".stun",
+    "NATTest": ".info",
+    "Retransmission": ".discover",
+    "discover_nat": ".discover",
+    "route_local_ip": ".discover",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = sorted(_LAZY)

@@ -13,8 +13,9 @@ websockets, aiohttp, redis or prometheus_client.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .client import SignalingClient, SignalingClosed
@@ -23,26 +24,18 @@ if TYPE_CHECKING:
     from .server import SignalingServer
 
 _LAZY = {
-    "Message": "protocol",
-    "MessageError": "protocol",
-    "PeerInfo": "protocol",
-    "SignalingClient": "client",
-    "SignalingClosed": "client",
-    "SignalingServer": "server",
-    "normalize_infohash": "protocol",
-    "parse_message": "protocol",
-    "whoami": "mapping",
+    "Message": ".protocol",
+    "MessageError": ".protocol",
+    "PeerInfo": ".protocol",
+    "SignalingClient": ".client",
+    "SignalingClosed": ".client",
+    "SignalingServer": ".server",
+    "normalize_infohash": ".protocol",
+    "parse_message": ".protocol",
+    "whoami": ".mapping",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [
