@@ -100,23 +100,11 @@ async def metadata(pump: AlertPump, handle: lt.torrent_handle, infohash: str,
     Raises:
         LtTimeoutError: not within ``timeout``.
     """
-    def match(a: Any) -> bool | None:
-        return True if isinstance(a, lt.metadata_received_alert) and a.handle == handle \
-            else None
-
-    def request() -> None:
-        if handle.status().has_metadata:
-            fut.set_result(True)
-
-    fut: asyncio.Future[Any] = pump.wait_for(match)
-    try:
-        request()
-        async with asyncio.timeout(timeout):
-            await fut
-    except TimeoutError:
-        raise LtTimeoutError(f"no metadata for {infohash} after {timeout:g} s") from None
-    finally:
-        fut.cancel()
+    if handle.status().has_metadata:
+        return
+    # No await between the check and the waiter: an alert popped later is seen.
+    await _ask(pump, lambda a: isinstance(a, lt.metadata_received_alert) and a.handle == handle,
+               lambda: None, timeout, f"no metadata for {infohash}")
 
 
 def why_stalled(handle: lt.torrent_handle, piece: int) -> str:
