@@ -110,7 +110,6 @@ class ConnectionWatch:
         self.any_port = any_port
         self.seen: Address = endpoint
         self.dialed = asyncio.Event()
-        self.socket_type = "?"
         self.immediate = False
         self.future: asyncio.Future[Any] | None = None
 
@@ -121,12 +120,11 @@ class ConnectionWatch:
         if isinstance(a, lt.incoming_connection_alert) and self.incoming:
             if ep == self.endpoint or (self.any_port and ep[0] == self.endpoint[0]):
                 self.seen = ep
-                return ("connected", native.socket_type_name(a))
+                return ("connected", "")
             return None
         if ep != self.endpoint:
             return None
         if isinstance(a, lt.peer_connect_alert):
-            self.socket_type = native.socket_type_name(a)
             self.dialed.set()
             return None
         if isinstance(a, lt.peer_disconnected_alert | lt.peer_error_alert):
@@ -138,7 +136,7 @@ class ConnectionWatch:
             message = a.error.message()
             if a.op not in _CONNECT_OPS and message in DONE_MESSAGES:
                 # Connected, transferred everything and closed before we looked.
-                return ("connected", self.socket_type)
+                return ("connected", "")
             return ("failed", message)
         return None
 

@@ -59,16 +59,6 @@ def open_udp(session: lt.session, endpoint: Address) -> None:
     session.add_dht_node(endpoint)
 
 
-def socket_type_name(alert: Any) -> str:
-    """'tcp' / 'utp' / 'rtc' from a connect alert's message (the binding has no flag)."""
-    text = alert.message()
-    if "(uTP)" in text:
-        return "utp"
-    if "(RTC)" in text:
-        return "rtc"
-    return "tcp"
-
-
 def portmap_transport_name(value: Any) -> str:
     """``natpmp`` / ``upnp`` for a port mapping alert's ``map_transport``."""
     return {int(lt.portmap_transport.natpmp): "natpmp",
