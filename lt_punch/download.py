@@ -265,14 +265,47 @@ async def run_download(
                         await save_resume()
 
         saver = asyncio.create_task(save_periodically())
+        printer = asyncio.create_task(_print_events(session, output))
         try:
             return await _report_until_done(
                 torrent, session, output, out_dir, files, seed, stop, report_every,
                 save_resume, resume)
         finally:
-            saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await saver
+            for task in (saver, printer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for event in session.drain_events():
+                _print_event(event, output)
+
+
+PEER_EVENTS = {
+    # type: (printed without --json, message)
+    "punched": (True, "punched {peer_id} over {method} ({endpoint[0]}:{endpoint[1]})"),
+    "punch-failed": (True, "could not punch {peer_id}: {reason}"),
+    "connection-lost": (True, "lost the punched connection to {peer_id}: {reason}"),
+    "peer-stalled": (True, "{transport} connection to {endpoint[0]}:{endpoint[1]} stalled "
+                           "({waited} s without data); {action}"),
+    "peer-connected": (False, "connected to {endpoint[0]}:{endpoint[1]} over {transport}"),
+    "peer-disconnected": (False, "disconnected from {endpoint[0]}:{endpoint[1]}: {reason}"),
+}
+"""The session events ``download`` reports (all of them as JSON lines with --json)."""
+
+
+def _print_event(event: dict[str, Any], output: Output) -> None:
+    kind = event.pop("type", "")
+    shown = PEER_EVENTS.get(kind)
+    if shown is None:
+        return
+    loud, template = shown
+    action = ("punching again" if event.get("repunch") else
+              f"redialling over {event['redial']}" if event.get("redial") else "dropped it")
+    output.event(kind, template.format(**event, action=action), quiet=not loud, **event)
+
+
+async def _print_events(session: Any, output: Output) -> None:
+    async for event in session.events():
+        _print_event(event, output)
 
 
 async def _report_until_done(

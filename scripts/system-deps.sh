@@ -9,6 +9,7 @@ command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)  # tc: NatLab.shape
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v transmission-daemon >/dev/null 2>&1 || need+=(transmission-daemon)  # interop tests: a client nobody here wrote
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

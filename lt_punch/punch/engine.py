@@ -240,6 +240,25 @@ class PunchEngine:
         if task is None or task.done():
             self._start(key, self._repunch(rec), f"repunch-{rec.peer_id}")
 
+    def stalled(self, infohash: str, endpoint: Address, transport: str) -> bool:
+        """Our connection to ``endpoint`` stalled (:mod:`lt_punch.torrent.stall`): if it
+        is a punched one, punch again, the stalled method last. Returns whether it
+        was (the caller then only closes the connection: a plain redial would not
+        cross the NATs)."""
+        rec = next((r for r in self.records.get(infohash, {}).values()
+                    if r.state == S.CONNECTED and r.endpoint is not None
+                    and r.endpoint[0] == endpoint[0]
+                    and (r.endpoint == endpoint or r.method == transport)), None)
+        if rec is None or rec.method is None:
+            return False
+        rec.stalled.add(rec.method)
+        self._move(rec, S.DROPPED, reason=f"{rec.method} connection stalled")
+        key = (infohash, rec.peer_id, "punch")
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            self._start(key, self._repunch(rec), f"repunch-{rec.peer_id}")
+        return True
+
     async def wait_for(self, predicate: Callable[[], Any]) -> Any:
         """Wait until ``predicate()`` is truthy (checked at each change); returns it.
         No timeout of its own: callers bound it."""
@@ -323,6 +342,8 @@ class PunchEngine:
 
     async def _initiate(self, rec: PunchRecord, me: PeerProfile, peer: PeerProfile) -> None:
         methods = plan.plan_methods(me, peer, self.config.methods)
+        # A method whose connection stalled goes last (sorted() keeps the order else).
+        methods.sort(key=lambda m: m in rec.stalled)
         if not methods:
             reason = "no punch method fits this pair of NATs"
             self._fail(rec, "none", 0, reason)

@@ -69,7 +69,9 @@ class PunchRecord:
     peer_nat: str = "unknown"
     state: PunchState = PunchState.PENDING
     repunches: int = 0
-    """Punches again after a punched TCP connection was lost."""
+    """Punches again after a punched connection was lost or stalled."""
+    stalled: set[str] = field(default_factory=set)
+    """Methods whose connection stalled (tried last when punching again)."""
     method: str | None = None
     endpoint: Address | None = None
     attempts: int = 0
@@ -138,6 +140,7 @@ class PunchRecord:
             "role": self.role,
             "peer_nat": self.peer_nat,
             "state": str(self.state),
+            "stalled": sorted(self.stalled),
             "method": self.method,
             "endpoint": list(self.endpoint) if self.endpoint else None,
             "attempts": self.attempts,

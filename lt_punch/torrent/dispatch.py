@@ -13,6 +13,7 @@ from ..punch.lt_dialer import DONE_MESSAGES, alert_endpoint
 from . import native, settings
 from .events import Event, Finished, MetadataReceived, PieceFinished, TorrentError
 from .handle import Torrent, infohash_of
+from .stall import PeerWatch
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class AlertDispatch:
     Args:
         torrents: the session's torrents by infohash.
         engine: told about lost connections (a punched TCP path is punched again).
+        peers: told about closed connections (``peer-disconnected`` events).
         emit: the session's event sink.
         port_mappings: libtorrent's UPnP / NAT-PMP results, kept up to date here.
         listening: libtorrent's listen sockets, ``(address, "tcp"|"udp") -> port``,
@@ -34,11 +36,12 @@ class AlertDispatch:
     """
 
     def __init__(self, torrents: Mapping[str, Torrent], engine: PunchEngine,
-                 emit: Callable[[Event], None],
+                 peers: PeerWatch, emit: Callable[[Event], None],
                  port_mappings: dict[tuple[str, str], dict[str, Any]],
                  listening: dict[tuple[str, str], int]) -> None:
         self._torrents = torrents
         self._engine = engine
+        self._peers = peers
         self._emit = emit
         self._port_mappings = port_mappings
         self._listening = listening
@@ -81,6 +84,8 @@ class AlertDispatch:
         elif isinstance(alert, lt.peer_disconnected_alert):
             ep = alert_endpoint(alert)
             reason = alert.error.message()
+            if ep is not None:
+                self._peers.disconnected(t.infohash, ep, reason)
             if ep is not None and reason not in DONE_MESSAGES:
                 self._engine.connection_lost(t.infohash, ep, reason)
         elif t.error is None:  # torrent_error_alert | file_error_alert

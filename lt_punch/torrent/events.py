@@ -8,7 +8,8 @@ them (:class:`~lt_punch.punch.metrics.PunchMetrics`).
 
 ``async for event in torrent.events(): ...`` yields, in order of occurrence:
 :class:`MetadataReceived`, :class:`PeerPunched`, :class:`PunchAttemptFailed`,
-:class:`PunchFailed`, :class:`ConnectionLost`, :class:`PeerLeft`,
+:class:`PunchFailed`, :class:`ConnectionLost`, :class:`PeerConnected`,
+:class:`PeerDisconnected`, :class:`PeerStalled`, :class:`PeerLeft`,
 :class:`PieceFinished`, :class:`Finished`, :class:`TorrentError`. The stream is
 subscribed when ``events()`` is called (nothing after that is missed) and ends when
 the torrent is removed or the session closes. :class:`PortMapping` is about the
@@ -103,6 +104,50 @@ class ConnectionLost(_Event):
 
 
 @dataclass(frozen=True)
+class PeerConnected(_Event):
+    """A peer connection completed its BitTorrent handshake (any source, punched or not)."""
+
+    kind: ClassVar[str] = "peer-connected"
+    infohash: str
+    endpoint: tuple[str, int]
+    transport: str
+    """"utp" or "tcp"."""
+    outgoing: bool
+    since_start: float
+    """Seconds since the session started."""
+
+
+@dataclass(frozen=True)
+class PeerDisconnected(_Event):
+    """A peer connection closed (``reason`` from libtorrent)."""
+
+    kind: ClassVar[str] = "peer-disconnected"
+    infohash: str
+    endpoint: tuple[str, int]
+    transport: str
+    reason: str
+    since_start: float
+
+
+@dataclass(frozen=True)
+class PeerStalled(_Event):
+    """A connection with requests outstanding delivered no block for ``waited`` seconds
+    (over its ``limit``): it is closed and, with ``redial``, dialled again on that
+    transport; with ``repunch``, it was a punched connection and the punch engine
+    punches again, the stalled method last (:mod:`lt_punch.torrent.stall`)."""
+
+    kind: ClassVar[str] = "peer-stalled"
+    infohash: str
+    endpoint: tuple[str, int]
+    transport: str
+    waited: float
+    limit: float
+    redial: str | None
+    repunch: bool
+    since_start: float
+
+
+@dataclass(frozen=True)
 class PeerLeft(_Event):
     """A peer left the torrent's signaling room."""
 
@@ -150,8 +195,8 @@ class PortMapping(_Event):
 
 
 TorrentEvent: TypeAlias = (MetadataReceived | PeerPunched | PunchAttemptFailed | PunchFailed
-                           | ConnectionLost | PeerLeft | PieceFinished | Finished
-                           | TorrentError)
+                           | ConnectionLost | PeerConnected | PeerDisconnected | PeerStalled
+                           | PeerLeft | PieceFinished | Finished | TorrentError)
 Event: TypeAlias = TorrentEvent | PortMapping
 
 _END = object()

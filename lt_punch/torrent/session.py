@@ -30,7 +30,7 @@ from ..config import Config
 from ..errors import LtPunchError, LtTimeoutError, SignalingError
 from ..nat.info import NATInfo
 from ..punch import plan
-from ..punch.engine import MAX_REPUNCHES, REPUNCH_RESPONDER_DELAY, PunchEngine
+from ..punch.engine import MAX_REPUNCHES, REPUNCH_RESPONDER_DELAY, DialFailed, PunchEngine
 from ..punch.lt_dialer import LtDialer
 from ..punch.metrics import PunchMetrics
 from ..punch.plan import PeerProfile
@@ -46,6 +46,7 @@ from .handle import Torrent, infohash_of, make_params
 from .reader import TorrentReader
 from .rooms import RoomLink
 from .settings import ISOLATED_SETTINGS, MIN_RECONNECT_TIME, STATE_NAMES
+from .stall import REDIAL_PAUSE, REDIALS, PeerWatch
 from .stats import session_stats
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class EnhancedTorrentSession:
         self._pump: AlertPump | None = None
         self._dialer: LtDialer | None = None
         self._engine: PunchEngine | None = None
+        self._peers: PeerWatch | None = None
         self._rooms: RoomLink | None = None
         self._reflector: Address | None = None
         self._listening: dict[tuple[str, str], int] = {}
@@ -126,8 +128,12 @@ class EnhancedTorrentSession:
                                 utp="utp" in cfg.methods)
         self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer, self._hub.emit,
                                    changed=self._on_punch_change)
-        self._pump.subscribe(AlertDispatch(self.torrents, self._engine, self._hub.emit,
-                                           self.port_mappings, self._listening))
+        self._peers = PeerWatch(self.session, self.torrents, self._redial, self._hub.emit,
+                                self._started_at, punched=self._engine.stalled)
+        self._spawn(self._peers.run(), "peers")
+        self._pump.subscribe(AlertDispatch(self.torrents, self._engine, self._peers,
+                                           self._hub.emit, self.port_mappings,
+                                           self._listening))
         if cfg.signaling_enabled and cfg.signaling_url:
             try:
                 await self._discover(int(pack["alert_mask"]))
@@ -182,6 +188,26 @@ class EnhancedTorrentSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _redial(self, infohash: str, transport: str, endpoint: Address) -> None:
+        """Dial one peer again on ``transport`` (stall recovery), up to
+        :data:`~lt_punch.torrent.stall.REDIALS` times: a peer may refuse the new
+        connection until it has noticed that the stalled one is gone (Transmission
+        3.00 keeps one connection per address and closes a second at once)."""
+        for attempt in range(1, REDIALS + 1):
+            if self._dialer is None or infohash not in self.torrents:
+                return
+            watch = await self._dialer.dial(infohash, transport, endpoint)
+            try:
+                async with asyncio.timeout(self.config.connection_timeout):
+                    await watch.wait()
+                return
+            except DialFailed:
+                if attempt == REDIALS:
+                    raise
+            finally:
+                watch.cancel()
+            await asyncio.sleep(REDIAL_PAUSE * attempt)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self._tls is None and self.config.signaling_ca:
@@ -310,6 +336,8 @@ class EnhancedTorrentSession:
             raise LtPunchError(f"unknown torrent {infohash}")
         if self._engine is not None:
             self._engine.forget(infohash)
+        if self._peers is not None:
+            self._peers.forget(infohash)
         torrent.end_events()
         if self._rooms is not None:
             await self._rooms.leave(infohash)

@@ -467,6 +467,37 @@ def test_a_lost_utp_connection_is_left_to_libtorrent() -> None:
     run(main())
 
 
+@pytest.mark.parametrize("who", ["initiator", "responder"])
+def test_a_stalled_utp_punch_is_punched_again_over_tcp(who: str) -> None:
+    """The stall watch hands a stalled punched connection to the engine: it punches
+    again (the responder after its delay), the stalled method last."""
+    async def main() -> None:
+        net = FakeNetwork()
+        a = side(net, profile("peer-a", "port", 1))
+        b = side(net, profile("peer-b", "port", 2))
+        meet(a, b)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        init = a if a.record("peer-b").role == "initiator" else b
+        resp = b if init is a else a
+        staller = init if who == "initiator" else resp
+        other = resp if staller is init else init
+        rec = staller.record(other.me.peer_id)
+        assert rec.method == "utp"
+        before = len(net.offers())
+        assert staller.engine.stalled(IH, other.me.udp, "utp")
+        assert rec.state == PunchState.DROPPED and rec.stalled == {"utp"}
+        assert isinstance(staller.events[-1], ConnectionLost)
+        assert "stalled" in staller.events[-1].reason
+        await staller.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+        assert rec.method == "tcp" and rec.repunches == 1
+        assert [d["method"] for _, _, d in net.offers()[before:]][:1] == ["tcp"]
+        # Not a punched endpoint: left to the caller.
+        assert not staller.engine.stalled(IH, ("192.0.2.9", 1), "utp")
+        await close(a, b)
+
+    run(main())
+
+
 # --- one punch per peer, peer-left ------------------------------------------------------
 
 

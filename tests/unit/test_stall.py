@@ -1,0 +1,98 @@
+"""The stall rule (lt_punch.torrent.stall.StallDetector): time and samples given."""
+
+from __future__ import annotations
+
+import pytest
+
+from lt_punch.torrent.stall import (
+    BLOCK,
+    BLOCKS,
+    STALL_MAX,
+    STALL_MIN,
+    STALL_UNKNOWN,
+    PeerSample,
+    StallDetector,
+)
+
+IH = "ab" * 20
+EP = ("10.0.0.2", 6881)
+
+
+def peer(received: int, *, requests: int = 16, choked: bool = False,
+         transport: str = "utp", endpoint: tuple[str, int] = EP) -> PeerSample:
+    return PeerSample(endpoint, transport, True, received, requests, choked)
+
+
+def run(detector: StallDetector, samples: list[tuple[float, list[PeerSample]]]) -> list[float]:
+    """Feed (time, samples) pairs; the times at which a stall was reported."""
+    return [t for t, ps in samples if detector.observe(t, IH, ps)]
+
+
+def test_limit_scales_with_the_connections_own_rate() -> None:
+    assert StallDetector.limit(None) == STALL_UNKNOWN
+    assert StallDetector.limit(100e6) == STALL_MIN           # fast: a hiccup is short
+    assert StallDetector.limit(10.0) == STALL_MAX            # very slow: capped
+    rate = BLOCKS * BLOCK / 12.0
+    assert StallDetector.limit(rate) == pytest.approx(12.0)  # in between: 8 blocks' time
+
+
+def test_a_burst_then_a_trickle_is_a_stall() -> None:
+    # What Transmission's uTP did: 19 MB in a second, then one 1,382-byte packet
+    # every few seconds with 512 requests outstanding.
+    d = StallDetector()
+    timeline = [(0.0, [peer(0)]), (1.0, [peer(19_000_000)])]
+    timeline += [(1.0 + t, [peer(19_000_000 + 1382 * int(t // 3))]) for t in range(1, 12)]
+    stalls = run(d, timeline)
+    assert stalls == [1.0 + STALL_MIN]
+
+
+def test_a_slow_steady_peer_is_never_stalled() -> None:
+    d = StallDetector()
+    rate = 1000  # 1 KB/s: one block every 16 s, under STALL_MAX
+    timeline = [(float(t), [peer(rate * t)]) for t in range(120)]
+    assert run(d, timeline) == []
+
+
+def test_a_new_connection_that_trickles_gets_the_longest_limit() -> None:
+    d = StallDetector()
+    timeline = [(float(t), [peer(100 * t)]) for t in range(40)]  # 100 B/s
+    assert run(d, timeline) == [STALL_MAX]
+
+
+def test_choked_or_idle_connections_are_not_waiting() -> None:
+    d = StallDetector()
+    assert run(d, [(float(t), [peer(0, choked=True)]) for t in range(60)]) == []
+    assert run(d, [(float(t), [peer(0, requests=0)]) for t in range(60, 120)]) == []
+
+
+def test_waiting_starts_when_the_peer_unchokes() -> None:
+    # Transmission unchokes after several seconds: the clock starts then.
+    d = StallDetector()
+    timeline = [(float(t), [peer(0, choked=True)]) for t in range(8)]
+    timeline += [(float(t), [peer(0)]) for t in range(8, 30)]
+    assert run(d, timeline)[0] == 7.0 + STALL_UNKNOWN
+
+
+def test_a_stall_is_reported_once_then_the_clock_starts_over() -> None:
+    d = StallDetector()
+    stalls = run(d, [(float(t), [peer(0)]) for t in range(31)])
+    assert stalls == [STALL_UNKNOWN, 2 * STALL_UNKNOWN + 1]
+
+
+def test_transports_and_torrents_are_tracked_apart() -> None:
+    d = StallDetector()
+    # A uTP connection that stalls and a TCP one to the same endpoint that moves.
+    timeline = [(float(t), [peer(0), peer(t * BLOCK, transport="tcp")]) for t in range(12)]
+    found = [s for t, ps in timeline for s in d.observe(t, IH, ps)]
+    assert [s.sample.transport for s in found] == ["utp"]
+    d.forget(IH)
+    assert d.tracks == {}
+
+
+def test_a_closed_connection_is_forgotten() -> None:
+    d = StallDetector()
+    d.observe(0.0, IH, [peer(0)])
+    d.observe(9.0, IH, [])
+    # Back with the same endpoint: a new connection, a new clock.
+    assert d.observe(9.5, IH, [peer(0)]) == []
+    assert d.observe(9.5 + STALL_UNKNOWN - 0.5, IH, [peer(0)]) == []
