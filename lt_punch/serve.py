@@ -321,6 +321,7 @@ def make_api(daemon: Daemon, token: str | None = None, *, allow_hosts: Iterable[
     app.router.add_get("/p2p/nat", _p2p_nat)
     app.router.add_get("/p2p/stats", _p2p_stats)
     app.router.add_get("/p2p/health", _p2p_health)
+    app.router.add_get("/events", _events)
     app.router.add_get("/torrents", _list_torrents)
     app.router.add_post("/torrents", _add_torrent)
     app.router.add_get("/torrents/{infohash}", _get_torrent)
@@ -405,6 +406,34 @@ async def _p2p_stats(request: web.Request) -> web.Response:
 async def _p2p_health(request: web.Request) -> web.Response:
     health = await request.app[DAEMON_KEY].coordinator.health_check()
     return web.json_response(health, status=503 if health["status"] == "down" else 200)
+
+
+EVENTS_KEEPALIVE = 15.0
+"""Seconds between two comment lines on an idle ``/events`` stream (proxies and
+clients drop a silent connection)."""
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    """The session's events as Server-Sent Events (``event: <type>``, ``data: <JSON>``),
+    from the moment of the request, until the client leaves or the daemon stops."""
+    session = request.app[DAEMON_KEY].session
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+    await response.prepare(request)
+    async with session.subscribe() as stream:
+        events = aiter(stream)
+        while True:
+            try:
+                async with asyncio.timeout(EVENTS_KEEPALIVE):
+                    event = await anext(events)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            except StopAsyncIteration:
+                break
+            kind = event.get("type", "event")
+            await response.write(f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode())
+    return response
 
 
 async def _list_torrents(request: web.Request) -> web.Response:

@@ -279,15 +279,53 @@ async def _resolve(host: str, port: int) -> Address:
     return str(infos[0][4][0]), port
 
 
-async def _filtering(run: _Run, client: _Client, primary: Address) -> tuple[
-    Answer | None, Answer | None
-]:
-    both, port = await asyncio.gather(
-        run.binding("filtering-change-ip-port", client, primary, change_ip=True,
-                    change_port=True),
-        run.binding("filtering-change-port", client, primary, change_port=True),
-    )
-    return both, port
+FILTERING_RTTS = 8
+"""An unanswered filtering test is given up after this many round trips of the first
+test's answer (at least :data:`FILTERING_MIN_WAIT`), instead of the full schedule: an
+answer that the NAT lets in comes within one round trip, so the rest of the wait
+(0.75 s of the 1.1 s schedule) was the whole start-up delay behind a restrictive NAT."""
+
+FILTERING_MIN_WAIT = 0.35
+"""Seconds: long enough for three sends of the default schedule (0, 0.1, 0.3 s), so a
+lost request or answer is retried twice before the test counts as filtered."""
+
+
+class _Filtering:
+    """The two CHANGE-REQUEST tests (RFC 5780 section 4.4), run from the start."""
+
+    def __init__(self, run: _Run, client: _Client, server: Address) -> None:
+        self.run = run
+        self.server = server
+        self.started = time.monotonic()
+        self.tasks = {
+            "filtering-change-ip-port": asyncio.ensure_future(run.binding(
+                "filtering-change-ip-port", client, server, change_ip=True,
+                change_port=True)),
+            "filtering-change-port": asyncio.ensure_future(run.binding(
+                "filtering-change-port", client, server, change_port=True)),
+        }
+
+    async def results(self, rtt: float) -> tuple[Answer | None, Answer | None]:
+        """Both answers, a test still unanswered after ``FILTERING_RTTS`` x ``rtt``
+        (from their start) counting as filtered."""
+        wait = max(FILTERING_MIN_WAIT, FILTERING_RTTS * rtt)
+        remaining = self.started + wait - time.monotonic()
+        await asyncio.wait(self.tasks.values(), timeout=max(0.0, remaining))
+        for name, task in self.tasks.items():
+            if not task.done():
+                self.run.tests.append(NATTest(
+                    name, f"{self.server[0]}:{self.server[1]}", time.monotonic() - self.started,
+                    f"no answer within {wait:.2f} s ({FILTERING_RTTS} round trips of "
+                    f"{rtt * 1000:.1f} ms, at least {FILTERING_MIN_WAIT:g} s)"))
+        await self.cancel()
+        both, port = (t.result() if t.done() and not t.cancelled() else None
+                      for t in self.tasks.values())
+        return both, port
+
+    async def cancel(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
 
 def _judge_filtering(
@@ -374,13 +412,12 @@ async def _discover(
     filterer = await run.client(local_ip)
 
     # Test I to every server at once (the first that answers leads), filtering in parallel.
-    filtering_task = asyncio.ensure_future(_filtering(run, filterer, primary))
+    filtering: list[_Filtering] = []  # started by _measure, perhaps twice
     try:
-        return await _measure(run, resolved, local_ip, mapper, filterer, filtering_task)
+        return await _measure(run, resolved, local_ip, mapper, filterer, filtering)
     finally:
-        if not filtering_task.done():
-            filtering_task.cancel()
-            await asyncio.gather(filtering_task, return_exceptions=True)
+        for tests in filtering:
+            await tests.cancel()
 
 
 async def _measure(
@@ -389,7 +426,7 @@ async def _measure(
     local_ip: str,
     mapper: _Client,
     filterer: _Client,
-    filtering_task: asyncio.Future[tuple[Answer | None, Answer | None]],
+    tests: list[_Filtering],
 ) -> NATInfo:
     primary = resolved[0]
     tasks = [
@@ -397,6 +434,7 @@ async def _measure(
             "binding" if i == 0 else f"binding-server-{i + 1}", mapper, server))
         for i, server in enumerate(resolved)
     ]
+    tests.append(_Filtering(run, filterer, primary))
     answered: list[tuple[Address, Answer]] = []
     try:
         # In the order given: stop at a server with OTHER-ADDRESS, at two plain ones, or
@@ -421,11 +459,10 @@ async def _measure(
         )
     server, first = next(((s, a) for s, a in answered if a.other is not None), answered[0])
     if first.other is None:
-        filtering_task.cancel()  # without OTHER-ADDRESS the answers cannot be judged
+        await tests[0].cancel()  # without OTHER-ADDRESS the answers cannot be judged
     elif server != primary:  # the filtering tests went to a silent or a plain server
-        filtering_task.cancel()
-        await asyncio.gather(filtering_task, return_exceptions=True)
-        filtering_task = asyncio.ensure_future(_filtering(run, filterer, server))
+        await tests[0].cancel()
+        tests.insert(0, _Filtering(run, filterer, server))
 
     # Mapping.
     mapping = UNKNOWN
@@ -462,7 +499,7 @@ async def _measure(
 
     both = port = None
     if first.other is not None:
-        both, port = await filtering_task
+        both, port = await tests[0].results(first.rtt)
     filtering = _judge_filtering(run, server, first.other, both, port)
 
     allocation: str | None = None

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     from .handle import Torrent
@@ -201,16 +201,20 @@ Event: TypeAlias = TorrentEvent | PortMapping
 
 _END = object()
 
+T = TypeVar("T")
 
-class EventStream:
-    """An async iterator of a torrent's events, subscribed from its creation.
+
+class EventStream(Generic[T]):
+    """An async iterator of a torrent's events (or, from
+    :meth:`EventHub.subscribe`, of the session's events as dicts), subscribed from
+    its creation.
 
     It buffers up to ``maxsize`` events for a slow consumer; beyond that the oldest
     are dropped and counted in :attr:`dropped`. Use it as an async context manager
     (or call :meth:`close`) to unsubscribe before the torrent ends.
     """
 
-    def __init__(self, subscribers: set[EventStream], maxsize: int = 10_000) -> None:
+    def __init__(self, subscribers: set[EventStream[T]], maxsize: int = 10_000) -> None:
         self._subscribers = subscribers
         self._buffer: collections.deque[object] = collections.deque()
         self._maxsize = maxsize
@@ -218,7 +222,7 @@ class EventStream:
         self.dropped = 0
         subscribers.add(self)
 
-    def put(self, event: TorrentEvent) -> None:
+    def put(self, event: T) -> None:
         if len(self._buffer) >= self._maxsize:
             self._buffer.popleft()
             self.dropped += 1
@@ -236,10 +240,10 @@ class EventStream:
         if self in self._subscribers:
             self.end()
 
-    def __aiter__(self) -> EventStream:
+    def __aiter__(self) -> EventStream[T]:
         return self
 
-    async def __anext__(self) -> TorrentEvent:
+    async def __anext__(self) -> T:
         while not self._buffer:
             self._wakeup.clear()
             await self._wakeup.wait()
@@ -249,7 +253,7 @@ class EventStream:
             raise StopAsyncIteration
         return item  # type: ignore[return-value]
 
-    async def __aenter__(self) -> EventStream:
+    async def __aenter__(self) -> EventStream[T]:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -268,6 +272,7 @@ class EventHub:
         self._torrents = torrents
         self._metrics = metrics
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._subscribers: set[EventStream[dict[str, Any]]] = set()
 
     def emit(self, event: Event) -> None:
         self._metrics(event)
@@ -279,6 +284,18 @@ class EventHub:
                 with contextlib.suppress(asyncio.QueueEmpty):
                     self._queue.get_nowait()
             self._queue.put_nowait(event.to_dict())
+            for stream in list(self._subscribers):
+                stream.put(event.to_dict())
+
+    def subscribe(self, maxsize: int = 1000) -> EventStream[dict[str, Any]]:
+        """A stream of the session's public events as dicts, for one consumer (each
+        subscriber gets every event; :meth:`events` is one shared queue)."""
+        return EventStream(self._subscribers, maxsize)
+
+    def end(self) -> None:
+        """The session closed: every subscriber's iteration stops."""
+        for stream in list(self._subscribers):
+            stream.end()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         while True:

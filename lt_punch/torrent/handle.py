@@ -39,7 +39,7 @@ class Torrent:
     session: EnhancedTorrentSession | None = field(default=None, repr=False)
     pump: AlertPump | None = field(default=None, repr=False)
     """The session's alert pump (the torrent's requests are answered by alerts)."""
-    _streams: set[EventStream] = field(default_factory=set, repr=False)
+    _streams: set[EventStream[TorrentEvent]] = field(default_factory=set, repr=False)
     claims: PieceClaims = field(init=False, repr=False)
     """Piece priorities raised by readers and waiting reads."""
 
@@ -162,7 +162,7 @@ class Torrent:
             file = names.index(file)
         return session.open(self.infohash, file)
 
-    def events(self, maxsize: int = 10_000) -> EventStream:
+    def events(self, maxsize: int = 10_000) -> EventStream[TorrentEvent]:
         """An async iterator of this torrent's typed events (:mod:`.events`), from now
         until the torrent is removed or the session closes."""
         stream = EventStream(self._streams, maxsize)

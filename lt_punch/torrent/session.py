@@ -41,7 +41,7 @@ from . import requests, settings
 from .alerts import AlertPump
 from .dispatch import AlertDispatch
 from .endpoints import Discovery, reflector_of, tls_context
-from .events import EventHub
+from .events import Event, EventHub, EventStream, PeerPunched
 from .handle import Torrent, infohash_of, make_params
 from .reader import TorrentReader
 from .rooms import RoomLink
@@ -126,8 +126,8 @@ class EnhancedTorrentSession:
         self._pump.start()
         self._dialer = LtDialer(self.session, self._pump, self.torrents.__getitem__,
                                 utp="utp" in cfg.methods)
-        self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer, self._hub.emit,
-                                   changed=self._on_punch_change)
+        self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer,
+                                   self._engine_event, changed=self._on_punch_change)
         self._peers = PeerWatch(self.session, self.torrents, self._redial, self._hub.emit,
                                 self._started_at, punched=self._engine.stalled)
         self._spawn(self._peers.run(), "peers")
@@ -174,6 +174,7 @@ class EnhancedTorrentSession:
             for t in self.torrents.values():
                 t.finished.set()
                 t.end_events()
+            self._hub.end()
             # Destroying a session blocks while it says goodbye to peers and
             # trackers: do it off the event loop.
             await asyncio.to_thread(requests.destroy_session, holder)
@@ -195,8 +196,13 @@ class EnhancedTorrentSession:
         connection until it has noticed that the stalled one is gone (Transmission
         3.00 keeps one connection per address and closes a second at once)."""
         for attempt in range(1, REDIALS + 1):
-            if self._dialer is None or infohash not in self.torrents:
+            if self._dialer is None or self._peers is None or infohash not in self.torrents:
                 return
+            if attempt > 1:
+                # libtorrent redials a peer whose dial failed only after
+                # (failures + 1) x min_reconnect_time, and then over uTP: forget it
+                # (the IP filter erases its entry) so that this dial goes out now.
+                self._peers.drop(endpoint[0])
             watch = await self._dialer.dial(infohash, transport, endpoint)
             try:
                 async with asyncio.timeout(self.config.connection_timeout):
@@ -396,10 +402,26 @@ class EnhancedTorrentSession:
         "peer-left"|"port-mapping", ...}``."""
         return self._hub.events()
 
+    def subscribe(self, maxsize: int = 1000) -> EventStream[dict[str, Any]]:
+        """The session's events as dicts (as :meth:`events`), in a stream of their own:
+        every subscriber gets every event from now on (an HTTP event stream per client,
+        say). Buffers ``maxsize`` for a slow consumer, then drops the oldest (counted
+        in ``dropped``); ends when the session closes. Use it as an async context
+        manager to unsubscribe."""
+        return self._hub.subscribe(maxsize)
+
     def drain_events(self) -> list[dict[str, Any]]:
         """The events queued so far, without waiting (what :meth:`events` would yield
         next); for a consumer that is about to stop and must not lose them."""
         return self._hub.drain()
+
+    def _engine_event(self, event: Event) -> None:
+        self._hub.emit(event)
+        if isinstance(event, PeerPunched) and self._peers is not None:
+            rec = self.torrents[event.infohash].punches.get(event.peer_id) \
+                if event.infohash in self.torrents else None
+            outgoing = rec is not None and (rec.role == "initiator" or event.method == "tcp")
+            self._peers.punched(event.infohash, event.endpoint, event.method, outgoing)
 
     def _on_punch_change(self, infohash: str) -> None:
         torrent = self.torrents.get(infohash)
@@ -422,4 +444,6 @@ class EnhancedTorrentSession:
                 "error": self.signaling_error,
             },
             torrents=[t.stats() for t in self.torrents.values()],
+            first_peer=self._peers.first_connected if self._peers else None,
+            stall_recoveries=self._peers.recoveries if self._peers else 0,
         )

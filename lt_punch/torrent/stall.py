@@ -251,6 +251,11 @@ class PeerWatch:
                 self._emit(PeerConnected(infohash, s.endpoint, s.transport, s.outgoing,
                                          self.since_start()))
 
+    def punched(self, infohash: str, endpoint: Address, transport: str, outgoing: bool) -> None:
+        """The punch engine saw this connection made (it looks every 10 ms while it
+        waits for one): counted now rather than at the next look."""
+        self._connections(infohash, [PeerSample(endpoint, transport, outgoing, 0, 0, False)])
+
     def disconnected(self, infohash: str, endpoint: Address, reason: str) -> None:
         """libtorrent closed a connection (``peer_disconnected_alert``)."""
         s = self.connected.get(infohash, {}).pop(endpoint, None)

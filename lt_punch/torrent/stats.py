@@ -13,6 +13,7 @@ def session_stats(
     *, peer_id: str, uptime: float, nat: NATInfo | None, udp: Address | None,
     tcp: Address | None, listen_port: int | None, port_mappings: Iterable[dict[str, Any]],
     signaling: dict[str, Any], torrents: list[dict[str, Any]],
+    first_peer: float | None = None, stall_recoveries: int = 0,
 ) -> dict[str, Any]:
     """``stats()`` of a session from its parts (each torrent's ``Torrent.stats()``)."""
     punches = [p for t in torrents for p in t["punches"]]
@@ -24,6 +25,7 @@ def session_stats(
     return {
         "peer_id": peer_id,
         "uptime": uptime,
+        "first_peer_after": first_peer,
         "nat": nat.to_dict() if nat else None,
         "public_endpoints": {
             "udp": list(udp) if udp else None,
@@ -40,6 +42,7 @@ def session_stats(
             "failures": sum(len(p["failures"]) for p in punches),
             "by_method": by_method,
             "median_time_to_connect": times[len(times) // 2] if times else None,
+            "stall_recoveries": stall_recoveries,
             "download_rate": sum(t["download_rate"] for t in torrents),
             "upload_rate": sum(t["upload_rate"] for t in torrents),
         },

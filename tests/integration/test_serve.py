@@ -122,6 +122,33 @@ async def test_add_magnet_download_stream_and_stats(swarm: Swarm, start_api: Any
     assert signaling.value == 1
 
 
+async def test_events_stream_peer_and_punch_events(swarm: Swarm, start_api: Any) -> None:
+    """``GET /events``: Server-Sent Events of what happens, from the request on."""
+    api = await start_api()
+    async with api.http.get(api.url + "/events") as stream:
+        assert stream.status == 200
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        async with api.http.post(api.url + "/torrents", json={"magnet": swarm.magnet}) as r:
+            assert r.status == 201
+        seen: dict[str, dict[str, Any]] = {}
+        kind = None
+        async with asyncio.timeout(60):
+            while not {"punched", "peer-connected", "finished"} <= seen.keys():
+                line = (await stream.content.readline()).decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    assert data["type"] == kind
+                    seen[data["type"]] = data
+    assert seen["punched"]["peer_id"] == "seed"
+    connected = seen["peer-connected"]
+    assert connected["infohash"] == swarm.infohash
+    assert connected["transport"] in ("utp", "tcp") and connected["since_start"] > 0
+    stats = await api.json("GET", "/p2p/stats")
+    assert 0 < stats["first_peer_after"] <= connected["since_start"] + 0.001
+
+
 async def test_upload_torrent_file_raw_and_multipart(swarm: Swarm, start_api: Any) -> None:
     api = await start_api()
     added = await api.json("POST", "/torrents", status=201, data=swarm.torrent,

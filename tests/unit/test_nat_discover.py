@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from lt_punch.errors import ConfigError
 from lt_punch.nat.cli import format_table, nat_command, to_json
 from lt_punch.nat.discover import (
+    FILTERING_MIN_WAIT,
     Retransmission,
     _allocation_pattern,
     _classic,
@@ -170,6 +171,32 @@ async def test_open_on_loopback_with_a_full_rfc5780_server() -> None:
     assert outcomes["filtering-change-ip-port"].endswith(f"from {other[0]}:{other[1]}")
     assert outcomes["filtering-change-port"].endswith(f"from 127.0.0.1:{other[1]}")
     assert info.duration < 0.5  # a few loopback round trips, no timeouts
+
+
+class _FilteredServer(StunServer):
+    """A full RFC 5780 server whose answers from another address or port never arrive:
+    what a client behind an address-and-port-dependent filter sees."""
+
+    def _receive(self, data: bytes, source: Address, slot: tuple[int, int]) -> None:
+        assert self._responder is not None
+        result = self._responder.receive_datagram(data, source, slot)
+        if result is not None and result[1] == slot:
+            super()._receive(data, source, slot)
+
+
+async def test_an_unanswered_filtering_test_gives_up_after_a_few_round_trips() -> None:
+    """Behind a restrictive filter the change-request answers never come: discovery
+    stops waiting for them after a few round trips of Test I (at least
+    FILTERING_MIN_WAIT), not after the whole retransmission schedule (1.1 s)."""
+    server = _FilteredServer(("127.0.0.1", 0), alternate_port=0, alternate_host="127.0.0.2")
+    async with server:
+        info = await discover_nat([server.address])
+    assert (info.mapping, info.filtering) == ("no-nat", "address-and-port-dependent")
+    outcomes = {t.name: t for t in info.tests}
+    for name in ("filtering-change-ip-port", "filtering-change-port"):
+        assert outcomes[name].outcome.startswith(f"no answer within {FILTERING_MIN_WAIT:.2f} s")
+        assert FILTERING_MIN_WAIT <= outcomes[name].duration < Retransmission().total
+    assert info.duration < Retransmission().total
 
 
 async def test_server_ignoring_change_request_leaves_filtering_unknown() -> None:
