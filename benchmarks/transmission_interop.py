@@ -57,9 +57,14 @@ def tcp_only(magnet: str, out: Path, timeout: float) -> float:
 def lt_punch(magnet: str, out: Path, timeout: float) -> tuple[float, int, str]:
     """Seconds, stalls recovered, transports that carried the download."""
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "lt_punch", "download", magnet, "-o", str(out), "--isolated",
-         "--json"], capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lt_punch", "download", magnet, "-o", str(out),
+             "--isolated", "--json"], capture_output=True, text=True, timeout=timeout,
+            check=False)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stdout or b"")[-300:]
+        return float("inf"), 0, f"timed out after {timeout:g} s: {tail!r}"
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         return float("inf"), 0, f"exit {proc.returncode}: {proc.stderr[-200:]}"

@@ -50,7 +50,13 @@ async def run(args: argparse.Namespace) -> int:
         if session.signaling_error:
             emit("error", message=f"signaling: {session.signaling_error}")
             return 1
-        torrent = await session.add(Path(args.torrent))
+        source: Any = Path(args.torrent)
+        if args.magnet:  # the leech of a magnet link: metadata from the peer
+            import libtorrent as lt
+
+            info = lt.torrent_info(str(source))
+            source = f"magnet:?xt=urn:btih:{info.info_hash()}"
+        torrent = await session.add(source)
         if args.upload_limit:  # the torrent's own limit: it holds for LAN peers too
             torrent.handle.set_upload_limit(args.upload_limit)
         emit("ready", peer_id=session.peer_id, nat=session.nat_info.to_dict()
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torrent", required=True)
     parser.add_argument("--save", required=True)
     parser.add_argument("--peer-id", default=None)
+    parser.add_argument("--magnet", action="store_true",
+                        help="add the torrent by its magnet link (no metadata)")
     parser.add_argument("--listen-port", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--connection-timeout", type=float, default=10.0)

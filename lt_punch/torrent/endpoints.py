@@ -27,7 +27,6 @@ from ..config import Config
 from ..errors import ConfigError, LtTimeoutError, SignalingError
 from ..nat.discover import discover_nat, route_local_ip
 from ..nat.info import NATInfo
-from ..signaling.mapping import whoami
 from ..types import Address
 from . import native, settings
 from .alerts import AlertPump
@@ -110,6 +109,8 @@ class Discovery:
         socket can take it meanwhile (CI saw EADDRINUSE): then we pick a new one. A
         request that got no answer is asked once more (CI saw one TLS request stall for
         3 s among a thousand): a server that is really gone costs two timeouts."""
+        from ..signaling.mapping import whoami  # aiohttp: only when signaling is used
+
         url = self._config.signaling_url
         assert url is not None
         timeouts = 0

@@ -22,7 +22,7 @@ import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libtorrent as lt
 
@@ -35,7 +35,6 @@ from ..punch.lt_dialer import LtDialer
 from ..punch.metrics import PunchMetrics
 from ..punch.plan import PeerProfile
 from ..punch.record import PunchRecord
-from ..signaling.client import SignalingClient
 from ..types import Address
 from . import requests, settings
 from .alerts import AlertPump
@@ -44,10 +43,13 @@ from .endpoints import Discovery, reflector_of, tls_context
 from .events import Event, EventHub, EventStream, PeerPunched
 from .handle import Torrent, infohash_of, make_params
 from .reader import TorrentReader
-from .rooms import RoomLink
 from .settings import ISOLATED_SETTINGS, MIN_RECONNECT_TIME, STATE_NAMES
 from .stall import REDIAL_PAUSE, REDIALS, PeerWatch
 from .stats import session_stats
+
+if TYPE_CHECKING:  # loaded when signaling is used: websockets and aiohttp cost ~0.25 s
+    from ..signaling.client import SignalingClient
+    from .rooms import RoomLink
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +274,9 @@ class EnhancedTorrentSession:
 
     async def _connect_signaling(self) -> None:
         assert self.config.signaling_url and self._engine is not None
+        from ..signaling.client import SignalingClient
+        from .rooms import RoomLink
+
         self.client = SignalingClient(
             self.config.signaling_url, self.peer_id, self.profile.to_metadata(),
             timeout=min(10.0, self.config.connection_timeout),

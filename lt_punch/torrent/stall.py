@@ -17,9 +17,10 @@ moving peer is never stalled: anything at or above one block per :data:`STALL_MA
 seconds (0.8 KB/s) moves the mark.
 
 Recovery (:class:`PeerWatch`): the connection is closed and dialled again on the
-other transport (TCP for a uTP connection and the reverse); each transport that
-stalled is remembered per peer, and when both have, libtorrent's own redial is
-left to pick. A :class:`~lt_punch.torrent.events.PeerStalled` event says why.
+other transport (TCP for a uTP connection and the reverse), a punched one punched
+again; at most :data:`MAX_RECOVERIES` times per peer. A
+:class:`~lt_punch.torrent.events.PeerStalled` event says why. A connection the peer
+made to us is only closed: the peer dials again (we cannot: its port is its own).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ waited on and has no rate yet (one with some bytes gets :data:`STALL_MAX`)."""
 TICK = 0.25
 """Seconds between two looks at the peers of the torrents (new connections show in
 events and stats at most this late)."""
+
+MAX_RECOVERIES = 8
+"""Stall recoveries per peer and torrent; then its connections are left alone."""
 
 REDIALS = 4
 """Dials of the other transport after a stall before libtorrent's own redial is left."""
@@ -207,8 +211,9 @@ class PeerWatch:
         """Connections past their handshake, by infohash and endpoint."""
         self.first_connected: float | None = None
         """Seconds from the session start to the first connected peer (any torrent)."""
-        self.stalled: dict[tuple[str, Address], set[str]] = {}
-        """Transports that stalled, by (infohash, endpoint)."""
+        self.stalled: dict[tuple[str, Address], list[str]] = {}
+        """The transports of the connections that stalled, in order, by (infohash,
+        endpoint)."""
         self.recoveries = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -268,19 +273,19 @@ class PeerWatch:
         self.detector.forget(infohash)
 
     def next_transport(self, infohash: str, s: PeerSample) -> str | None:
-        """The transport to dial after ``s`` stalled, or None (libtorrent's redial)."""
-        tried = self.stalled.setdefault((infohash, s.endpoint), set())
-        tried.add(s.transport)
+        """The transport to dial after ``s`` stalled, or None when it cannot be dialled
+        (an incoming connection: its port is the peer's own, which dials us again).
+        Always the other transport: after a uTP stall TCP, after a TCP stall uTP (a
+        Transmission seeder once left the last block of a TCP download unanswered)."""
+        self.stalled.setdefault((infohash, s.endpoint), []).append(s.transport)
         if not s.outgoing:
-            return None  # its port is the peer's ephemeral one: it must dial us again
-        other = "tcp" if s.transport == "utp" else "utp"
-        if other in tried:
-            tried.clear()  # both stalled once: start over with libtorrent's own choice
             return None
-        return other
+        return "tcp" if s.transport == "utp" else "utp"
 
     def recover(self, infohash: str, stall: Stall) -> None:
         s = stall.sample
+        if len(self.stalled.get((infohash, s.endpoint), ())) >= MAX_RECOVERIES:
+            return  # this peer stalls whatever we do: leave it to libtorrent
         repunch = self._punched(infohash, s.endpoint, s.transport)
         redial = None if repunch else self.next_transport(infohash, s)
         self.recoveries += 1

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,3 +231,24 @@ async def test_a_whoami_without_answer_is_asked_once_more() -> None:
         assert len(calls) == 4
     finally:
         await runner.cleanup()
+
+
+def test_a_session_without_signaling_does_not_load_it() -> None:
+    """websockets and aiohttp cost ~0.25 s of start-up: a download without a signaling
+    server (``--isolated``, no URL) must not pay for them."""
+    code = (
+        "import asyncio, sys\n"
+        "from lt_punch.config import Config\n"
+        "from lt_punch.torrent.session import EnhancedTorrentSession, ISOLATED_SETTINGS\n"
+        "async def main():\n"
+        "    cfg = Config(signaling_url=None, isolated=True, listen_host='127.0.0.1')\n"
+        "    async with EnhancedTorrentSession(cfg, lt_settings=ISOLATED_SETTINGS):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True, env=env).stdout
+    loaded = set(ast.literal_eval(out.strip().splitlines()[-1]))
+    assert "libtorrent" in loaded
+    assert not loaded & {"websockets", "aiohttp"}, loaded & {"websockets", "aiohttp"}

@@ -96,3 +96,42 @@ def test_a_closed_connection_is_forgotten() -> None:
     # Back with the same endpoint: a new connection, a new clock.
     assert d.observe(9.5, IH, [peer(0)]) == []
     assert d.observe(9.5 + STALL_UNKNOWN - 0.5, IH, [peer(0)]) == []
+
+
+def test_recovery_alternates_transports_and_is_bounded() -> None:
+    """PeerWatch.recover on a real (empty) libtorrent session: each stall of an outgoing
+    connection is redialled on the other transport, a stall of an incoming one only
+    closed, and a peer that keeps stalling is left alone after MAX_RECOVERIES."""
+    import asyncio
+
+    import libtorrent as lt
+
+    from lt_punch.torrent.events import PeerStalled
+    from lt_punch.torrent.stall import MAX_RECOVERIES, PeerWatch, Stall
+
+    async def main() -> None:
+        session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False,
+                              "enable_lsd": False, "enable_upnp": False,
+                              "enable_natpmp": False})
+        dials: list[tuple[str, str, tuple[str, int]]] = []
+        events: list[object] = []
+
+        async def dial(infohash: str, transport: str, endpoint: tuple[str, int]) -> None:
+            dials.append((infohash, transport, endpoint))
+
+        watch = PeerWatch(session, {}, dial, events.append, started=0.0)
+        transport = "utp"
+        for _ in range(MAX_RECOVERIES + 2):
+            watch.recover(IH, Stall(peer(0, transport=transport), 5.0, 3.0))
+            await asyncio.sleep(0)
+            transport = "tcp" if transport == "utp" else "utp"
+        assert [t for _, t, _ in dials] == ["tcp", "utp"] * (MAX_RECOVERIES // 2)
+        assert len(events) == MAX_RECOVERIES and all(
+            isinstance(e, PeerStalled) and not e.repunch for e in events)
+        assert session.get_ip_filter().access(EP[0]) == 0  # the filter was restored
+        incoming = PeerSample(("10.0.0.3", 51000), "utp", False, 0, 16, False)
+        watch.recover(IH, Stall(incoming, 5.0, 3.0))
+        await asyncio.sleep(0)
+        assert len(dials) == MAX_RECOVERIES and events[-1].redial is None  # type: ignore[attr-defined]
+
+    asyncio.run(main())
