@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -93,14 +94,39 @@ class Discovery:
         assert reflector is not None
         reflector = (socket.gethostbyname(reflector[0]), reflector[1])
         found = PublicEndpoints(reflector=reflector, nat=known_nat)
-        # TCP first: an unreachable server fails here at once (connection
-        # refused) instead of after the reflector's retries.
-        observed_tcp = await self._whoami()
-        if self.outgoing_port is not None:
-            found.tcp = observed_tcp
-        found.udp = self._loopback_udp(reflector) or await self._query_reflector(reflector)
-        if found.nat is None:
-            found.nat = await self._detect_nat(reflector, found.udp)
+        # Three things at once, each bounded: the signaling code (aiohttp, websockets:
+        # ~0.2 s of imports) loads in a thread; STUN discovery (its filtering tests wait
+        # ~0.35 s for answers a restrictive NAT drops) runs on the loop; whoami, then the
+        # reflector, as soon as the imports are done. STUN starts first so its mapping
+        # tests (a few ms) are over before libtorrent's socket makes its own mapping.
+        t0 = time.monotonic()
+        loaded = asyncio.ensure_future(asyncio.to_thread(_load_signaling))
+        stun: asyncio.Future[NATInfo] | None = None
+        if found.nat is None and self._config.stun_servers:
+            stun = asyncio.ensure_future(discover_nat(self._config.stun_servers,
+                                                      local_ip=route_local_ip(reflector)))
+        try:
+            await loaded
+            t1 = time.monotonic()
+            # TCP first: an unreachable server fails here at once (connection
+            # refused) instead of after the reflector's retries.
+            observed_tcp = await self._whoami()
+            if self.outgoing_port is not None:
+                found.tcp = observed_tcp
+            t2 = time.monotonic()
+            found.udp = (self._loopback_udp(reflector)
+                         or await self._query_reflector(reflector))
+            t3 = time.monotonic()
+            if found.nat is None:
+                found.nat = await self._detect_nat(reflector, found.udp, stun)
+        finally:
+            for task in (loaded, stun):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        logger.info("discovery: imports %.3f s, whoami %.3f s, reflector %.3f s, NAT %.3f s "
+                    "after the reflector (%.3f s in all)", t1 - t0, t2 - t1, t3 - t2,
+                    time.monotonic() - t3, time.monotonic() - t0)
         return found
 
     async def _whoami(self, tries: int = 3) -> Address:
@@ -109,7 +135,7 @@ class Discovery:
         socket can take it meanwhile (CI saw EADDRINUSE): then we pick a new one. A
         request that got no answer is asked once more (CI saw one TLS request stall for
         3 s among a thousand): a server that is really gone costs two timeouts."""
-        from ..signaling.mapping import whoami  # aiohttp: only when signaling is used
+        from ..signaling.mapping import whoami  # loaded by _load_signaling
 
         url = self._config.signaling_url
         assert url is not None
@@ -173,10 +199,11 @@ class Discovery:
         finally:
             self._session.apply_settings({"alert_mask": self._alert_mask})
 
-    async def _detect_nat(self, reflector: Address, udp: Address | None) -> NATInfo:
+    async def _detect_nat(self, reflector: Address, udp: Address | None,
+                          stun: asyncio.Future[NATInfo] | None) -> NATInfo:
         local_ip = route_local_ip(reflector)
-        if self._config.stun_servers:
-            info = await discover_nat(self._config.stun_servers, local_ip=local_ip)
+        if stun is not None:
+            info = await stun
             if info.public_endpoint is not None:
                 return info
             logger.warning("STUN discovery failed (%s); asking the reflector", info.error)
@@ -193,6 +220,16 @@ class Discovery:
             error=None if udp else "no reply from the reflector",
             source="signaling",
         )
+
+
+def _load_signaling() -> None:
+    """Import what talking to the signaling server needs (aiohttp for whoami,
+    websockets for the client): run in a thread, so the loop goes on meanwhile."""
+    import importlib
+
+    for name in ("lt_punch.signaling.mapping", "lt_punch.signaling.client",
+                 "lt_punch.torrent.rooms"):
+        importlib.import_module(name)
 
 
 def tls_context(cafile: str) -> ssl.SSLContext:

@@ -138,8 +138,13 @@ class EnhancedTorrentSession:
                                            self._listening))
         if cfg.signaling_enabled and cfg.signaling_url:
             try:
+                began = time.monotonic()
                 await self._discover(int(pack["alert_mask"]))
+                discovered = time.monotonic()
                 await self._connect_signaling()
+                logger.info("started: session %.3f s, discovery %.3f s, signaling %.3f s",
+                            began - self._started_at, discovered - began,
+                            time.monotonic() - discovered)
             except (SignalingError, LtTimeoutError, OSError) as exc:
                 # Other peer sources keep working; say so once, clearly.
                 self._signaling_error = (f"cannot connect to {cfg.signaling_url}: "

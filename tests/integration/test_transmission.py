@@ -112,14 +112,19 @@ async def test_transmission_downloads_from_an_lt_punch_seeder(
     assert sha256_file(into / "movie.bin") == digest
 
 
+VIDEO_SECONDS = 6.5
+
+
 def _make_video(path: Path) -> None:
-    """An H.264/AAC MP4 with its index (moov) at the end: a player reads the end first."""
+    """A ~49 MB H.264/AAC MP4 (lossless, noisy frames: hard to compress) with its index
+    (moov) at the end: a player reads the end first. Made in about a second."""
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", "testsrc2=duration=8:size=640x360:rate=25",
-         "-f", "lavfi", "-i", "sine=frequency=440:duration=8",
-         "-c:v", "libx264", "-preset", "ultrafast", "-qp", "12", "-c:a", "aac", str(path)],
+         "-f", "lavfi", "-i",
+         f"testsrc2=duration={VIDEO_SECONDS}:size=640x360:rate=25,noise=alls=18:allf=t",
+         "-f", "lavfi", "-i", f"sine=frequency=440:duration={VIDEO_SECONDS}",
+         "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-c:a", "aac", str(path)],
         check=True, capture_output=True, timeout=120)
 
 
@@ -132,6 +137,7 @@ async def test_stream_from_a_transmission_seeder(tmp_path: Path,
     video = tmp_path / "seed" / "clip.mp4"
     await asyncio.to_thread(_make_video, video)
     data = video.read_bytes()
+    assert len(data) > 40 << 20
     magnet = _seed(daemon, video)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lt_punch", "stream", magnet, "-o", str(tmp_path / "out"),
@@ -139,7 +145,7 @@ async def test_stream_from_a_transmission_seeder(tmp_path: Path,
         stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     try:
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(90):
             line = (await proc.stdout.readline()).decode()
             if line.startswith("fetching the metadata"):
                 line = (await proc.stdout.readline()).decode()
@@ -149,7 +155,8 @@ async def test_stream_from_a_transmission_seeder(tmp_path: Path,
             _ffmpeg, "ffprobe", "-v", "error", "-show_entries", "format=duration",
             "-of", "json", url)
         assert probe.returncode == 0, probe.stderr
-        assert float(json.loads(probe.stdout)["format"]["duration"]) == pytest.approx(8, abs=0.2)
+        duration = float(json.loads(probe.stdout)["format"]["duration"])
+        assert duration == pytest.approx(VIDEO_SECONDS, abs=0.2)
         decode = await asyncio.to_thread(
             _ffmpeg, "ffmpeg", "-nostdin", "-v", "error", "-xerror", "-i", url, "-f", "null", "-")
         assert decode.returncode == 0, decode.stderr
