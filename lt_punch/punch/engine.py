@@ -256,7 +256,9 @@ class PunchEngine:
         key = (infohash, rec.peer_id, "punch")
         task = self._tasks.get(key)
         if task is None or task.done():
-            self._start(key, self._repunch(rec), f"repunch-{rec.peer_id}")
+            # At once, whatever our role: only the downloading end sees a stall, so the
+            # initiator may never punch again by itself.
+            self._start(key, self._repunch(rec, wait=False), f"repunch-{rec.peer_id}")
         return True
 
     async def wait_for(self, predicate: Callable[[], Any]) -> Any:
@@ -488,8 +490,8 @@ class PunchEngine:
 
     # -- re-punch ---------------------------------------------------------------------
 
-    async def _repunch(self, rec: PunchRecord) -> None:
-        if rec.role != "initiator":
+    async def _repunch(self, rec: PunchRecord, *, wait: bool = True) -> None:
+        if rec.role != "initiator" and wait:
             # The initiator punches again if it saw the loss too; if it did not (the
             # connection died on our side only), we do, as initiator of this punch.
             await asyncio.sleep(REPUNCH_RESPONDER_DELAY)

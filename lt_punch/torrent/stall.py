@@ -11,10 +11,11 @@ Rule (:class:`StallDetector`, no I/O): a connection is *waiting* while we have
 requests outstanding to it and it does not choke us. A waiting connection that has
 not delivered one block (16 KiB) for ``limit`` seconds is stalled, where ``limit``
 is the time :data:`BLOCKS` blocks take at the connection's own recent rate, clamped
-to [:data:`STALL_MIN`, :data:`STALL_MAX`]; before it has a rate, :data:`STALL_UNKNOWN`
-when nothing at all came and :data:`STALL_MAX` when some bytes did. A slow but
-moving peer is never stalled: anything at or above one block per :data:`STALL_MAX`
-seconds (0.8 KB/s) moves the mark.
+to [:data:`STALL_MIN`, :data:`STALL_MAX`]; :data:`STALL_UNKNOWN` before its first
+block. A slow but moving peer is never stalled: bytes arriving at a pace that would
+complete a block within :data:`STALL_MAX` (0.8 KB/s) give it that long. The floor
+is 5 s, not less: TCP under heavy loss backs off for seconds (0.2, 0.4, 0.8, 1.6 s
+...) and then goes on, and closing it costs a new connection.
 
 Recovery (:class:`PeerWatch`): the connection is closed and dialled again on the
 other transport (TCP for a uTP connection and the reverse), a punched one punched
@@ -48,15 +49,15 @@ BLOCK = 16 * 1024
 BLOCKS = 8
 """The stall limit is the time this many blocks take at the connection's recent rate."""
 
-STALL_MIN = 3.0
+STALL_MIN = 5.0
 """Seconds: no connection is called stalled sooner (a fast peer's hiccup)."""
 
 STALL_MAX = 20.0
 """Seconds: a waiting connection silent this long is stalled, however slow it was."""
 
 STALL_UNKNOWN = 10.0
-"""Seconds: the limit for a connection that has delivered no byte since it was last
-waited on and has no rate yet (one with some bytes gets :data:`STALL_MAX`)."""
+"""Seconds: the limit for a connection that has not delivered a whole block yet (a
+punched uTP path under 10% loss delivered a few bytes in 20 s: frozen, not slow)."""
 
 TICK = 0.25
 """Seconds between two looks at the peers of the torrents (new connections show in
@@ -149,8 +150,10 @@ class StallDetector:
                 track.mark, track.mark_time = s.received, now
                 continue
             waited = now - track.mark_time
-            # A new connection that delivers, slowly, is not dead: give it the most.
-            limit = self.limit(track.rate) if track.rate or not got else STALL_MAX
+            # Bytes coming at a pace that completes a block within STALL_MAX: slow, not
+            # stalled (a rate-capped peer), whatever its earlier rate.
+            moving = got > 0 and waited > 0 and got / waited * STALL_MAX >= BLOCK
+            limit = STALL_MAX if moving else self.limit(track.rate)
             if waited >= limit:
                 stalls.append(Stall(s, waited, limit))
                 del self.tracks[key]

@@ -470,7 +470,7 @@ def test_a_lost_utp_connection_is_left_to_libtorrent() -> None:
 @pytest.mark.parametrize("who", ["initiator", "responder"])
 def test_a_stalled_utp_punch_is_punched_again_over_tcp(who: str) -> None:
     """The stall watch hands a stalled punched connection to the engine: it punches
-    again (the responder after its delay), the stalled method last."""
+    again at once (as responder too), the stalled method last."""
     async def main() -> None:
         net = FakeNetwork()
         a = side(net, profile("peer-a", "port", 1))
@@ -484,6 +484,7 @@ def test_a_stalled_utp_punch_is_punched_again_over_tcp(who: str) -> None:
         rec = staller.record(other.me.peer_id)
         assert rec.method == "utp"
         before = len(net.offers())
+        stalled_at = asyncio.get_running_loop().time()
         assert staller.engine.stalled(IH, other.me.udp, "utp")
         assert rec.state == PunchState.DROPPED and rec.stalled == {"utp"}
         assert isinstance(staller.events[-1], ConnectionLost)
@@ -491,6 +492,10 @@ def test_a_stalled_utp_punch_is_punched_again_over_tcp(who: str) -> None:
         await staller.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
         assert rec.method == "tcp" and rec.repunches == 1
         assert [d["method"] for _, _, d in net.offers()[before:]][:1] == ["tcp"]
+        # At once, also as responder: only the downloading end sees a stall.
+        offer_at, sender, _ = net.offers()[before]
+        assert sender == staller.me.peer_id
+        assert offer_at - stalled_at == pytest.approx(0.0, abs=1e-6)
         # Not a punched endpoint: left to the caller.
         assert not staller.engine.stalled(IH, ("192.0.2.9", 1), "utp")
         await close(a, b)

@@ -46,17 +46,25 @@ def test_a_burst_then_a_trickle_is_a_stall() -> None:
     assert stalls == [1.0 + STALL_MIN]
 
 
-def test_a_slow_steady_peer_is_never_stalled() -> None:
+def test_a_peer_that_slows_down_but_moves_is_never_stalled() -> None:
     d = StallDetector()
-    rate = 1000  # 1 KB/s: one block every 16 s, under STALL_MAX
-    timeline = [(float(t), [peer(rate * t)]) for t in range(120)]
+    rate = 1000  # 1 KB/s after a first block: one block every 16 s, under STALL_MAX
+    timeline = [(0.0, [peer(0)]), (1.0, [peer(BLOCK)])]
+    timeline += [(1.0 + t, [peer(BLOCK + rate * t)]) for t in range(1, 120)]
     assert run(d, timeline) == []
 
 
-def test_a_new_connection_that_trickles_gets_the_longest_limit() -> None:
+def test_a_slow_steady_peer_is_never_stalled() -> None:
     d = StallDetector()
-    timeline = [(float(t), [peer(100 * t)]) for t in range(40)]  # 100 B/s
-    assert run(d, timeline) == [STALL_MAX]
+    timeline = [(float(t), [peer(1000 * t)]) for t in range(120)]  # 1 KB/s from the start
+    assert run(d, timeline) == []
+
+
+def test_a_new_connection_without_a_whole_block_is_stalled() -> None:
+    # A punched uTP path under 10% loss: a few bytes, never a block.
+    d = StallDetector()
+    timeline = [(float(t), [peer(100 * t)]) for t in range(40)]
+    assert run(d, timeline) == [STALL_UNKNOWN, 2 * STALL_UNKNOWN + 1, 3 * STALL_UNKNOWN + 2]
 
 
 def test_choked_or_idle_connections_are_not_waiting() -> None:
