@@ -106,6 +106,10 @@ class Dialer(Protocol):
         """Inject ``endpoint`` for ``method`` and return at once (our SYN may still be
         on its way: :meth:`Watch.wait` covers it)."""
 
+    def disconnect(self, infohash: str, endpoint: Address) -> None:
+        """Close our connection to ``endpoint`` (its peer punches again: its side is
+        gone, and a stale connection here would refuse the new one as a duplicate)."""
+
 
 def endpoint_for(method: str, peer: PeerProfile) -> Address | None:
     """Where to send packets of ``method`` to ``peer``.
@@ -441,6 +445,11 @@ class PunchEngine:
             return
         endpoint = endpoint_for(offer.method, peer)
         assert endpoint is not None
+        if rec.state == S.CONNECTED and rec.endpoint is not None:
+            # The peer punches again while we hold a connection to it: its side is
+            # gone (a stall, a loss we did not see). Ours would make libtorrent refuse
+            # the new connection as a duplicate peer id ("end of file" at once).
+            self._dialer.disconnect(rec.infohash, rec.endpoint)
         self._move(rec, S.PUNCHING)
         rec.attempts += 1
         reason = await self._prepare_and_answer(rec, peer, offer, endpoint)

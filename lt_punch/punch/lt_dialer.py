@@ -46,6 +46,18 @@ _CONNECT_OPS = {
 DONE_MESSAGES = frozenset({"torrent finished", "upload to upload connection"})
 
 
+def close_connections(session: lt.session, ip: str) -> None:
+    """Close libtorrent's connections to ``ip`` (and forget that peer's entries):
+    libtorrent has no call to close one peer, but a new IP filter closes every
+    connection it blocks. The filter is restored at once (both calls run in order on
+    libtorrent's thread)."""
+    original = session.get_ip_filter()
+    blocking = session.get_ip_filter()
+    blocking.add_rule(ip, ip, 1)  # 1: lt.ip_filter.blocked
+    session.set_ip_filter(blocking)
+    session.set_ip_filter(original)
+
+
 def alert_endpoint(alert: Any) -> Address | None:
     ep = getattr(alert, "endpoint", None)
     if ep is None:
@@ -192,6 +204,9 @@ class LtDialer:
 
     def open_nat(self, endpoint: Address) -> None:
         native.open_udp(self._session, endpoint)
+
+    def disconnect(self, infohash: str, endpoint: Address) -> None:
+        close_connections(self._session, endpoint[0])
 
     def expect(self, infohash: str, endpoint: Address, *, any_port: bool) -> ConnectionWatch:
         return self._watch(infohash, endpoint, incoming=True, any_port=any_port)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import libtorrent as lt
 
+from ..punch.lt_dialer import close_connections
 from ..types import Address
 from .events import Event, PeerConnected, PeerDisconnected, PeerStalled
 
@@ -323,11 +324,5 @@ class PeerWatch:
                                transport, exc)
 
     def drop(self, ip: str) -> None:
-        """Close the connections to ``ip``: libtorrent has no call to close one peer,
-        but a new IP filter closes every connection it blocks. The filter is restored
-        at once (both calls run in order on libtorrent's thread)."""
-        original = self._session.get_ip_filter()
-        blocking = self._session.get_ip_filter()
-        blocking.add_rule(ip, ip, 1)  # 1: lt.ip_filter.blocked
-        self._session.set_ip_filter(blocking)
-        self._session.set_ip_filter(original)
+        """Close the connections to ``ip`` (:func:`~lt_punch.punch.lt_dialer.close_connections`)."""
+        close_connections(self._session, ip)

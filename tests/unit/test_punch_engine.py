@@ -140,6 +140,7 @@ class FakeDialer:
     opened: list[Address] = field(default_factory=list)
     dials: list[tuple[str, Address]] = field(default_factory=list)
     expected: list[Address] = field(default_factory=list)
+    closed: list[Address] = field(default_factory=list)
 
     async def ready(self, infohash: str) -> None:
         if self.is_ready is not None:
@@ -155,6 +156,9 @@ class FakeDialer:
     async def dial(self, infohash: str, method: str, endpoint: Address) -> FakeWatch:
         self.dials.append((method, endpoint))
         return FakeWatch(endpoint, self.outcome("dial", method, endpoint), immediate=True)
+
+    def disconnect(self, infohash: str, endpoint: Address) -> None:
+        self.closed.append(endpoint)
 
 
 def profile(peer_id: str, nat: str, n: int) -> PeerProfile:
@@ -491,6 +495,9 @@ def test_a_stalled_utp_punch_is_punched_again_over_tcp(who: str) -> None:
         assert "stalled" in staller.events[-1].reason
         await staller.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
         assert rec.method == "tcp" and rec.repunches == 1
+        # The other end still held the stalled connection: it closed it before
+        # answering (else libtorrent refuses the new one as a duplicate peer id).
+        assert other.dialer.closed == [staller.me.udp]
         assert [d["method"] for _, _, d in net.offers()[before:]][:1] == ["tcp"]
         # At once, also as responder: only the downloading end sees a stall.
         offer_at, sender, _ = net.offers()[before]
