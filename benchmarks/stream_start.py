@@ -3,7 +3,8 @@ same seeder, in the same run.
 
 A stock libtorrent 2.1.1 seeder on loopback, its upload capped (``--rate-mb``, 4 MB/s
 by default), seeds a ~49 MB MP4 whose index (moov) is at the end. Each client gets the
-magnet with the seeder in ``x.pe``; interleaved runs, a fresh seeder session per run
+magnet with the seeder in ``x.pe`` (peerflix, which ignores ``x.pe``, also gets it
+with ``--peer``); interleaved runs, a fresh seeder session per run
 (so no client benefits from another's unchoke). Per client and run:
 
 * ``first byte``: from launching the client to the first 64 KiB of the file over its
@@ -72,12 +73,14 @@ class Seeder:
     def __init__(self, torrent: bytes, data_dir: Path, rate: int) -> None:
         self.session = lt.session({
             "listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False,
-            "enable_upnp": False, "enable_natpmp": False, "upload_rate_limit": rate,
+            "enable_upnp": False, "enable_natpmp": False,
             "allow_multiple_connections_per_ip": True})
         atp = lt.add_torrent_params()
         atp.ti = lt.torrent_info(lt.bdecode(torrent))
         atp.save_path = str(data_dir)
         self.handle = self.session.add_torrent(atp)
+        # The torrent's own limit: the session's exempts peers on local networks.
+        self.handle.set_upload_limit(rate)
         deadline = time.monotonic() + 30
         while not self.handle.status().is_seeding:
             if time.monotonic() > deadline:
@@ -138,8 +141,10 @@ def run_client(kind: str, magnet: str, out: Path, size: int, data: bytes) -> dic
         argv = [str(npm_bin("webtorrent")), "download", magnet, "--out", str(out),
                 "--port", str(port), "--quiet", "--keep-seeding"]
     else:
+        # peerflix ignores a magnet's x.pe: it gets the seeder with --peer.
+        peer = magnet.rsplit("x.pe=", 1)[1]
         argv = [str(npm_bin("peerflix")), magnet, "--path", str(out), "--port", str(port),
-                "--quiet"]
+                "--peer", peer, "--hostname", "127.0.0.1", "--quiet"]
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, text=True)
