@@ -64,6 +64,9 @@ TICK = 0.25
 """Seconds between two looks at the peers of the torrents (new connections show in
 events and stats at most this late)."""
 
+SEEDING_EVERY = 8
+"""A finished torrent's peers are looked at every this many ticks (2 s)."""
+
 MAX_RECOVERIES = 8
 """Stall recoveries per peer and torrent; then its connections are left alone."""
 
@@ -219,6 +222,7 @@ class PeerWatch:
         """The transports of the connections that stalled, in order, by (infohash,
         endpoint)."""
         self.recoveries = 0
+        self._looks = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def since_start(self) -> float:
@@ -235,8 +239,13 @@ class PeerWatch:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def look(self, now: float) -> None:
-        """One look at every torrent's peers."""
+        """One look at every downloading torrent's peers; at finished (seeding) ones
+        only every :data:`SEEDING_EVERY` looks: no stall to find there, and a media
+        server may seed hundreds."""
+        self._looks += 1
         for infohash, torrent in list(self._torrents.items()):
+            if torrent.finished.is_set() and self._looks % SEEDING_EVERY:
+                continue
             try:
                 peers = [p for p in torrent.handle.get_peer_info()
                          if not p.flags & (lt.peer_info.connecting | lt.peer_info.handshake)]

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -37,6 +38,23 @@ def _free_port() -> int:
         return port
 
 
+def _wait_for_pong(port: int, timeout: float = 15.0) -> None:
+    """Redis answers PING (its "ready" log line came once before a server that then
+    did not accept within 5 s, in one CI run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"redis-server on port {port} does not answer PING")
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
@@ -51,6 +69,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
                 break
         else:
             pytest.fail(f"redis-server did not start (exit {proc.wait(timeout=10)})")
+        _wait_for_pong(port)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
