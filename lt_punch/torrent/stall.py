@@ -221,7 +221,6 @@ class PeerWatch:
         self.stalled: dict[tuple[str, Address], list[str]] = {}
         """The transports of the connections that stalled, in order, by (infohash,
         endpoint)."""
-        self.recoveries = 0
         self._looks = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -285,23 +284,29 @@ class PeerWatch:
         self.connected.pop(infohash, None)
         self.detector.forget(infohash)
 
-    def next_transport(self, infohash: str, s: PeerSample) -> str | None:
+    @staticmethod
+    def next_transport(s: PeerSample) -> str | None:
         """The transport to dial after ``s`` stalled, or None when it cannot be dialled
         (an incoming connection: its port is the peer's own, which dials us again).
         Always the other transport: after a uTP stall TCP, after a TCP stall uTP (a
         Transmission seeder once left the last block of a TCP download unanswered)."""
-        self.stalled.setdefault((infohash, s.endpoint), []).append(s.transport)
         if not s.outgoing:
             return None
         return "tcp" if s.transport == "utp" else "utp"
 
+    @property
+    def recoveries(self) -> int:
+        """Stalled connections acted on since the start."""
+        return sum(len(history) for history in self.stalled.values())
+
     def recover(self, infohash: str, stall: Stall) -> None:
         s = stall.sample
-        if len(self.stalled.get((infohash, s.endpoint), ())) >= MAX_RECOVERIES:
+        history = self.stalled.setdefault((infohash, s.endpoint), [])
+        if len(history) >= MAX_RECOVERIES:
             return  # this peer stalls whatever we do: leave it to libtorrent
+        history.append(s.transport)
         repunch = self._punched(infohash, s.endpoint, s.transport)
-        redial = None if repunch else self.next_transport(infohash, s)
-        self.recoveries += 1
+        redial = None if repunch else self.next_transport(s)
         self._emit(PeerStalled(
             infohash=infohash, endpoint=s.endpoint, transport=s.transport,
             waited=round(stall.waited, 2), limit=round(stall.limit, 2),
