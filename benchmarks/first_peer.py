@@ -25,7 +25,6 @@ same way (session start -> first connected peer, spawn -> peer, done).
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import shutil
 import statistics
@@ -36,11 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lt_punch.errors import LabError, LtTimeoutError
-from lt_punch.netlab import NAT_KINDS, NatLab, lab_unavailable_reason
+from lt_punch.errors import ConfigError, LabError, LtTimeoutError
+from lt_punch.netlab import NatLab, lab_unavailable_reason
 from lt_punch.netlab.scenario import (
     SIGNAL_PORT,
     make_payload,
+    nat_pairs,
     read_events,
     start_agent,
     start_signaling,
@@ -185,9 +185,10 @@ def main() -> int:
     if reason:
         print(f"lab unavailable: {reason}", file=sys.stderr)
         return 2
-    pairs = list(itertools.combinations_with_replacement(NAT_KINDS, 2))
-    if args.pair:
-        pairs = [(p.split("/")[0], p.split("/")[-1]) for p in args.pair]
+    try:
+        pairs = nat_pairs(args.pair)
+    except ConfigError as exc:
+        parser.error(str(exc))
     tmp_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     print(f"{'pair':30} {'runs':>4} {'start->peer':>12} {'p95':>6} {'spawn->peer':>12} "
           f"{'ready':>6} {'done':>6}  roles/methods")

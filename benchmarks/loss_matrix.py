@@ -13,14 +13,14 @@ data, and the stalls recovered (``peer-stalled`` events). Needs root.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import sys
 import time
 
-from lt_punch.netlab import NAT_KINDS, NatLab, lab_unavailable_reason
-from lt_punch.netlab.scenario import run_pair
+from lt_punch.errors import ConfigError
+from lt_punch.netlab import NatLab, lab_unavailable_reason
+from lt_punch.netlab.scenario import nat_pairs, run_pair
 
 
 def main() -> int:
@@ -35,9 +35,10 @@ def main() -> int:
     if reason:
         print(f"lab unavailable: {reason}", file=sys.stderr)
         return 2
-    pairs = list(itertools.combinations_with_replacement(NAT_KINDS, 2))
-    if args.pair:
-        pairs = [(p.split("/")[0], p.split("/")[-1]) for p in args.pair]
+    try:
+        pairs = nat_pairs(args.pair)
+    except ConfigError as exc:
+        parser.error(str(exc))
     tmp = "/dev/shm" if os.path.isdir("/dev/shm") else None
     print(f"{args.loss}% loss on both sides, {args.size_mb} MB, deadline {args.deadline:g} s")
     print(f"{'pair':22} {'in time':>8} {'median':>7}  methods, stalls")

@@ -11,14 +11,14 @@ torrent with only that method allowed, counting the runs whose download verified
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
 import time
 
-from lt_punch.netlab import NAT_KINDS, NatLab, lab_unavailable_reason
-from lt_punch.netlab.scenario import run_pair
+from lt_punch.errors import ConfigError
+from lt_punch.netlab import NatLab, lab_unavailable_reason
+from lt_punch.netlab.scenario import nat_pairs, run_pair
 
 
 def main() -> int:
@@ -34,14 +34,10 @@ def main() -> int:
         print(f"lab unavailable: {reason}", file=sys.stderr)
         return 2
     tmp = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    pairs = list(itertools.combinations_with_replacement(NAT_KINDS, 2))
-    if args.pair:
-        wanted = {tuple(p.split("/")) for p in args.pair}
-        unknown = wanted - set(pairs)
-        if unknown:
-            parser.error(f"unknown pair(s) {sorted('/'.join(p) for p in unknown)}; "
-                         f"kinds in the order {'/'.join(NAT_KINDS)}")
-        pairs = [p for p in pairs if p in wanted]
+    try:
+        pairs = nat_pairs(args.pair)
+    except ConfigError as exc:
+        parser.error(str(exc))
     rows = []
     started = time.monotonic()
     for a, b in pairs:

@@ -9,6 +9,7 @@ bootstrap, no LSD.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import select
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import LabError, LtTimeoutError
+from ..errors import ConfigError, LabError, LtTimeoutError
 from .lab import NatLab
 
 SIGNAL_PORT = 8765
@@ -178,6 +179,26 @@ def make_payload(workdir: Path, size: int) -> tuple[Path, str]:
     torrent = workdir / "payload.torrent"
     torrent.write_bytes(make_torrent(payload, piece_size=1 << 20))
     return torrent, sha
+
+
+def nat_pairs(wanted: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The unordered pairs of lab NAT kinds (``open/open`` ... ``symmetric/symmetric``),
+    or only those named in ``wanted`` (``"full/symmetric"``, in that order of kinds).
+
+    Raises:
+        ConfigError: a name that is not such a pair.
+    """
+    from . import NAT_KINDS
+
+    pairs = list(itertools.combinations_with_replacement(NAT_KINDS, 2))
+    if not wanted:
+        return pairs
+    chosen = {tuple(p.split("/")) for p in wanted}
+    unknown = chosen - set(pairs)
+    if unknown:
+        raise ConfigError(f"unknown pair(s) {sorted('/'.join(p) for p in unknown)}; "
+                          f"kinds in the order {'/'.join(NAT_KINDS)}")
+    return [p for p in pairs if p in chosen]
 
 
 def run_pair(

@@ -187,12 +187,6 @@ class TransmissionDaemon:
             args["download-dir"] = str(download_dir)
         return self.call("torrent-add", **args)
 
-    def add_magnet(self, magnet: str, download_dir: Path | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {"filename": magnet}
-        if download_dir is not None:
-            args["download-dir"] = str(download_dir)
-        return self.call("torrent-add", **args)
-
     def torrent(self, info_hash: str) -> dict[str, Any]:
         """Transmission's view of one torrent (status, percentDone, rates, peers)."""
         fields = ["hashString", "status", "percentDone", "haveValid", "rateDownload",

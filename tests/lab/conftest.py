@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lt_punch.netlab import NatLab, cleanup_stale, lab_unavailable_reason
-from lt_punch.netlab.scenario import SIGNAL_PORT, start_agent, start_signaling
+from lt_punch.netlab.scenario import SIGNAL_PORT, read_events, start_agent, start_signaling
 
 NatLabFactory = Callable[..., NatLab]
 
@@ -94,6 +96,30 @@ class PortPair:
         """A lab agent (:func:`~lt_punch.netlab.scenario.start_agent`) in this room."""
         return start_agent(self.lab, side, role, url=self.url, stun=self.stun,
                            torrent=torrent, save=save, peer_id=peer_id, extra=extra)
+
+    @contextlib.contextmanager
+    def mid_download(self, torrent: Path, methods: str, events: list[dict[str, Any]],
+                     ) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+        """A seed on ``s`` (at 5 MB/s: still sending later) and a leech on ``l``, punched
+        with ``methods`` and 20% downloaded: yields the leech and its ``punched`` (or
+        ``punch-failed``) event; both agents are stopped on exit."""
+        common = ["--methods", methods, "--udp-port", str(SIGNAL_PORT), "--timeout", "60"]
+        seed = self.agent("s", "seed", torrent, self.base / "seed", "seed", *common,
+                          "--upload-limit", "5000000")
+        leech = None
+        try:
+            read_events(seed, "ready", 30.0, [])
+            leech = self.agent("l", "leech", torrent, self.base / "leech", "leech", *common,
+                               "--progress-every", "0.2")
+            punched = read_events(leech, ("punched", "punch-failed"), 30.0, events)
+            if punched["event"] == "punched":
+                while read_events(leech, "progress", 30.0, [])["progress"] < 0.2:
+                    pass
+            yield leech, punched
+        finally:
+            if leech is not None:
+                self.lab.stop(leech)
+            self.lab.stop(seed)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lt_punch.netlab.scenario import SIGNAL_PORT, make_payload, read_events
+from lt_punch.netlab.scenario import make_payload, read_events
 
 from .conftest import PortPair
 
@@ -19,20 +19,9 @@ SIZE = 30 << 20
 def test_a_lost_tcp_punch_is_punched_again(port_pair: PortPair) -> None:
     room, lab = port_pair, port_pair.lab
     torrent, digest = make_payload(room.base, SIZE)
-    common = ["--methods", "tcp", "--udp-port", str(SIGNAL_PORT), "--timeout", "60"]
-    # 5 MB/s: still downloading when the connection goes.
-    seed = room.agent("s", "seed", torrent, room.base / "seed", "seed", *common,
-                      "--upload-limit", "5000000")
-    leech = None
     events: list[dict[str, Any]] = []
-    try:
-        read_events(seed, "ready", 30.0, [])
-        leech = room.agent("l", "leech", torrent, room.base / "leech", "leech", *common,
-                           "--progress-every", "0.2")
-        punched = read_events(leech, ("punched", "punch-failed"), 30.0, events)
+    with room.mid_download(torrent, "tcp", events) as (leech, punched):
         assert punched["event"] == "punched" and punched["method"] == "tcp", punched
-        while read_events(leech, "progress", 30.0, [])["progress"] < 0.2:
-            pass
         # Abort the leech's TCP connection to the seed (SOCK_DESTROY): the leech's
         # kernel forgets it, the seed gets a reset.
         killed = lab.run("l", ["ss", "-K", "dst", lab.host("s").public_ip], check=False)
@@ -41,10 +30,6 @@ def test_a_lost_tcp_punch_is_punched_again(port_pair: PortPair) -> None:
         lost = read_events(leech, "connection-lost", 10.0, events)
         again = read_events(leech, ("punched", "punch-failed"), 30.0, events)
         done = read_events(leech, ("done", "error"), 60.0, events)
-    finally:
-        if leech is not None:
-            lab.stop(leech)
-        lab.stop(seed)
     assert lost["method"] == "tcp", lost
     assert again["event"] == "punched" and again["method"] == "tcp", again
     # Punched from the same public endpoint as the first time: the one port.
