@@ -4,7 +4,7 @@ A seed and a leech session in one signaling room, in a network namespace of thei
 whose loopback is shaped to ``--rate-mb`` MB/s by a token bucket (``tc qdisc tbf``;
 libtorrent does not rate-limit peers on a local network, and its per-torrent limit hands
 out quota in 0.5 s steps, which no real link does). The leech streams the file the way
-``lt-punch stream`` does (:func:`lt_punch.stream.prepare_stream`) and reads 64 KiB at
+``lt-punch stream`` does (:func:`lt_punch.stream_cli.prepare_stream`) and reads 64 KiB at
 ``--seeks`` random positions through :class:`~lt_punch.torrent.reader.TorrentReader`,
 one every ``--gap`` seconds, each through a new reader (as each HTTP Range request
 does). A seek counts as *missing* when its piece was not there yet; per seek it also
@@ -38,7 +38,7 @@ from typing import Any
 from lt_punch import Config
 from lt_punch.netlab.lab import tbf_argv
 from lt_punch.signaling import SignalingServer
-from lt_punch.stream import prepare_stream
+from lt_punch.stream_cli import prepare_stream
 from lt_punch.torrent.maketorrent import make_torrent, write_random_file
 from lt_punch.torrent.session import ISOLATED_SETTINGS, EnhancedTorrentSession
 

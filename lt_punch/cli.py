@@ -25,7 +25,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
                  "Download a magnet link, .torrent file or infohash, with resume."),
     "serve": ("lt_punch.serve", "serve_command",
               "Run the daemon: several torrents, REST API, stream URLs, /metrics."),
-    "stream": ("lt_punch.stream", "stream_command",
+    "stream": ("lt_punch.stream_cli", "stream_command",
                "Stream a torrent's file over HTTP while it downloads."),
     "signal": ("lt_punch.signaling.cli", "signal_group", "Run or query a signaling server."),
     "nat": ("lt_punch.nat.cli", "nat_command", "Detect the NAT in front of this host."),

@@ -52,6 +52,13 @@ class Method(IntEnum):
     """STUN methods (12 bits). Unknown methods parse as plain ints."""
 
     BINDING = 0x001
+    # TURN (RFC 8656 section 18) and its TCP allocations (RFC 6062 section 6.1).
+    ALLOCATE = 0x003
+    REFRESH = 0x004
+    CREATE_PERMISSION = 0x008
+    CONNECT = 0x00A
+    CONNECTION_BIND = 0x00B
+    CONNECTION_ATTEMPT = 0x00C
 
 
 class MessageClass(IntEnum):
@@ -70,9 +77,18 @@ class AttrType(IntEnum):
     CHANGE_REQUEST = 0x0003  # RFC 3489 section 11.2.4, RFC 5780 section 7.2
     SOURCE_ADDRESS = 0x0004  # RFC 3489 section 11.2.5
     CHANGED_ADDRESS = 0x0005  # RFC 3489 section 11.2.3
+    USERNAME = 0x0006
+    MESSAGE_INTEGRITY = 0x0008
     ERROR_CODE = 0x0009
     UNKNOWN_ATTRIBUTES = 0x000A
+    LIFETIME = 0x000D  # RFC 8656 section 18 (TURN)
+    XOR_PEER_ADDRESS = 0x0012
+    REALM = 0x0014
+    NONCE = 0x0015
+    XOR_RELAYED_ADDRESS = 0x0016
+    REQUESTED_TRANSPORT = 0x0019
     XOR_MAPPED_ADDRESS = 0x0020
+    CONNECTION_ID = 0x002A  # RFC 6062 section 6.2
     SOFTWARE = 0x8022
     RESPONSE_ORIGIN = 0x802B  # RFC 5780 section 7.3
     OTHER_ADDRESS = 0x802C  # RFC 5780 section 7.4
@@ -239,7 +255,12 @@ ATTRIBUTES: tuple[tuple[int, str, _Pack, _Unpack], ...] = (
     (AttrType.CHANGE_REQUEST, "CHANGE-REQUEST", _pack_change_request, _unpack_change_request),
     (AttrType.SOURCE_ADDRESS, "SOURCE-ADDRESS", _pack_plain, _unpack_plain),
     (AttrType.CHANGED_ADDRESS, "CHANGED-ADDRESS", _pack_plain, _unpack_plain),
+    (AttrType.USERNAME, "USERNAME", _pack_text, _unpack_text),
     (AttrType.ERROR_CODE, "ERROR-CODE", _pack_error_code, _unpack_error_code),
+    (AttrType.XOR_PEER_ADDRESS, "XOR-PEER-ADDRESS", _pack_xor, _unpack_xor),
+    (AttrType.REALM, "REALM", _pack_text, _unpack_text),
+    (AttrType.NONCE, "NONCE", _pack_text, _unpack_text),
+    (AttrType.XOR_RELAYED_ADDRESS, "XOR-RELAYED-ADDRESS", _pack_xor, _unpack_xor),
     (AttrType.UNKNOWN_ATTRIBUTES, "UNKNOWN-ATTRIBUTES", _pack_type_list, _unpack_type_list),
     (AttrType.XOR_MAPPED_ADDRESS, "XOR-MAPPED-ADDRESS", _pack_xor, _unpack_xor),
     (AttrType.SOFTWARE, "SOFTWARE", _pack_text, _unpack_text),

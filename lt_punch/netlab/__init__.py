@@ -14,6 +14,7 @@ from .lab import (
     coturn_argv,
     lab_unavailable_reason,
     list_lab_namespaces,
+    turn_argv,
 )
 from .rules import NAT_KINDS, loss_ruleset, router_ruleset
 
@@ -23,6 +24,7 @@ __all__ = [
     "NatLab",
     "cleanup_stale",
     "coturn_argv",
+    "turn_argv",
     "lab_unavailable_reason",
     "list_lab_namespaces",
     "loss_ruleset",

@@ -566,6 +566,36 @@ class NatLab:
         return self._tmpdir.name
 
 
+def turn_argv(listen_ip: str, port: int, workdir: str, *, users: Sequence[str] = (),
+              secret: str | None = None, realm: str = "lt-punch.test",
+              loopback_peers: bool = False, stale_nonce: int | None = None) -> list[str]:
+    """The coturn 4.6 command line of a TURN server (TCP and UDP relays) on
+    ``listen_ip:port``, relaying from the same address.
+
+    Args:
+        users: ``name:password`` long-term accounts.
+        secret: coturn's REST API shared secret (``use-auth-secret``) instead.
+        loopback_peers: allow peers on 127.0.0.0/8 (coturn refuses them by default).
+        stale_nonce: seconds a nonce stays valid (coturn's default: 600).
+    """
+    argv = ["turnserver", "-n", "--listening-ip", listen_ip, "--relay-ip", listen_ip,
+            "--listening-port", str(port), "--realm", realm, "--no-tls", "--no-dtls",
+            "--no-cli", "--log-file", "stdout", "--simple-log", "--no-software-attribute",
+            "--pidfile", os.path.join(workdir, "turnserver.pid"),
+            "--userdb", os.path.join(workdir, "turndb"), "--no-multicast-peers"]
+    if secret is not None:
+        argv += ["--use-auth-secret", "--static-auth-secret", secret]
+    else:
+        argv += ["--lt-cred-mech"]
+        for user in users:
+            argv += ["--user", user]
+    if loopback_peers:
+        argv += ["--allow-loopback-peers"]
+    if stale_nonce is not None:
+        argv += [f"--stale-nonce={stale_nonce}"]
+    return argv
+
+
 def coturn_argv(server_ips: Sequence[str], workdir: str) -> list[str]:
     """Return the coturn 4.6 command line of the lab's STUN server.
 

@@ -87,6 +87,10 @@ def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) 
         # uTP connection (a starved process, a pause) stalled a stream for a minute.
         # A punched peer is rare and known good; redial it within seconds.
         "min_reconnect_time": MIN_RECONNECT_TIME,
+        # libtorrent picks its first 4 pieces at random, piece priorities ignored: a
+        # stream's first piece (readahead priority) waited behind them, half a second
+        # against a rate-capped seeder. Rarest first with priorities from the start.
+        "initial_picker_threshold": 0,
     }
     if outgoing_port is not None:
         settings["outgoing_port"] = outgoing_port

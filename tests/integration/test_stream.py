@@ -22,7 +22,7 @@ from aiohttp import web
 from lt_punch.stream import make_app, make_runner
 from lt_punch.torrent.maketorrent import make_torrent, write_random_file
 
-from .conftest import PIECE, SIZE, Pair, communicate
+from .conftest import LT, PIECE, SIZE, Pair, communicate
 
 
 class Server:
@@ -312,3 +312,46 @@ async def test_stream_bad_signal_url_exits_2(tmp_path: Path, url: str) -> None:
     err = await communicate(proc)
     assert proc.returncode == 2, err
     assert "--signal: " in err.decode() and "Traceback" not in err.decode()
+
+
+async def test_a_streamed_magnet_downloads_its_first_piece_first(tmp_path: Path) -> None:
+    """``lt-punch stream`` adds a magnet link so that the requests libtorrent sends the
+    moment the metadata arrives go to the first piece. They went to random pieces
+    (libtorrent's first picks ignore priorities), and a rate-capped seeder served those
+    before the first bytes a player asks for."""
+    import libtorrent as lt
+
+    from lt_punch import Config
+    from lt_punch.stream_cli import stream_params
+    from lt_punch.torrent.events import PieceFinished
+    from lt_punch.torrent.session import EnhancedTorrentSession
+
+    payload = tmp_path / "seed" / "movie.mp4"
+    write_random_file(payload, 8 << 20, seed=5)
+    ti = lt.torrent_info(lt.bdecode(make_torrent(payload, piece_size=1 << 16)))  # 128 pieces
+    seeder = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False,
+                         "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False})
+    try:
+        atp = lt.add_torrent_params()
+        atp.ti = ti
+        atp.save_path = str(payload.parent)
+        atp.flags |= lt.torrent_flags.seed_mode  # a seed at once, no check
+        handle = seeder.add_torrent(atp)
+        handle.set_upload_limit(2_000_000)  # its first bytes come on its rate limiter's tick
+        magnet = f"magnet:?xt=urn:btih:{ti.info_hash()}&x.pe=127.0.0.1:{seeder.listen_port()}"
+        config = Config(signaling_enabled=False, listen_host="127.0.0.1")
+        async with EnhancedTorrentSession(config, lt_settings=LT,
+                                          save_path=tmp_path / "leech") as leech:
+            torrent = await leech.add(stream_params(magnet))
+            events = torrent.events()
+            finished: list[int] = []
+            async with asyncio.timeout(30):
+                async for event in events:
+                    if isinstance(event, PieceFinished):
+                        finished.append(event.piece)
+                        if len(finished) == 2:
+                            break
+            assert 0 in finished, finished
+    finally:
+        seeder.pause()
+        del seeder

@@ -84,3 +84,19 @@ def test_hosts() -> None:
 ])
 def test_normal_origin(value: str, expected: str | None) -> None:
     assert normal_origin(value) == expected
+
+
+def test_the_stream_command_dials_before_it_loads_the_http_server() -> None:
+    """``lt-punch stream`` imports aiohttp in a thread while the peer is dialled: its
+    module must not pull it in (read in a fresh process)."""
+    import ast
+    import subprocess
+    import sys
+
+    code = ("import sys, lt_punch.cli, lt_punch.stream_cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    loaded = set(ast.literal_eval(out.stdout))
+    assert {"lt_punch", "click"} <= loaded  # the probe really ran
+    assert "aiohttp" not in loaded

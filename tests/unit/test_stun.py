@@ -120,10 +120,29 @@ def test_rfc5769_request_decoded() -> None:
     assert message.transaction_id == RFC5769_TID
     assert not message.is_rfc3489
     assert message.get("SOFTWARE") == "STUN test client"
-    assert message.get(0x0006) == b"evtj:h6vY"  # USERNAME: unknown to us, kept as bytes
+    assert message.get("USERNAME") == "evtj:h6vY"
     assert message.attributes[3].padding == b"   "  # RFC 5769 pads with spaces
-    # USERNAME and MESSAGE-INTEGRITY are comprehension-required and not in our table.
-    assert message.unknown_comprehension_required() == (0x0024, 0x0006, 0x0008)
+    # PRIORITY (ICE) and MESSAGE-INTEGRITY are comprehension-required, not in our table.
+    assert message.unknown_comprehension_required() == (0x0024, 0x0008)
+
+
+def test_rfc5769_message_integrity() -> None:
+    """The TURN client's HMAC (lt_punch.punch.turn) against RFC 5769's vectors: the
+    request's and the IPv4 response's MESSAGE-INTEGRITY (short-term key: the password),
+    each before a FINGERPRINT; a wrong key or a flipped byte fails; none -> None."""
+    from lt_punch.punch.turn import integrity_ok, with_integrity
+
+    assert integrity_ok(RFC5769_REQUEST, RFC5769_PASSWORD) is True
+    assert integrity_ok(RFC5769_IPV4_RESPONSE, RFC5769_PASSWORD) is True
+    assert integrity_ok(RFC5769_REQUEST, b"wrong") is False
+    flipped = bytearray(RFC5769_REQUEST)
+    flipped[30] ^= 1  # inside SOFTWARE
+    assert integrity_ok(bytes(flipped), RFC5769_PASSWORD) is False
+    plain = binding_request(RFC5769_TID)
+    assert integrity_ok(bytes(plain), b"k") is None
+    signed = with_integrity(plain, b"k")
+    assert integrity_ok(signed, b"k") is True
+    assert StunMessage.parse(signed).get(0x0008) is not None
 
 
 def test_rfc5769_ipv4_response_decoded() -> None:
