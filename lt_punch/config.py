@@ -136,13 +136,6 @@ def parse_ms(value: str, name: str, *, minimum: int = 1, maximum: int = 86_400_0
     return ms / 1000.0
 
 
-_NO_TURN = "a TURN relay is not supported yet (no setting would use it); unset it"
-UNSUPPORTED = {"P2P_TURN_SERVER": _NO_TURN, "P2P_TURN_USERNAME": _NO_TURN,
-               "P2P_TURN_PASSWORD": _NO_TURN}
-"""Variables of the contract that nothing implements yet: set, they are an error
-rather than silently ignored."""
-
-
 @dataclass(frozen=True)
 class Config:
     """Settings of a coordinator / session. All fields are optional."""
@@ -202,8 +195,25 @@ class Config:
     """Peers only from the signaling room: no DHT bootstrap, LSD, UPnP or NAT-PMP
     (``ISOLATED_SETTINGS``; nothing leaves for the public BitTorrent network)."""
 
-    methods: tuple[str, ...] = ("utp", "tcp")
-    """Punch methods, in order of preference."""
+    methods: tuple[str, ...] = ("utp", "tcp", "relay")
+    """Punch methods, in order of preference (``relay`` is always tried last, and only
+    when one side of the pair has a TURN server)."""
+
+    turn_servers: tuple[Address, ...] = ()
+    """TURN servers (``host:port``) for the relay, tried in order; TCP allocations
+    (RFC 6062), as coturn offers. Empty: this side never allocates (it can still dial
+    a relay the peer allocated)."""
+
+    turn_username: str = ""
+    """TURN long-term credential user name (with ``turn_secret``: the name part of the
+    REST API user name, may be empty)."""
+
+    turn_password: str = field(default="", repr=False)
+    """TURN long-term credential password."""
+
+    turn_secret: str = field(default="", repr=False)
+    """coturn's REST API shared secret (``use-auth-secret``): credentials are derived
+    from it for each allocation; ``turn_password`` is then not used."""
 
     def __post_init__(self) -> None:
         self._validate()
@@ -232,8 +242,20 @@ class Config:
         if not self.methods:
             raise ConfigError("methods: at least one punch method is required")
         for m in self.methods:
-            if m not in ("utp", "tcp"):
-                raise ConfigError(f"methods: unknown method {m!r} (known: utp, tcp)")
+            if m not in ("utp", "tcp", "relay"):
+                raise ConfigError(f"methods: unknown method {m!r} (known: utp, tcp, relay)")
+        for name in ("turn_username", "turn_password", "turn_secret"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name}: expected a string")
+        if self.turn_servers:
+            for server in self.turn_servers:
+                if not (isinstance(server, tuple) and len(server) == 2):
+                    raise ConfigError(f"turn_servers: expected (host, port), got {server!r}")
+                parse_port(server[1], "turn_servers", allow_zero=False)
+            if not self.turn_secret and not (self.turn_username and self.turn_password):
+                raise ConfigError("turn_servers (P2P_TURN_SERVER): credentials needed: "
+                                  "turn_username and turn_password (P2P_TURN_USERNAME, "
+                                  "P2P_TURN_PASSWORD), or turn_secret (P2P_TURN_SECRET)")
 
     @classmethod
     def from_env(
@@ -260,10 +282,11 @@ class Config:
             "P2P_LISTEN_HOST": ("listen_host", parse_ip),
             "P2P_LISTEN_PORT": ("listen_port", parse_port),
             "P2P_ISOLATED": ("isolated", parse_bool),
+            "P2P_TURN_SERVER": ("turn_servers", parse_hostports),
+            "P2P_TURN_USERNAME": ("turn_username", lambda v, n: v.strip()),
+            "P2P_TURN_PASSWORD": ("turn_password", lambda v, n: v),
+            "P2P_TURN_SECRET": ("turn_secret", lambda v, n: v),
         }
-        for var in UNSUPPORTED:
-            if env.get(var):
-                raise ConfigError(f"{var}: {UNSUPPORTED[var]}")
         for var, (attr, parse) in parsers.items():
             raw = env.get(var)
             if raw is None or raw == "":
@@ -274,10 +297,11 @@ class Config:
             if key not in known:
                 raise ConfigError(f"unknown setting {key!r}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(values.get("stun_servers"), str):
-            values["stun_servers"] = parse_hostports(values["stun_servers"], "stun_servers")
-        if "stun_servers" in values:
-            values["stun_servers"] = tuple(tuple(s) for s in values["stun_servers"])
+        for name in ("stun_servers", "turn_servers"):
+            if isinstance(values.get(name), str):
+                values[name] = parse_hostports(values[name], name)
+            if name in values:
+                values[name] = tuple(tuple(s) for s in values[name])
         return cls(**values)
 
     def replace(self, **changes: Any) -> Config:

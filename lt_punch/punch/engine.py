@@ -110,6 +110,12 @@ class Dialer(Protocol):
         """Close our connection to ``endpoint`` (its peer punches again: its side is
         gone, and a stale connection here would refuse the new one as a duplicate)."""
 
+    async def open_relay(self, infohash: str, peer_ips: tuple[str, ...]
+                         ) -> tuple[Address, Watch]:
+        """Our relayed address for a peer seen from ``peer_ips`` (allocated when needed,
+        permitted for those addresses only), and a watch on the peer's connection
+        through it. Raises :class:`DialFailed` when there is no relay to be had."""
+
 
 def endpoint_for(method: str, peer: PeerProfile) -> Address | None:
     """Where to send packets of ``method`` to ``peer``.
@@ -120,6 +126,8 @@ def endpoint_for(method: str, peer: PeerProfile) -> Address | None:
     """
     if method == "utp":
         return peer.udp
+    if method == "relay":  # not dialled: the address the relay lets in
+        return peer.tcp or peer.udp
     if peer.nat == "open" and peer.udp is not None:
         return peer.udp
     return peer.tcp
@@ -234,7 +242,7 @@ class PunchEngine:
         punched again (uTP survives: our keep-alives hold the NAT mappings open and
         libtorrent redials)."""
         rec = next((r for r in self.records.get(infohash, {}).values()
-                    if r.state == S.CONNECTED and r.method == "tcp"
+                    if r.state == S.CONNECTED and r.method in ("tcp", "relay")
                     and r.endpoint == endpoint), None)
         if rec is None:
             return
@@ -376,10 +384,48 @@ class PunchEngine:
                        attempt: int) -> str | None:
         """One offer and, when answered, one dial: None when connected, else why not."""
         rec.attempts += 1
+        if method == "relay":
+            return await self._attempt_relay(rec, peer, attempt)
         endpoint = endpoint_for(method, peer)
         assert endpoint is not None  # plan.usable() checked it
-        offer = PunchMessage(plan.OFFER, rec.infohash, method, attempt,
-                             f"{self._me().peer_id}:{secrets.token_hex(4)}")
+        answer = await self._exchange(rec, peer, PunchMessage(
+            plan.OFFER, rec.infohash, method, attempt, self._punch_id()))
+        if isinstance(answer, str):
+            return answer
+        watch = await self._dialer.dial(rec.infohash, method, endpoint)
+        rec.immediate = watch.immediate
+        return await self._connected(rec, method, watch)
+
+    async def _attempt_relay(self, rec: PunchRecord, peer: PeerProfile,
+                             attempt: int) -> str | None:
+        """The allocating side (:func:`~lt_punch.punch.plan.relay_allocator`) sends its
+        relayed address; the other dials it."""
+        me = self._me()
+        watch: Watch | None = None
+        relayed = None
+        if plan.relay_allocator(me, peer) is me:
+            try:
+                relayed, watch = await self._dialer.open_relay(rec.infohash, peer.ips())
+            except DialFailed as exc:
+                return f"relay: {exc}"
+        answer = await self._exchange(rec, peer, PunchMessage(
+            plan.OFFER, rec.infohash, "relay", attempt, self._punch_id(), relayed=relayed))
+        if isinstance(answer, str):
+            if watch is not None:
+                watch.cancel()
+            return answer
+        if watch is None:
+            if answer.relayed is None:
+                return "peer answered without a relayed address"
+            watch = await self._dialer.dial(rec.infohash, "relay", answer.relayed)
+        return await self._connected(rec, "relay", watch)
+
+    def _punch_id(self) -> str:
+        return f"{self._me().peer_id}:{secrets.token_hex(4)}"
+
+    async def _exchange(self, rec: PunchRecord, peer: PeerProfile,
+                        offer: PunchMessage) -> PunchMessage | str:
+        """Send ``offer``; the peer's answer, or why there is none to act on."""
         fut: asyncio.Future[PunchMessage] = asyncio.get_running_loop().create_future()
         self._answers[offer.punch_id] = fut
         try:
@@ -397,9 +443,7 @@ class PunchEngine:
             fut.cancel()
         if answer.kind != plan.ANSWER:
             return f"peer refused: {answer.reason}"
-        watch = await self._dialer.dial(rec.infohash, method, endpoint)
-        rec.immediate = watch.immediate
-        return await self._connected(rec, method, watch)
+        return answer
 
     async def _connected(self, rec: PunchRecord, method: str, watch: Watch) -> str | None:
         timeout = self.config.connection_timeout
@@ -460,6 +504,8 @@ class PunchEngine:
     async def _prepare_and_answer(self, rec: PunchRecord, peer: PeerProfile,
                                   offer: PunchMessage, endpoint: Address) -> str | None:
         answer = offer.reply(plan.ANSWER)
+        if offer.method == "relay":
+            return await self._answer_relay(rec, peer, offer)
         if offer.method == "utp" or self._me().nat == "open":
             if offer.method == "utp":
                 # Open our NAT towards the initiator from libtorrent's UDP socket,
@@ -486,6 +532,25 @@ class PunchEngine:
             # The peer never hears of this attempt; let our SYN run its course.
             logger.info("punch answer to %s not sent", peer.peer_id)
         return await self._connected(rec, "tcp", watch)
+
+    async def _answer_relay(self, rec: PunchRecord, peer: PeerProfile,
+                            offer: PunchMessage) -> str | None:
+        if offer.relayed is not None:  # the initiator allocated: dial its relay
+            watch = await self._dialer.dial(rec.infohash, "relay", offer.relayed)
+            if not await self._reply(peer.peer_id, offer.infohash, offer.reply(plan.ANSWER)):
+                logger.info("relay answer to %s not sent", peer.peer_id)
+            return await self._connected(rec, "relay", watch)
+        try:
+            relayed, watch = await self._dialer.open_relay(rec.infohash, peer.ips())
+        except DialFailed as exc:
+            reason = f"relay: {exc}"
+            await self._reply(peer.peer_id, offer.infohash, offer.reply(plan.FAILED, reason))
+            return reason
+        if not await self._reply(peer.peer_id, offer.infohash,
+                                 offer.reply(plan.ANSWER, relayed=relayed)):
+            watch.cancel()
+            return "signaling: relay answer not sent"
+        return await self._connected(rec, "relay", watch)
 
     async def _reply(self, peer_id: str, room: str, msg: PunchMessage) -> bool:
         if self.relay is None:

@@ -8,6 +8,10 @@
   simultaneous open must be TCP. TCP dials are serialised for that reason.
 * ``expect`` / the returned watches: libtorrent's alerts about one endpoint until the
   connection is made or given up (:class:`ConnectionWatch`).
+* ``open_relay``: the session's TURN relay (:class:`~lt_punch.punch.relay.TurnRelay`)
+  for one peer, and a watch on the connection the relay will bridge in
+  (:class:`RelayWatch`). A ``relay`` dial (to a relayed address the peer allocated) is
+  a TCP dial.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .engine import DialFailed
 if TYPE_CHECKING:
     from ..torrent.alerts import AlertPump
     from ..torrent.handle import Torrent
+    from .relay import TurnRelay
 
 KICK_MIN_INTERVAL = 30.0
 """Seconds between two kicks of a torrent that has trackers."""
@@ -179,6 +184,36 @@ class ConnectionWatch:
             self.future.cancel()
 
 
+class RelayWatch:
+    """The connection a TURN relay will bridge into libtorrent for one peer: told the
+    bridge's local endpoint (:meth:`bridged`), it watches libtorrent take that
+    connection in."""
+
+    immediate = False
+
+    def __init__(self, dialer: LtDialer, infohash: str, relay: TurnRelay) -> None:
+        self._dialer = dialer
+        self._infohash = infohash
+        self._relay = relay
+        self._inner: ConnectionWatch | None = None
+        self._bridged = asyncio.Event()
+
+    def bridged(self, local: Address) -> None:
+        if self._inner is None:
+            self._inner = self._dialer.expect(self._infohash, local, any_port=False)
+            self._bridged.set()
+
+    async def wait(self) -> Address:
+        await self._bridged.wait()
+        assert self._inner is not None
+        return await self._inner.wait()
+
+    def cancel(self) -> None:
+        self._relay.forget(self.bridged)
+        if self._inner is not None:
+            self._inner.cancel()
+
+
 class LtDialer:
     """:class:`~lt_punch.punch.engine.Dialer` on a libtorrent session.
 
@@ -190,8 +225,10 @@ class LtDialer:
     """
 
     def __init__(self, session: lt.session, pump: AlertPump,
-                 torrent: Callable[[str], Torrent], *, utp: bool) -> None:
+                 torrent: Callable[[str], Torrent], *, utp: bool,
+                 relay: TurnRelay | None = None) -> None:
         self._session = session
+        self.relay = relay
         self._pump = pump
         self._torrent = torrent
         self._utp = utp
@@ -215,7 +252,7 @@ class LtDialer:
         handle = self._torrent(infohash).handle
         watch = self._watch(infohash, endpoint, incoming=False)
         now = asyncio.get_running_loop().time()
-        if method != "tcp":
+        if method == "utp":
             watch.immediate = self._injector.inject(handle, endpoint, utp=True, now=now)
             return watch
         await self._tcp_lock.acquire()
@@ -229,6 +266,25 @@ class LtDialer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return watch
+
+    async def open_relay(self, infohash: str, peer_ips: tuple[str, ...]
+                         ) -> tuple[Address, RelayWatch]:
+        """Our relayed address for a peer seen from ``peer_ips``, and a watch on its
+        connection through it.
+
+        Raises:
+            DialFailed: no TURN server configured, or none granted a relay.
+        """
+        from .turn import TurnError
+
+        if self.relay is None:
+            raise DialFailed("no TURN server configured")
+        watch = RelayWatch(self, infohash, self.relay)
+        try:
+            relayed = await self.relay.open(peer_ips, watch.bridged)
+        except TurnError as exc:
+            raise DialFailed(str(exc)) from None
+        return relayed, watch
 
     async def _after_dial(self, watch: ConnectionWatch) -> None:
         try:

@@ -27,6 +27,14 @@ round trip is needed to agree on roles:
   "outgoing", which breaks MSE/PE (both send the initiator's half), so
   sessions that punch TCP use plaintext handshakes (see README).
 
+* ``relay``: a TURN relay (RFC 6062 TCP allocation, :mod:`lt_punch.punch.turn`), for
+  the pairs no punch connects, tried last. The side that has a TURN server allocates
+  (the responder when both have one): its relayed address travels in the offer (the
+  initiator allocated) or in the answer (the responder did); the other side dials it
+  with an ordinary outgoing TCP ``connect_peer``, which crosses any NAT. The
+  allocating side bridges the connection the relay hands it into its own libtorrent
+  (:mod:`lt_punch.punch.bridge`). Permissions are for the peer signaling named only.
+
 A failed attempt is retried on a bounded schedule; each failure is recorded with
 its reason.
 """
@@ -43,7 +51,7 @@ from ..errors import RemoteProtocolError
 from ..nat.info import NATInfo
 from ..types import Address
 
-METHODS = ("utp", "tcp")
+METHODS = ("utp", "tcp", "relay")
 
 # Harder NATs initiate. "unknown" is treated like a port-restricted cone.
 NAT_RANK: dict[str, int] = {
@@ -81,6 +89,8 @@ class PeerProfile:
     nat_summary: Mapping[str, Any] | None = None
     """Discovery's verdict in short (:data:`SUMMARY_FIELDS`), so that both ends of a pair
     compute the same strategy (:func:`lt_punch.punch.strategy.recommend_strategy`)."""
+    turn: bool = False
+    """Whether the peer has a TURN server to allocate a relay on."""
 
     def to_metadata(self) -> dict[str, Any]:
         return {
@@ -89,6 +99,7 @@ class PeerProfile:
             "tcp": list(self.tcp) if self.tcp else None,
             "methods": list(self.methods),
             "nat_summary": dict(self.nat_summary) if self.nat_summary is not None else None,
+            "turn": self.turn,
             "agent": "lt_punch",
         }
 
@@ -113,7 +124,12 @@ class PeerProfile:
             tcp=parse_endpoint(metadata.get("tcp"), f"peer {peer_id}: tcp"),
             methods=methods,
             nat_summary=parse_summary(metadata.get("nat_summary"), f"peer {peer_id}"),
+            turn=metadata.get("turn") is True,
         )
+
+    def ips(self) -> tuple[str, ...]:
+        """The public addresses the peer was seen from (what a relay permits)."""
+        return tuple(sorted({ep[0] for ep in (self.tcp, self.udp) if ep is not None}))
 
     def is_lt_punch(self) -> bool:
         return self.udp is not None or self.tcp is not None
@@ -217,7 +233,15 @@ def usable(method: str, me: PeerProfile, peer: PeerProfile) -> str | None:
         return "tcp simultaneous open cannot cross a symmetric NAT without prediction"
     if method == "tcp" and nats == ("full", "full"):
         return FULL_CONE_TCP_RACE
+    if method == "relay" and not (me.turn or peer.turn):
+        return "no TURN server on either side"
     return None
+
+
+def relay_allocator(initiator: PeerProfile, responder: PeerProfile) -> PeerProfile:
+    """The side that allocates the relay: the responder when it can (its relayed address
+    comes back in the answer), else the initiator (in the offer)."""
+    return responder if responder.turn else initiator
 
 
 # --- punch messages (carried opaque inside signaling ``relay`` data) -------------
@@ -237,6 +261,9 @@ class PunchMessage:
     attempt: int
     punch_id: str
     reason: str | None = None
+    relayed: Address | None = None
+    """``relay``: the relayed address to dial (in the offer or the answer, from the side
+    that allocated)."""
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -248,6 +275,8 @@ class PunchMessage:
         }
         if self.reason is not None:
             data["reason"] = self.reason
+        if self.relayed is not None:
+            data["relayed"] = list(self.relayed)
         return data
 
     @classmethod
@@ -274,17 +303,23 @@ class PunchMessage:
         reason = data.get("reason")
         if reason is not None and (not isinstance(reason, str) or len(reason) > 200):
             raise RemoteProtocolError("punch message: bad reason")
-        return cls(kind, infohash.lower(), method, attempt, punch_id, reason)
+        relayed = parse_endpoint(data.get("relayed"), "punch message: relayed")
+        if relayed is not None and method != "relay":
+            raise RemoteProtocolError(f"punch message: a relayed address for {method}")
+        return cls(kind, infohash.lower(), method, attempt, punch_id, reason, relayed)
 
-    def reply(self, kind: str, reason: str | None = None) -> PunchMessage:
-        return dataclasses.replace(self, kind=kind, reason=reason)
+    def reply(self, kind: str, reason: str | None = None,
+              relayed: Address | None = None) -> PunchMessage:
+        return dataclasses.replace(self, kind=kind, reason=reason, relayed=relayed)
 
 
 def plan_methods(me: PeerProfile, peer: PeerProfile, wanted: Sequence[str]) -> list[str]:
     """Ordered methods to try with ``peer`` (initiator's order, restricted to ``wanted``)."""
     init, resp = (me, peer) if is_initiator(me, peer) else (peer, me)
-    return [
+    methods = [
         m
         for m in agreed_methods(init, resp)
         if m in wanted and usable(m, me, peer) is None
     ]
+    methods.sort(key=lambda m: m == "relay")  # the last resort, whatever the order given
+    return methods

@@ -48,6 +48,7 @@ from .stall import REDIAL_PAUSE, REDIALS, PeerWatch
 from .stats import session_stats
 
 if TYPE_CHECKING:  # loaded when signaling is used: websockets and aiohttp cost ~0.25 s
+    from ..punch.relay import TurnRelay
     from ..signaling.client import SignalingClient
     from .rooms import RoomLink
 
@@ -93,6 +94,8 @@ class EnhancedTorrentSession:
         self.torrents: dict[str, Torrent] = {}
         self._pump: AlertPump | None = None
         self._dialer: LtDialer | None = None
+        self.relay: TurnRelay | None = None
+        """The TURN relay (``turn_servers`` configured), allocated when first needed."""
         self._engine: PunchEngine | None = None
         self._peers: PeerWatch | None = None
         self._rooms: RoomLink | None = None
@@ -126,8 +129,9 @@ class EnhancedTorrentSession:
         self.session = lt.session(settings.session_params(pack, self._state))
         self._pump = AlertPump(self.session)
         self._pump.start()
+        self.relay = self._make_relay()
         self._dialer = LtDialer(self.session, self._pump, self.torrents.__getitem__,
-                                utp="utp" in cfg.methods)
+                                utp="utp" in cfg.methods, relay=self.relay)
         self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer,
                                    self._engine_event, changed=self._on_punch_change)
         self._peers = PeerWatch(self.session, self.torrents, self._redial, self._hub.emit,
@@ -169,6 +173,8 @@ class EnhancedTorrentSession:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._dialer is not None:
             await self._dialer.close()
+        if self.relay is not None:
+            await self.relay.close()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close()
@@ -185,6 +191,28 @@ class EnhancedTorrentSession:
             # Destroying a session blocks while it says goodbye to peers and
             # trackers: do it off the event loop.
             await asyncio.to_thread(requests.destroy_session, holder)
+
+    def _make_relay(self) -> TurnRelay | None:
+        """The TURN relay when servers are configured and the relay method is on."""
+        cfg = self.config
+        if not cfg.turn_servers or "relay" not in cfg.methods:
+            return None
+        from ..punch.relay import TurnRelay
+        from ..punch.turn import TurnServer
+
+        servers = [TurnServer(host, port, cfg.turn_username, cfg.turn_password,
+                              cfg.turn_secret) for host, port in cfg.turn_servers]
+        return TurnRelay(servers, self._listen_endpoint,
+                         timeout=min(5.0, cfg.connection_timeout))
+
+    def _listen_endpoint(self) -> Address:
+        """Where a local bridge reaches libtorrent: its listen port on the listen
+        address (loopback when it listens on every address)."""
+        session, _ = self._lt()
+        host = self.config.listen_host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        return host, session.listen_port()
 
     def session_state(self) -> bytes:
         """The session state to keep for the next run (``state=``): the DHT's node id
@@ -265,6 +293,7 @@ class EnhancedTorrentSession:
             tcp=self.public_tcp,
             methods=tuple(self.config.methods) if self.config.hole_punching_enabled else (),
             nat_summary=plan.summarize(self.nat_info) if self.nat_info else None,
+            turn=self.relay is not None,
         )
 
     @property
@@ -456,4 +485,5 @@ class EnhancedTorrentSession:
             torrents=[t.stats() for t in self.torrents.values()],
             first_peer=self._peers.first_connected if self._peers else None,
             stall_recoveries=self._peers.recoveries if self._peers else 0,
+            relay=self.relay.stats() if self.relay is not None else None,
         )

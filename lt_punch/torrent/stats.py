@@ -14,6 +14,7 @@ def session_stats(
     tcp: Address | None, listen_port: int | None, port_mappings: Iterable[dict[str, Any]],
     signaling: dict[str, Any], torrents: list[dict[str, Any]],
     first_peer: float | None = None, stall_recoveries: int = 0,
+    relay: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``stats()`` of a session from its parts (each torrent's ``Torrent.stats()``)."""
     punches = [p for t in torrents for p in t["punches"]]
@@ -34,6 +35,7 @@ def session_stats(
         "listen_port": listen_port,
         "port_mappings": list(port_mappings),
         "signaling": signaling,
+        "relay": relay,
         "totals": {
             "torrents": len(torrents),
             "punches": len(punches),

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -256,3 +257,44 @@ async def test_a_bridge_splices_two_connections(tmp_path: object) -> None:
         await bridge.close()
         for sock in (left_a, right_b):
             sock.close()
+
+
+@pytest.mark.parametrize("allocator", ["responder", "initiator"])
+async def test_two_sessions_that_can_only_relay_download_through_coturn(
+        long_term: int, tmp_path: Path, allocator: str) -> None:
+    """``methods=("relay",)``: no punch, the pair meets through coturn only. The TURN
+    server is configured on one side (the responder, "seed", answers with its relayed
+    address; or the initiator, "leech", offers its own); the other side dials it."""
+    from lt_punch import Config
+    from lt_punch.signaling import SignalingServer
+    from lt_punch.torrent.maketorrent import make_torrent, write_random_file
+    from lt_punch.torrent.session import EnhancedTorrentSession
+
+    from .conftest import LT
+
+    payload = tmp_path / "seed" / "file.bin"
+    write_random_file(payload, 6 << 20, seed=8)
+    torrent = make_torrent(payload)
+    async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
+        assert server.dht_address is not None
+        plain = Config(signaling_url=server.url, signaling_udp_port=server.dht_address[1],
+                       listen_host="127.0.0.1", methods=("relay",))
+        turn = plain.replace(turn_servers=(("127.0.0.1", long_term),),
+                             turn_username="alice", turn_password="wonderland")
+        # Peer ids decide the roles of two equal NATs: "leech" < "seed" initiates.
+        seed_cfg, leech_cfg = (turn, plain) if allocator == "responder" else (plain, turn)
+        async with EnhancedTorrentSession(seed_cfg, peer_id="seed", lt_settings=LT,
+                                          save_path=payload.parent) as seed, \
+                EnhancedTorrentSession(leech_cfg, peer_id="leech", lt_settings=LT,
+                                       save_path=tmp_path / "leech") as leech:
+            await seed.add(torrent)
+            added = await leech.add(torrent)
+            await added.wait_finished(timeout=60)
+            assert (tmp_path / "leech" / "file.bin").read_bytes() == payload.read_bytes()
+            allocating = seed if allocator == "responder" else leech
+            relay = allocating.stats()["relay"]
+            assert relay["allocated"] and relay["allocations"] == 1
+            assert relay["bytes_relayed"] >= 6 << 20
+            for session in (seed, leech):
+                totals = session.stats()["totals"]
+                assert totals["by_method"] == {"relay": 1}, totals

@@ -86,8 +86,8 @@ def test_ms_to_seconds() -> None:
         ("P2P_STUN_SERVERS", "[::1]3478", "expected [host]:port"),
         ("P2P_STUN_SERVERS", "bad host:1", "invalid host"),
         ("P2P_STUN_SERVERS", ":3478", "expected host:port"),
-        ("P2P_TURN_SERVER", "turn.example:3478", "not supported yet"),
-        ("P2P_TURN_PASSWORD", "secret", "not supported yet"),
+        ("P2P_TURN_SERVER", "turn.example", "expected host:port"),
+        ("P2P_TURN_SERVER", "turn.example:3478", "credentials needed"),
         ("P2P_CONNECTION_TIMEOUT", "1.5", "milliseconds as an integer"),
         ("P2P_CONNECTION_TIMEOUT", "0", "out of range"),
         ("P2P_KEEP_ALIVE_INTERVAL", "86400001", "out of range"),
@@ -104,10 +104,20 @@ def test_invalid_variable_named(var: str, value: str, fragment: str) -> None:
     assert var in message
 
 
-def test_turn_settings_are_refused_not_ignored() -> None:
-    """Nothing uses a TURN relay yet: the keyword is unknown, the variables an error."""
-    with pytest.raises(ConfigError, match="unknown setting 'turn_server'"):
-        Config.from_env({}, turn_server="turn.example:3478")
+def test_turn_settings() -> None:
+    env = {"P2P_TURN_SERVER": "turn.example:3478,[::1]:5349", "P2P_TURN_USERNAME": " alice ",
+           "P2P_TURN_PASSWORD": "pw"}
+    cfg = Config.from_env(env)
+    assert cfg.turn_servers == (("turn.example", 3478), ("::1", 5349))
+    assert (cfg.turn_username, cfg.turn_password) == ("alice", "pw")
+    assert "pw" not in repr(cfg)
+    rest = Config.from_env({"P2P_TURN_SERVER": "t:3478", "P2P_TURN_SECRET": "s"})
+    assert rest.turn_secret == "s" and "'s'" not in repr(rest)
+    assert Config.from_env({}, turn_servers="t:1", turn_secret="x").turn_servers == (("t", 1),)
+    with pytest.raises(ConfigError, match=r"turn_servers \(P2P_TURN_SERVER\): credentials needed"):
+        Config(turn_servers=(("t", 3478),), turn_username="alice")
+    with pytest.raises(ConfigError, match="methods: unknown method 'turn'"):
+        Config(methods=("turn",))
 
 
 def test_keyword_overrides_beat_environment() -> None:

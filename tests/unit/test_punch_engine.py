@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import itertools
 import selectors
 from collections.abc import Callable, Coroutine
@@ -159,6 +160,21 @@ class FakeDialer:
 
     def disconnect(self, infohash: str, endpoint: Address) -> None:
         self.closed.append(endpoint)
+
+    relay: Address | Exception | None = None
+    """What ``open_relay`` gives: our relayed address, or the DialFailed it raises
+    (None: no TURN server here)."""
+    permitted: list[tuple[str, ...]] = field(default_factory=list)
+
+    async def open_relay(self, infohash: str, peer_ips: tuple[str, ...]
+                         ) -> tuple[Address, FakeWatch]:
+        if self.relay is None:
+            raise DialFailed("no TURN server configured")
+        if isinstance(self.relay, Exception):
+            raise self.relay
+        self.permitted.append(peer_ips)
+        return self.relay, FakeWatch(("127.0.0.1", 40999),
+                                     self.outcome("relay", "relay", self.relay))
 
 
 def profile(peer_id: str, nat: str, n: int) -> PeerProfile:
@@ -583,3 +599,121 @@ def test_the_engine_loads_no_libtorrent_and_no_network_library() -> None:
     loaded = set(ast.literal_eval(out.stdout))
     assert engine_module.__name__.split(".")[0] in loaded  # the probe really ran
     assert not loaded & {"libtorrent", "websockets", "aiohttp", "redis", "prometheus_client"}
+
+
+# --- the TURN relay -----------------------------------------------------------------------
+
+RELAYED = ("192.0.2.50", 49200)
+
+
+def only_the_relay_connects(kind: str, method: str, endpoint: Address) -> str:
+    return "connect" if method == "relay" else "hang"
+
+
+def relay_side(net: FakeNetwork, peer_id: str, nat: str, n: int, *, turn: bool,
+               relay: Address | Exception | None = None) -> Side:
+    me = dataclasses.replace(profile(peer_id, nat, n), turn=turn)
+    dialer = FakeDialer(outcome=only_the_relay_connects,
+                        relay=relay if relay is not None else RELAYED if turn else None)
+    return side(net, me, dialer)
+
+
+def offered(net: FakeNetwork) -> list[str]:
+    return [d["method"] for _, _, d in net.offers()]
+
+
+@pytest.mark.parametrize("allocator", ["responder", "initiator"])
+def test_two_symmetric_nats_meet_through_the_relay(allocator: str) -> None:
+    """The punch fails, the relay does not. The side with a TURN server allocates and
+    permits the other's public addresses only; the other dials the relayed address."""
+    async def main() -> None:
+        net = FakeNetwork()
+        # Two symmetric NATs: peer ids decide, "peer-a" initiates.
+        a = relay_side(net, "peer-a", "symmetric", 1, turn=allocator == "initiator")
+        b = relay_side(net, "peer-b", "symmetric", 2, turn=allocator == "responder")
+        meet(a, b)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        allocating, dialing = (b, a) if allocator == "responder" else (a, b)
+        assert dialing.me.udp is not None
+        assert allocating.dialer.permitted == [(dialing.me.udp[0],)]
+        assert dialing.dialer.dials[-1] == ("relay", RELAYED)
+        assert [m for m, _ in allocating.dialer.dials] == ["utp"] * (allocating is a)
+        for s in (a, b):
+            assert [e.method for e in s.events if isinstance(e, PeerPunched)] == ["relay"]
+        assert offered(net) == ["utp", "relay"]
+        assert ("relayed" in net.offers()[-1][2]) == (allocator == "initiator")
+        await close(a, b)
+
+    run(main())
+
+
+def test_without_a_turn_server_the_relay_is_not_tried() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        a = relay_side(net, "peer-a", "symmetric", 1, turn=False)
+        b = relay_side(net, "peer-b", "symmetric", 2, turn=False)
+        meet(a, b)
+        await settle(a, peer_ids=("peer-b",))
+        assert offered(net) == ["utp"] * CONFIG.punch_attempts
+        assert a.record("peer-b").state == PunchState.FAILED
+        await close(a, b)
+
+    run(main())
+
+
+def test_the_relay_comes_after_the_direct_methods_fail() -> None:
+    """port/port: uTP and TCP are tried first (both hang here), then the relay, even
+    when the configured order puts it first."""
+    async def main() -> None:
+        net = FakeNetwork()
+        a = relay_side(net, "peer-a", "port", 1, turn=False)
+        b = relay_side(net, "peer-b", "port", 2, turn=True)
+        a.engine.config = CONFIG.replace(methods=("relay", "utp", "tcp"))
+        meet(a, b)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        assert offered(net) == ["utp", "tcp", "relay"]
+        assert [(f["method"], f["reason"]) for f in a.record("peer-b").failures] == [
+            ("utp", "no connection within 10 s"), ("tcp", "no connection within 10 s")]
+        assert a.failed() == []
+        assert a.record("peer-b").method == "relay"
+        await close(a, b)
+
+    run(main())
+
+
+def test_refused_turn_credentials_fail_the_relay_with_the_servers_words() -> None:
+    """The responder's TURN server refuses it: that one reason reaches the initiator at
+    each attempt (after the direct method), and the punch then fails."""
+    async def main() -> None:
+        net = FakeNetwork()
+        refused = DialFailed("TURN server 192.0.2.9:3478 refused the credentials of "
+                             "'alice' (401 Unauthorized)")
+        a = relay_side(net, "peer-a", "symmetric", 1, turn=False)
+        b = relay_side(net, "peer-b", "symmetric", 2, turn=True, relay=refused)
+        meet(a, b)
+        await settle(a, peer_ids=("peer-b",))
+        assert offered(net) == ["utp", "relay"] * CONFIG.punch_attempts
+        failures = a.record("peer-b").failures
+        assert {f["reason"] for f in failures if f["method"] == "relay"} == {
+            f"peer refused: relay: {refused}"}
+        assert [e.reason for e in a.failed()] == [f"peer refused: relay: {refused}"]
+        assert a.record("peer-b").state == PunchState.FAILED
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_lost_relayed_connection_is_punched_again() -> None:
+    async def main() -> None:
+        net = FakeNetwork()
+        a = relay_side(net, "peer-a", "symmetric", 1, turn=False)
+        b = relay_side(net, "peer-b", "symmetric", 2, turn=True)
+        meet(a, b)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        a.engine.connection_lost(IH, RELAYED, "connection reset")
+        assert a.record("peer-b").state == PunchState.DROPPED
+        await a.engine.wait_for(lambda: a.record("peer-b").state == PunchState.CONNECTED)
+        assert a.dialer.dials.count(("relay", RELAYED)) == 2
+        await close(a, b)
+
+    run(main())
