@@ -7,7 +7,7 @@ verifies the file within ``--deadline`` seconds of being in the room (its ``read
 Reports per pair: runs within the deadline, median time, the methods that carried the
 data, and the stalls recovered (``peer-stalled`` events). Needs root.
 
-    sudo .venv/bin/python benchmarks/loss_matrix.py --runs 4 --loss 10 [--pair port/port]
+    sudo .venv/bin/python benchmarks/loss_matrix.py --runs 4 --loss 10 [--pair port/port] [--turn]
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=20)
     parser.add_argument("--deadline", type=float, default=30.0)
     parser.add_argument("--pair", action="append", default=[], metavar="KIND/KIND")
+    parser.add_argument("--turn", action="store_true",
+                        help="the seed side has the lab's TURN server (methods utp, tcp, "
+                             "relay): the relay is the way out for pairs without TCP")
     args = parser.parse_args()
     reason = lab_unavailable_reason()
     if reason:
@@ -51,7 +54,9 @@ def main() -> int:
         with NatLab({"s": a, "l": b}, loss={"s": args.loss, "l": args.loss}) as lab:
             for _ in range(args.runs):
                 r = run_pair(lab, seed_side="s", leech_side="l", size=args.size_mb << 20,
-                             timeout=args.deadline + 10, tmp_root=tmp)
+                             timeout=args.deadline + 10, tmp_root=tmp,
+                             methods=("utp", "tcp", "relay") if args.turn else ("utp", "tcp"),
+                             turn=["s"] if args.turn else ())
                 stalls += sum(e.get("event") == "peer-stalled" for e in r.leech_events)
                 ready = next((e["t"] for e in r.leech_events if e.get("event") == "ready"),
                              None)

@@ -1,11 +1,16 @@
 """Success rate of each punch method for every pair of NAT kinds, in the NAT lab.
 
 The figures behind :data:`lt_punch.punch.strategy.MEASURED_SUCCESS`: for each unordered
-pair of lab kinds and each method (``utp``, ``tcp``), ``--runs`` transfers of a small
-torrent with only that method allowed, counting the runs whose download verified.
-(Where a side is ``open`` the session dials it directly whatever the method.) Needs root.
+pair of lab kinds and each method set (``--methods``: ``utp`` and ``tcp`` by default),
+``--runs`` transfers of a small torrent with only those methods allowed, counting the
+runs whose download verified and the method that carried each. A set with ``relay``
+gives the seed side the lab's TURN server (coturn): ``--methods utp,tcp,relay`` is what
+a user with a relay gets. (Where a side is ``open`` the session dials it directly
+whatever the method.) Needs root.
 
     sudo .venv/bin/python benchmarks/pair_matrix.py --runs 5 [--json]
+    sudo .venv/bin/python benchmarks/pair_matrix.py --runs 20 --methods utp,tcp,relay \
+        --pair symmetric/symmetric
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ def main() -> int:
     parser.add_argument("--connection-timeout", type=float, default=3.0)
     parser.add_argument("--pair", action="append", default=[], metavar="KIND/KIND",
                         help="only these pairs (repeatable), e.g. full/symmetric")
+    parser.add_argument("--methods", nargs="+", default=["utp", "tcp"], metavar="SET",
+                        help="method sets, each comma-separated (default: utp tcp)")
+    parser.add_argument("--loss", type=int, default=0, help="percent lost on both sides")
+    parser.add_argument("--size-mb", type=float, default=1.0)
     args = parser.parse_args()
     reason = lab_unavailable_reason()
     if reason:
@@ -41,14 +50,17 @@ def main() -> int:
     rows = []
     started = time.monotonic()
     for a, b in pairs:
-        with NatLab({"s": a, "l": b}) as lab:
-            for method in ("utp", "tcp"):
+        loss = {"s": args.loss, "l": args.loss} if args.loss else None
+        with NatLab({"s": a, "l": b}, loss=loss) as lab:
+            for method in args.methods:
+                methods = tuple(method.split(","))
                 ok = 0
                 used: dict[str, int] = {}
                 for _ in range(args.runs):
-                    r = run_pair(lab, seed_side="s", leech_side="l", size=1 << 20,
-                                 methods=(method,), timeout=60,
-                                 connection_timeout=args.connection_timeout, tmp_root=tmp)
+                    r = run_pair(lab, seed_side="s", leech_side="l",
+                                 size=int(args.size_mb * (1 << 20)), methods=methods,
+                                 timeout=60, connection_timeout=args.connection_timeout,
+                                 tmp_root=tmp, turn=["s"] if "relay" in methods else ())
                     ok += r.ok
                     if not r.ok:
                         print(f"  {a}/{b} {method}: {r.error}", file=sys.stderr, flush=True)
@@ -56,7 +68,7 @@ def main() -> int:
                         used[r.method] = used.get(r.method, 0) + 1
                 rows.append({"pair": f"{a}/{b}", "method": method, "ok": ok,
                              "runs": args.runs, "used": used})
-                print(f"{a + '/' + b:<22}{method:<5}{ok}/{args.runs}  {used}", flush=True)
+                print(f"{a + '/' + b:<22}{method:<15}{ok}/{args.runs}  {used}", flush=True)
     print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f} s")
     if args.json:
         print(json.dumps(rows, indent=1))

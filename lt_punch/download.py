@@ -401,7 +401,7 @@ def _progress(torrent: Any, status: Any) -> Progress:
 
 def config_from_options(
     signal_url: str | None, stun: tuple[str, ...] = (), peer_id: str | None = None,
-    **overrides: Any,
+    turn: tuple[str, ...] = (), **overrides: Any,
 ) -> Config:
     """The Config of a command: its options over ``P2P_*``; signaling off without a URL.
 
@@ -415,12 +415,24 @@ def config_from_options(
             overrides["peer_id"] = parse_peer_id(peer_id.strip(), "--peer-id")
         if stun:
             overrides["stun_servers"] = tuple(parse_hostport(s, "--stun") for s in stun)
+        if turn:
+            overrides["turn_servers"] = tuple(parse_hostport(t, "--turn") for t in turn)
         config = Config.from_env(**overrides)
         if not config.signaling_url:
             config = Config.from_env(**{**overrides, "signaling_enabled": False})
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     return config
+
+
+def turn_option(command: Any) -> Any:
+    """``--turn HOST:PORT`` (repeatable) on a command."""
+    return click.option(
+        "--turn", multiple=True, metavar="HOST:PORT",
+        help="TURN server for the relay, the last resort when no punch connects "
+             "(repeatable, tried in order; TCP relays as coturn gives). Credentials: "
+             "P2P_TURN_USERNAME and P2P_TURN_PASSWORD, or P2P_TURN_SECRET (coturn's "
+             "use-auth-secret) [default: P2P_TURN_SERVER].")(command)
 
 
 PEER_ID_HELP = ("Our id on the signaling server (1..64 of A-Z a-z 0-9 . _ -); a server with "
@@ -442,6 +454,7 @@ PEER_ID_HELP = ("Our id on the signaling server (1..64 of A-Z a-z 0-9 . _ -); a 
 @click.option("--stun", multiple=True, metavar="HOST:PORT",
               help="STUN server for NAT discovery (repeatable); default P2P_STUN_SERVERS.")
 @click.option("--peer-id", metavar="ID", default=None, help=PEER_ID_HELP)
+@turn_option
 @click.option("--listen-port", type=click.IntRange(0, 65535), default=None,
               help="TCP/UDP port for peers (0: any free port) [default: P2P_LISTEN_PORT or 0].")
 @click.option("--max-download-rate", type=click.IntRange(min=0), default=0, metavar="KB/s",
@@ -455,11 +468,11 @@ PEER_ID_HELP = ("Our id on the signaling server (1..64 of A-Z a-z 0-9 . _ -); a 
 def download_command(
     source: str, out_dir: Path, files: tuple[str, ...], seed: bool, as_json: bool,
     signal_url: str | None, stun: tuple[str, ...], peer_id: str | None,
-    listen_port: int | None, max_download_rate: int, max_upload_rate: int,
-    save_every: float, isolated: bool,
+    turn: tuple[str, ...], listen_port: int | None, max_download_rate: int,
+    max_upload_rate: int, save_every: float, isolated: bool,
 ) -> None:
     """Download SOURCE (a magnet link, a .torrent file or an infohash)."""
-    config = config_from_options(signal_url, stun, peer_id, listen_port=listen_port)
+    config = config_from_options(signal_url, stun, peer_id, turn, listen_port=listen_port)
     settings: dict[str, Any] = {}
     if isolated:
         from .torrent.session import ISOLATED_SETTINGS

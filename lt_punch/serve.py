@@ -42,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .config import Config, parse_peer_id
+from .download import turn_option
 from .errors import ConfigError, LtPunchError
 
 logger = logging.getLogger(__name__)
@@ -628,6 +629,7 @@ class _SessionCollector(Collector):
               help="Our id on the signaling server (a server with a secret needs a token "
                    "made for it: 'lt-punch signal token --peer-id ID') [default: "
                    "P2P_PEER_ID, else one generated once and kept in STATE_DIR/peer_id].")
+@turn_option
 @click.option("--listen-host", default=None,
               help="BitTorrent listen address [default: P2P_LISTEN_HOST or 0.0.0.0].")
 @click.option("--listen-port", type=click.IntRange(0, 65535), default=None,
@@ -638,14 +640,14 @@ class _SessionCollector(Collector):
 def serve_command(host: str, port: int, state_dir: Path | None, download_dir: Path | None,
                   token: str | None, allow_hosts: tuple[str, ...],
                   allow_origins: tuple[str, ...], signal_url: str | None, stun: tuple[str, ...],
-                  peer_id: str | None, listen_host: str | None, listen_port: int | None,
-                  save_every: float, isolated: bool) -> None:
+                  peer_id: str | None, turn: tuple[str, ...], listen_host: str | None,
+                  listen_port: int | None, save_every: float, isolated: bool) -> None:
     """Run the daemon: several torrents kept across restarts, the REST API, the stream
     URLs and /metrics on one HTTP server (docs/api.md)."""
     from .cli import run_server
     from .download import check_writable, config_from_options
 
-    config = config_from_options(signal_url, stun, peer_id, listen_host=listen_host,
+    config = config_from_options(signal_url, stun, peer_id, turn, listen_host=listen_host,
                                  listen_port=listen_port)
     state_dir = state_dir or default_state_dir()
     if token is not None and not token.strip():

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from .download import turn_option
 from .errors import ConfigError
 
 
@@ -78,13 +79,14 @@ def prepare_stream(session: Any, infohash: str, file_index: int) -> Any:
 @click.option("--peer-id", metavar="ID", default=None,
               help="Our id on the signaling server (for a server with a secret: "
                    "'lt-punch signal token --peer-id ID') [default: P2P_PEER_ID, else random].")
+@turn_option
 @click.option("--metadata-timeout", type=click.FloatRange(min=0.1), default=120.0,
               show_default=True, help="Seconds to wait for the metadata of a magnet link; "
                                       "then exit with 1.")
 @click.option("--isolated", is_flag=True, help="Only the signaling room as peer source.")
 def stream_command(source: str, file_index: int | None, host: str, port: int, out_dir: Path,
                    player: str | None, signal_url: str | None, peer_id: str | None,
-                   metadata_timeout: float, isolated: bool) -> None:
+                   turn: tuple[str, ...], metadata_timeout: float, isolated: bool) -> None:
     """Stream SOURCE (magnet, .torrent or infohash) over HTTP while it downloads.
 
     SIGTERM (and SIGINT, unless the shell started it with SIGINT ignored) stops it at
@@ -93,7 +95,7 @@ def stream_command(source: str, file_index: int | None, host: str, port: int, ou
     from .cli import run_server
     from .download import check_source, check_writable, config_from_options
 
-    config = config_from_options(signal_url, peer_id=peer_id)
+    config = config_from_options(signal_url, peer_id=peer_id, turn=turn)
     try:
         check_writable(out_dir)
         check_source(source)

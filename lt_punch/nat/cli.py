@@ -3,6 +3,11 @@
 Servers come from ``--stun host:port`` (repeatable), else from ``P2P_STUN_SERVERS``
 (comma-separated): command line > environment. Without any server the command
 says so and exits with code 2. Exit code 1 when detection failed (``error`` set).
+
+With TURN servers (``--turn`` or ``P2P_TURN_SERVER``, credentials from
+``P2P_TURN_USERNAME``/``P2P_TURN_PASSWORD`` or ``P2P_TURN_SECRET``) it also says
+whether each grants a relay (an allocation made and released at once); exit code 1
+when none does.
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ def to_json(info: NATInfo) -> dict[str, Any]:
     return data
 
 
-def format_table(info: NATInfo) -> str:
-    """The human-readable report: the verdict, then each test with its duration."""
+def format_table(info: NATInfo, extra: list[tuple[str, str]] | None = None) -> str:
+    """The human-readable report: the verdict (and ``extra`` rows), then each test with
+    its duration."""
     server = _endpoint(*info.stun_server) if info.stun_server else "-"
     allocation = info.allocation or "-"
     if info.port_delta is not None:
@@ -77,6 +83,7 @@ def format_table(info: NATInfo) -> str:
     if info.error:
         rows.append(("error", info.error))
     rows += [(f"not known: {test}", reason) for test, reason in info.skipped]
+    rows += extra or []
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     if info.tests:
@@ -90,6 +97,42 @@ def format_table(info: NATInfo) -> str:
     return "\n".join(lines)
 
 
+async def check_relays(config: Any) -> list[dict[str, Any]]:
+    """Allocate (and release) a relay on each TURN server of ``config``: whether it
+    works, its relayed address and round-trip time, or why not."""
+    from ..punch.turn import TurnAllocation, TurnError, TurnServer
+
+    results = []
+    for host, port in config.turn_servers:
+        server = TurnServer(host, port, config.turn_username, config.turn_password,
+                            config.turn_secret)
+        row: dict[str, Any] = {"server": str(server), "ok": False, "relayed": None,
+                               "rtt": None, "error": None}
+        try:
+            allocation = await TurnAllocation.open(server)
+        except TurnError as exc:
+            row["error"] = str(exc)
+        else:
+            row.update(ok=True, relayed=list(allocation.relayed or ()), rtt=allocation.rtt)
+            await allocation.close()
+        results.append(row)
+    return results
+
+
+def relay_rows(relays: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    if relays is None:
+        return [("relay", "not configured (--turn, P2P_TURN_SERVER)")]
+    rows = []
+    for r in relays:
+        if r["ok"]:
+            rtt = f", {r['rtt'] * 1000:.1f} ms" if r["rtt"] is not None else ""
+            rows.append(("relay", f"{r['server']} grants relays "
+                                  f"({_endpoint(*r['relayed'])}{rtt})"))
+        else:
+            rows.append(("relay", f"{r['server']}: {r['error']}"))
+    return rows
+
+
 @click.command("nat")
 @click.option(
     "--stun",
@@ -98,6 +141,8 @@ def format_table(info: NATInfo) -> str:
     metavar="HOST:PORT",
     help="STUN server (repeatable); default: P2P_STUN_SERVERS.",
 )
+@click.option("--turn", multiple=True, metavar="HOST:PORT",
+              help="TURN server to check (repeatable); default: P2P_TURN_SERVER.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
     "--rto",
@@ -121,21 +166,35 @@ def format_table(info: NATInfo) -> str:
     help="Seconds for the whole detection.",
 )
 def nat_command(
-    stun: tuple[str, ...], as_json: bool, rto: float, sends: int, overall_timeout: float
+    stun: tuple[str, ...], turn: tuple[str, ...], as_json: bool, rto: float, sends: int,
+    overall_timeout: float,
 ) -> None:
-    """Discover the NAT's mapping and filtering behaviour (RFC 5780) and its classic type."""
+    """Discover the NAT's mapping and filtering behaviour (RFC 5780) and its classic type,
+    and whether the configured TURN servers grant a relay."""
+    from ..config import Config
+
     servers = _servers(stun)
     if not servers:
         raise click.UsageError(_NO_SERVER)
+    try:
+        turn_servers = tuple(parse_hostport(t, "--turn") for t in turn)
+        config = Config.from_env(turn_servers=turn_servers or None)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     schedule = Retransmission(rto=rto, count=sends)
-    info = asyncio.run(
-        discover_nat(servers, retransmission=schedule, overall_timeout=overall_timeout)
-    )
+
+    async def run() -> tuple[NATInfo, list[dict[str, Any]] | None]:
+        info = await discover_nat(servers, retransmission=schedule,
+                                  overall_timeout=overall_timeout)
+        relays = await check_relays(config) if config.turn_servers else None
+        return info, relays
+
+    info, relays = asyncio.run(run())
     if as_json:
-        click.echo(json.dumps(to_json(info), indent=2))
+        click.echo(json.dumps({**to_json(info), "relay": relays}, indent=2))
     else:
-        click.echo(format_table(info))
-    if info.error:
+        click.echo(format_table(info, relay_rows(relays)))
+    if info.error or (relays is not None and not any(r["ok"] for r in relays)):
         raise click.exceptions.Exit(1)
 
 

@@ -42,6 +42,10 @@ async def run(args: argparse.Namespace) -> int:
         methods=tuple(args.methods.split(",")),
         connection_timeout=args.connection_timeout,
         listen_port=args.listen_port,
+        turn_servers=parse_hostports(args.turn, "--turn") if args.turn else (),
+        turn_username=args.turn_user,
+        turn_password=os.environ.get("LTP_TURN_PASSWORD", ""),
+        turn_secret=os.environ.get("LTP_TURN_SECRET", ""),
     )
     settings = dict(ISOLATED_SETTINGS)
     async with EnhancedTorrentSession(
@@ -128,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signal", required=True, help="ws:// URL of the signaling server")
     parser.add_argument("--udp-port", type=int, default=None, help="reflector UDP port")
     parser.add_argument("--stun", default="", help="host:port[,host:port]")
-    parser.add_argument("--methods", default="utp,tcp")
+    parser.add_argument("--methods", default="utp,tcp,relay")
+    parser.add_argument("--turn", default="", metavar="HOST:PORT[,...]",
+                        help="TURN servers (password or secret: LTP_TURN_PASSWORD, "
+                             "LTP_TURN_SECRET in the environment)")
+    parser.add_argument("--turn-user", default="")
     parser.add_argument("--torrent", required=True)
     parser.add_argument("--save", required=True)
     parser.add_argument("--peer-id", default=None)

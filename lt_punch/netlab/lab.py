@@ -241,6 +241,8 @@ class NatLab:
         self._mapping_timeout = mapping_timeout
         self._created: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
+        self.turn_proc: subprocess.Popen[Any] | None = None
+        """The last TURN server :meth:`start_turn` started."""
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._stun: tuple[str, int] | None = None
         self._closed = False
@@ -518,6 +520,34 @@ class NatLab:
         _run_cmd(["ip", "netns", "exec", self.ns_of(side), *qdisc], check=mbit > 0)
 
     # -- STUN server ---------------------------------------------------------------------
+
+    def start_turn(self, *, users: Sequence[str] = (), secret: str | None = None,
+                   timeout: float = 10.0) -> tuple[str, int]:
+        """Start coturn as a TURN server (TCP and UDP relays, long-term ``users``
+        ``name:password`` or the REST API ``secret``) on the first server address,
+        port :data:`~lt_punch.netlab.rules.TURN_PORT`; returns that endpoint once it
+        accepts TCP connections. Stopped with the lab (or ``stop(lab.turn_proc)``).
+
+        Raises:
+            LabError: coturn exited or did not listen within ``timeout`` seconds.
+        """
+        ip, port = self.server_ips[0], rules.TURN_PORT
+        workdir = tempfile.mkdtemp(prefix="turn-", dir=self._tmp())
+        argv = turn_argv(ip, port, workdir, users=users, secret=secret)
+        log_path = os.path.join(workdir, "turnserver.out")
+        with open(log_path, "wb") as log_file:
+            proc = self.popen(SERVER, argv, stdout=log_file, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+        self.turn_proc = proc
+        probe = [sys.executable, "-m", "lt_punch.netlab.probe", "tcp-wait", "--timeout",
+                 str(timeout), f"{ip}:{port}"]
+        result = self.run(SERVER, probe, timeout=timeout + 5, check=False)
+        if result.returncode != 0 or proc.poll() is not None:
+            with open(log_path, errors="replace") as f:
+                tail = f.read()[-2000:]
+            raise LabError(f"coturn (TURN) did not listen on {ip}:{port} within "
+                           f"{timeout} s; log tail:\n{tail}")
+        return ip, port
 
     def start_stun(self, *, timeout: float = 10.0) -> tuple[str, int]:
         """Start coturn as a STUN server in the server namespace and wait until it answers.

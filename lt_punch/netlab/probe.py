@@ -4,6 +4,8 @@ Subcommands (each prints one JSON line on stdout):
 
 * ``stun-wait [--timeout S] IP:PORT...`` - send STUN Binding requests (RFC 5389 section 6)
   to every target until each has answered; exit 1 when the deadline passes first.
+* ``tcp-wait [--timeout S] IP:PORT...`` - connect to every target until each accepts;
+  exit 1 when the deadline passes first.
 * ``classify --bind IP --server IP [--port N] [--timeout S]`` - pystun3's RFC 3489
   classification from a socket bound to the given (real, not wildcard) address.
 * ``discover --count N IP:PORT...`` - :func:`lt_punch.nat.discover.discover_nat` N times
@@ -156,11 +158,33 @@ def discover(servers: list[tuple[str, int]], count: int) -> int:
     return 0
 
 
+def tcp_wait(targets: Sequence[tuple[str, int]], timeout: float) -> int:
+    """Connect to each target until it accepts (a server that is starting); 0 when all
+    did within ``timeout`` seconds, else 1."""
+    deadline = time.monotonic() + timeout
+    waiting = list(targets)
+    while waiting:
+        with socket.socket() as sock:
+            sock.settimeout(max(0.05, min(1.0, deadline - time.monotonic())))
+            if sock.connect_ex(waiting[0]) == 0:
+                waiting.pop(0)
+                continue
+        if time.monotonic() >= deadline:
+            _emit({"listening": False, "waiting": [f"{h}:{p}" for h, p in waiting]})
+            return 1
+        time.sleep(0.02)  # refused at once: the server is not listening yet
+    _emit({"listening": True})
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m lt_punch.netlab.probe``."""
     parser = argparse.ArgumentParser(prog="lt_punch.netlab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("stun-wait")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("targets", nargs="+", type=_endpoint)
+    p = sub.add_parser("tcp-wait")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("targets", nargs="+", type=_endpoint)
     p = sub.add_parser("classify")
@@ -186,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "stun-wait":
         return stun_wait(args.targets, args.timeout)
+    if args.cmd == "tcp-wait":
+        return tcp_wait(args.targets, args.timeout)
     if args.cmd == "classify":
         return classify(args.bind, args.server, args.port, args.timeout)
     if args.cmd == "discover":

@@ -71,6 +71,8 @@ SERVER_IPS: Final[tuple[str, str]] = (f"{INTERNET_NET}.1", f"{INTERNET_NET}.2")
 
 STUN_PORT: Final = 3478
 STUN_ALT_PORT: Final = 3479
+TURN_PORT: Final = 3480
+"""The lab's TURN server (coturn with TCP relays), on the first server address."""
 
 DEFAULT_MAPPING_TIMEOUT: Final = 120
 """Seconds an EIF/ADF filter entry lives after the last outbound packet.

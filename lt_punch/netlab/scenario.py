@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,11 +53,18 @@ class PairResult:
         return self.size / self.transfer_time
 
     def leech_stats(self) -> dict[str, Any] | None:
-        for ev in reversed(self.leech_events):
-            if ev.get("event") == "stats":
-                stats: dict[str, Any] = ev["stats"]
-                return stats
-        return None
+        return _last_stats(self.leech_events)
+
+    def seed_stats(self) -> dict[str, Any] | None:
+        return _last_stats(self.seed_events)
+
+
+def _last_stats(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for ev in reversed(events):
+        if ev.get("event") == "stats":
+            stats: dict[str, Any] = ev["stats"]
+            return stats
+    return None
 
 
 _BUFFERS: weakref.WeakKeyDictionary[subprocess.Popen[Any], bytearray] = (
@@ -145,6 +152,11 @@ def read_line(proc: subprocess.Popen[Any], prefix: str, timeout: float) -> str:
             return line
 
 
+TURN_USER = "lt-punch"
+TURN_PASSWORD = "lab-turn-password"
+"""The long-term account of the lab's TURN server (:func:`run_pair` ``turn=``)."""
+
+
 def start_signaling(lab: NatLab) -> subprocess.Popen[str]:
     ip = lab.server_ips[0]
     proc = lab.popen(
@@ -160,6 +172,7 @@ def start_signaling(lab: NatLab) -> subprocess.Popen[str]:
 def start_agent(
     lab: NatLab, side: str, role: str, *, url: str, stun: tuple[str, int], torrent: Path,
     save: Path, peer_id: str | None = None, extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     """:mod:`lt_punch.netlab.agent` as ``role`` on ``side``, its JSON events on stdout;
     ``extra`` are more agent options (``peer_id`` None: a random one). It stops when
@@ -168,7 +181,7 @@ def start_agent(
             "--signal", url, "--stun", f"{stun[0]}:{stun[1]}", "--torrent", str(torrent),
             "--save", str(save), *(["--peer-id", peer_id] if peer_id else []), *extra]
     return lab.popen(side, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                     stderr=subprocess.DEVNULL, text=True)
+                     stderr=subprocess.DEVNULL, text=True, env=env)
 
 
 def make_payload(workdir: Path, size: int) -> tuple[Path, str]:
@@ -211,12 +224,16 @@ def run_pair(
     timeout: float = 90.0,
     connection_timeout: float = 10.0,
     tmp_root: str | None = None,
+    turn: Sequence[str] = (),
+    turn_password: str = TURN_PASSWORD,
 ) -> PairResult:
     """Seed on ``seed_side``, download on ``leech_side``; the lab must be open.
 
     Starts coturn and the signaling server when not already running in ``lab``. The
     payload and the download live in a fresh temporary directory under ``tmp_root``
-    (the system's default when None), removed at the end.
+    (the system's default when None), removed at the end. The sides in ``turn`` get the
+    lab's TURN server (started when needed; user :data:`TURN_USER`) with
+    ``turn_password`` (another one than :data:`TURN_PASSWORD` is refused).
     """
     kinds = (lab.host(seed_side).kind, lab.host(leech_side).kind)
     result = PairResult(kinds, methods, size)
@@ -227,16 +244,25 @@ def run_pair(
         lab._ltp_stun = stun  # type: ignore[attr-defined]
         if getattr(lab, "_ltp_signal", None) is None:
             lab._ltp_signal = start_signaling(lab)  # type: ignore[attr-defined]
+        turn_server = None
+        if turn:
+            turn_server = getattr(lab, "_ltp_turn", None) or lab.start_turn(
+                users=[f"{TURN_USER}:{TURN_PASSWORD}"])
+            lab._ltp_turn = turn_server  # type: ignore[attr-defined]
         torrent, sha = make_payload(base, size)
         url = f"ws://{lab.server_ips[0]}:{SIGNAL_PORT}"
 
         def agent(side: str, role: str, save: Path) -> subprocess.Popen[str]:
+            extra = ["--udp-port", str(SIGNAL_PORT), "--methods", ",".join(methods),
+                     "--timeout", str(timeout),
+                     "--connection-timeout", str(connection_timeout)]
+            env = None
+            if side in turn and turn_server is not None:
+                extra += ["--turn", f"{turn_server[0]}:{turn_server[1]}",
+                          "--turn-user", TURN_USER]
+                env = {**os.environ, "LTP_TURN_PASSWORD": turn_password}
             return start_agent(lab, side, role, url=url, stun=stun, torrent=torrent,
-                               save=save, peer_id=f"{role}-{side}",
-                               extra=["--udp-port", str(SIGNAL_PORT),
-                                      "--methods", ",".join(methods),
-                                      "--timeout", str(timeout),
-                                      "--connection-timeout", str(connection_timeout)])
+                               save=save, peer_id=f"{role}-{side}", extra=extra, env=env)
 
         seed = agent(seed_side, "seed", torrent.parent / "seed")
         try:

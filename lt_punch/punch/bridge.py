@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class Bridge:
             sock.setblocking(True)
         self.bytes = [0, 0]
         """Bytes moved a -> b and b -> a."""
+        self.cpu = [0.0, 0.0]
+        """CPU seconds of each direction's thread so far."""
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
         self._left = 2
@@ -76,6 +79,7 @@ class Bridge:
                 while left:
                     left -= os.splice(r, dst.fileno(), left)
                 self.bytes[index] += n
+                self.cpu[index] = time.thread_time()
         except OSError as exc:
             # A reset or a close(): nothing more can cross in either direction.
             logger.debug("%s: direction %d ended: %s", self.name, index, exc)
@@ -83,6 +87,7 @@ class Bridge:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
         finally:
+            self.cpu[index] = time.thread_time()
             os.close(r)
             os.close(w)
             with contextlib.suppress(OSError):

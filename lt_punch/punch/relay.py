@@ -54,6 +54,7 @@ class TurnRelay:
         """Why the last allocation attempt failed (None after a success)."""
         self.bridges: list[Bridge] = []
         self._bytes_done = 0
+        self._cpu_done = 0.0
         self._lock = asyncio.Lock()
         self._waiting: dict[str, list[Bridged]] = {}
         self._permitted: set[str] = set()
@@ -155,11 +156,17 @@ class TurnRelay:
         await bridge.wait()
         self.bridges.remove(bridge)
         self._bytes_done += sum(bridge.bytes)
+        self._cpu_done += sum(bridge.cpu)
 
     @property
     def bytes_relayed(self) -> int:
         """Bytes that crossed the relay, both ways, over all connections."""
         return self._bytes_done + sum(sum(b.bytes) for b in self.bridges)
+
+    @property
+    def bridge_cpu(self) -> float:
+        """CPU seconds the bridges' threads used, over all connections."""
+        return self._cpu_done + sum(sum(b.cpu) for b in self.bridges)
 
     def stats(self) -> dict[str, Any]:
         allocation = self.allocation
@@ -175,6 +182,7 @@ class TurnRelay:
             "allocations": self.allocations,
             "connections": len(self.bridges),
             "bytes_relayed": self.bytes_relayed,
+            "bridge_cpu": self.bridge_cpu,
             "error": self.error,
         }
 

@@ -185,13 +185,13 @@ async def test_unknown_comprehension_required_attribute_gets_420() -> None:
             Method.BINDING,
             MessageClass.REQUEST,
             new_transaction_id(),
-            (Attribute(0x0006, b"user"), Attribute(0x8055, b"optional")),
+            (Attribute(0x0024, b"\x6e\x00\x01\xff"), Attribute(0x8055, b"optional")),
         )
         c.send(request, server.address)
         reply, _ = await c.receive()
         assert reply.message_class == MessageClass.ERROR
         assert reply.error_code == ErrorCode(420, "Unknown Attribute")
-        assert reply.get("UNKNOWN-ATTRIBUTES") == (0x0006,)
+        assert reply.get("UNKNOWN-ATTRIBUTES") == (0x0024,)
 
 
 async def test_server_lifecycle() -> None:

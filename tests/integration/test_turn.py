@@ -17,6 +17,7 @@ import pytest
 
 from lt_punch.errors import LtTimeoutError
 from lt_punch.netlab import turn_argv
+from lt_punch.netlab.probe import tcp_wait
 from lt_punch.punch.bridge import Bridge
 from lt_punch.punch.turn import TurnAllocation, TurnError, TurnServer
 
@@ -57,17 +58,9 @@ def coturn(**options: object) -> Iterator[int]:
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: str) -> None:
-    """coturn opens its listeners a few ms after it starts: poll, bounded."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=0.05)
-        if proc.returncode is not None:
-            break
-    with open(log, errors="replace") as f:
-        raise RuntimeError(f"coturn did not listen on {port}:\n{f.read()[-2000:]}")
+    if tcp_wait([("127.0.0.1", port)], timeout=10.0) != 0 or proc.poll() is not None:
+        with open(log, errors="replace") as f:
+            raise RuntimeError(f"coturn did not listen on {port}:\n{f.read()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +291,30 @@ async def test_two_sessions_that_can_only_relay_download_through_coturn(
             for session in (seed, leech):
                 totals = session.stats()["totals"]
                 assert totals["by_method"] == {"relay": 1}, totals
+
+
+@pytest.mark.parametrize("password", ["wonderland", "wrong"])
+async def test_lt_punch_nat_says_whether_the_relay_works(long_term: int,
+                                                         password: str) -> None:
+    import json
+    import sys
+
+    from lt_punch.nat.server import StunServer
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    env.update(P2P_TURN_USERNAME="alice", P2P_TURN_PASSWORD=password)
+    async with StunServer(("127.0.0.1", 0)) as stun:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lt_punch", "nat", "--json", "--stun",
+            f"127.0.0.1:{stun.address[1]}", "--turn", f"127.0.0.1:{long_term}", env=env,
+            stdout=asyncio.subprocess.PIPE)
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    (relay,) = json.loads(out)["relay"]
+    assert relay["server"] == f"127.0.0.1:{long_term}"
+    if password == "wrong":
+        assert proc.returncode == 1
+        assert not relay["ok"] and "refused the credentials of 'alice'" in relay["error"]
+    else:
+        assert proc.returncode == 0, relay
+        assert relay["ok"] and relay["relayed"][0] == "127.0.0.1" and relay["rtt"] > 0
