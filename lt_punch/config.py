@@ -195,9 +195,10 @@ class Config:
     """Peers only from the signaling room: no DHT bootstrap, LSD, UPnP or NAT-PMP
     (``ISOLATED_SETTINGS``; nothing leaves for the public BitTorrent network)."""
 
-    methods: tuple[str, ...] = ("utp", "tcp", "relay")
-    """Punch methods, in order of preference (``relay`` is always tried last, and only
-    when one side of the pair has a TURN server)."""
+    methods: tuple[str, ...] = ("utp", "tcp", "predict", "relay")
+    """Punch methods, in order of preference (``predict`` only between a symmetric NAT
+    and a cone NAT; ``relay`` is always tried last, and only when one side of the pair
+    has a TURN server)."""
 
     turn_servers: tuple[Address, ...] = ()
     """TURN servers (``host:port``) for the relay, tried in order; TCP allocations
@@ -242,8 +243,9 @@ class Config:
         if not self.methods:
             raise ConfigError("methods: at least one punch method is required")
         for m in self.methods:
-            if m not in ("utp", "tcp", "relay"):
-                raise ConfigError(f"methods: unknown method {m!r} (known: utp, tcp, relay)")
+            if m not in ("utp", "tcp", "predict", "relay"):
+                raise ConfigError(f"methods: unknown method {m!r} "
+                                  "(known: utp, tcp, predict, relay)")
         for name in ("turn_username", "turn_password", "turn_secret"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}: expected a string")

@@ -45,6 +45,7 @@ from ..torrent.events import Event, PeerLeft
 from ..types import Address
 from . import plan
 from .plan import PeerProfile, PunchMessage
+from .predict import new_secret
 from .record import PunchRecord, PunchState, TransitionError
 from .strategy import recommend_strategy
 
@@ -110,6 +111,16 @@ class Dialer(Protocol):
         """Close our connection to ``endpoint`` (its peer punches again: its side is
         gone, and a stale connection here would refuse the new one as a duplicate)."""
 
+    async def predict_hard(self, infohash: str, secret: str, easy: Address,
+                           within: float) -> Watch:
+        """The symmetric side of a birthday punch (:mod:`lt_punch.punch.predict`)
+        towards the cone side's probe mapping ``easy``; the watch covers the punch."""
+
+    async def predict_easy(self, infohash: str, secret: str, hard_ip: str,
+                           within: float) -> tuple[Address, Watch]:
+        """The cone side: the public mapping of a new probe socket (for the answer) and
+        a watch on the probing, then on the connection. Raises :class:`DialFailed`."""
+
     async def open_relay(self, infohash: str, peer_ips: tuple[str, ...]
                          ) -> tuple[Address, Watch]:
         """Our relayed address for a peer seen from ``peer_ips`` (allocated when needed,
@@ -124,7 +135,7 @@ def endpoint_for(method: str, peer: PeerProfile) -> Address | None:
     peer's outgoing port (simultaneous open) unless the peer is directly
     reachable, whose TCP listen port has the number of its UDP one.
     """
-    if method == "utp":
+    if method in ("utp", "predict"):
         return peer.udp
     if method == "relay":  # not dialled: the address the relay lets in
         return peer.tcp or peer.udp
@@ -386,6 +397,8 @@ class PunchEngine:
         rec.attempts += 1
         if method == "relay":
             return await self._attempt_relay(rec, peer, attempt)
+        if method == "predict":
+            return await self._attempt_predict(rec, peer, attempt)
         endpoint = endpoint_for(method, peer)
         assert endpoint is not None  # plan.usable() checked it
         answer = await self._exchange(rec, peer, PunchMessage(
@@ -419,6 +432,24 @@ class PunchEngine:
                 return "peer answered without a relayed address"
             watch = await self._dialer.dial(rec.infohash, "relay", answer.relayed)
         return await self._connected(rec, "relay", watch)
+
+    async def _attempt_predict(self, rec: PunchRecord, peer: PeerProfile,
+                               attempt: int) -> str | None:
+        """We are the symmetric side: offer a secret, then open our flows towards the
+        probe mapping the cone side answers with."""
+        secret = new_secret()
+        answer = await self._exchange(rec, peer, PunchMessage(
+            plan.OFFER, rec.infohash, "predict", attempt, self._punch_id(), secret=secret))
+        if isinstance(answer, str):
+            return answer
+        if answer.probe is None:
+            return "peer answered without a probe mapping"
+        if answer.probe[0] not in peer.ips():
+            # Our 256 flows go where the answer says: only to the peer's own address.
+            return f"probe mapping {answer.probe[0]} is not the peer's address"
+        watch = await self._dialer.predict_hard(rec.infohash, secret, answer.probe,
+                                                within=self.config.connection_timeout)
+        return await self._connected(rec, "predict", watch)
 
     def _punch_id(self) -> str:
         return f"{self._me().peer_id}:{secrets.token_hex(4)}"
@@ -506,6 +537,8 @@ class PunchEngine:
         answer = offer.reply(plan.ANSWER)
         if offer.method == "relay":
             return await self._answer_relay(rec, peer, offer)
+        if offer.method == "predict":
+            return await self._answer_predict(rec, peer, offer)
         if offer.method == "utp" or self._me().nat == "open":
             if offer.method == "utp":
                 # Open our NAT towards the initiator from libtorrent's UDP socket,
@@ -532,6 +565,30 @@ class PunchEngine:
             # The peer never hears of this attempt; let our SYN run its course.
             logger.info("punch answer to %s not sent", peer.peer_id)
         return await self._connected(rec, "tcp", watch)
+
+    async def _answer_predict(self, rec: PunchRecord, peer: PeerProfile,
+                              offer: PunchMessage) -> str | None:
+        """We are the cone side: answer with our probe socket's mapping, then probe."""
+        reason = None
+        if offer.secret is None:
+            reason = "predict offer without a secret"
+        elif not peer.ips():
+            reason = "no address of the peer to probe"
+        else:
+            try:
+                probe, watch = await self._dialer.predict_easy(
+                    rec.infohash, offer.secret, peer.ips()[0],
+                    within=self.config.connection_timeout)
+            except DialFailed as exc:
+                reason = f"predict: {exc}"
+        if reason is not None:
+            await self._reply(peer.peer_id, offer.infohash, offer.reply(plan.FAILED, reason))
+            return reason
+        if not await self._reply(peer.peer_id, offer.infohash,
+                                 offer.reply(plan.ANSWER, probe=probe)):
+            watch.cancel()
+            return "signaling: predict answer not sent"
+        return await self._connected(rec, "predict", watch)
 
     async def _answer_relay(self, rec: PunchRecord, peer: PeerProfile,
                             offer: PunchMessage) -> str | None:

@@ -30,6 +30,7 @@ from .engine import DialFailed
 if TYPE_CHECKING:
     from ..torrent.alerts import AlertPump
     from ..torrent.handle import Torrent
+    from .predict import UdpBridge
     from .relay import TurnRelay
 
 KICK_MIN_INTERVAL = 30.0
@@ -214,6 +215,51 @@ class RelayWatch:
             self._inner.cancel()
 
 
+class PredictWatch:
+    """A birthday punch (:mod:`lt_punch.punch.predict`) and then the connection through
+    its bridge: the hard side watches libtorrent take the incoming connection from its
+    bridge; the cone side dials its bridge once the pair is found. A failed or
+    cancelled attempt closes its bridge; a connected one keeps it."""
+
+    immediate = False
+
+    def __init__(self, dialer: LtDialer, infohash: str) -> None:
+        self._dialer = dialer
+        self._infohash = infohash
+        self.task: asyncio.Future[Any] | None = None
+        self.bridge: UdpBridge | None = None
+        self._inner: ConnectionWatch | None = None
+        self._connected = False
+
+    def found(self, bridge: UdpBridge) -> None:
+        """The hard side's pair: libtorrent will see the connection from the bridge."""
+        self.bridge = bridge
+        self._dialer.bridges.add(bridge)
+        self._inner = self._dialer.expect(self._infohash, self._dialer.via(bridge),
+                                          any_port=False)
+
+    async def wait(self) -> Address:
+        assert self.task is not None
+        try:
+            result = await self.task
+        except TimeoutError:
+            raise DialFailed("no port pair found (birthday punch)") from None
+        if isinstance(result, ConnectionWatch):  # the cone side dialled its bridge
+            self._inner = result
+        assert self._inner is not None
+        endpoint = await self._inner.wait()
+        self._connected = True
+        return endpoint
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self._inner is not None:
+            self._inner.cancel()
+        if not self._connected and self.bridge is not None:
+            self.bridge.close()
+
+
 class LtDialer:
     """:class:`~lt_punch.punch.engine.Dialer` on a libtorrent session.
 
@@ -226,9 +272,14 @@ class LtDialer:
 
     def __init__(self, session: lt.session, pump: AlertPump,
                  torrent: Callable[[str], Torrent], *, utp: bool,
-                 relay: TurnRelay | None = None) -> None:
+                 relay: TurnRelay | None = None, stun: Address | None = None,
+                 listen: Callable[[], Address] | None = None) -> None:
         self._session = session
         self.relay = relay
+        self.stun = stun
+        """A STUN server, to map the probe socket of a birthday punch."""
+        self._listen = listen
+        self.bridges: set[UdpBridge] = set()
         self._pump = pump
         self._torrent = torrent
         self._utp = utp
@@ -286,6 +337,56 @@ class LtDialer:
             raise DialFailed(str(exc)) from None
         return relayed, watch
 
+    def _libtorrent(self) -> Address:
+        if self._listen is None:
+            raise DialFailed("no listen endpoint to bridge to")
+        return self._listen()
+
+    def via(self, bridge: UdpBridge) -> Address:
+        """Where libtorrent sees (and dials) a bridge: its port on libtorrent's host."""
+        return self._libtorrent()[0], bridge.local[1]
+
+    async def predict_hard(self, infohash: str, secret: str, easy: Address,
+                           within: float) -> PredictWatch:
+        """The symmetric side of a birthday punch towards the cone side's probe
+        mapping ``easy``; returns at once (the watch covers the punch)."""
+        from .predict import hard_side
+
+        watch = PredictWatch(self, infohash)
+        watch.task = asyncio.ensure_future(hard_side(
+            secret, easy, self._libtorrent(), timeout=within, on_found=watch.found))
+        return watch
+
+    async def predict_easy(self, infohash: str, secret: str, hard_ip: str,
+                           within: float) -> tuple[Address, PredictWatch]:
+        """The cone side: a probe socket and its public mapping (for the answer), and a
+        watch on the probing and then on libtorrent's dial through the bridge.
+
+        Raises:
+            DialFailed: no STUN server, or it did not answer.
+        """
+        from .predict import easy_side, open_bridge, stun_mapping
+
+        if self.stun is None:
+            raise DialFailed("no STUN server to map a probe socket")
+        bridge = await open_bridge(secret, self._libtorrent())
+        try:
+            mapping = await stun_mapping(bridge, self.stun)
+        except TimeoutError:
+            bridge.close()
+            raise DialFailed(f"STUN server {self.stun[0]}:{self.stun[1]} did not map the "
+                             "probe socket") from None
+        watch = PredictWatch(self, infohash)
+        watch.bridge = bridge
+        self.bridges.add(bridge)
+
+        async def probe_then_dial() -> ConnectionWatch:
+            await easy_side(bridge, hard_ip, timeout=within)
+            return await self.dial(infohash, "utp", self.via(bridge))
+
+        watch.task = asyncio.ensure_future(probe_then_dial())
+        return mapping, watch
+
     async def _after_dial(self, watch: ConnectionWatch) -> None:
         try:
             with contextlib.suppress(TimeoutError):
@@ -309,6 +410,9 @@ class LtDialer:
         return watch
 
     async def close(self) -> None:
+        for bridge in self.bridges:
+            bridge.close()
+        self.bridges.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -27,6 +27,12 @@ round trip is needed to agree on roles:
   "outgoing", which breaks MSE/PE (both send the initiator's half), so
   sessions that punch TCP use plaintext handshakes (see README).
 
+* ``predict``: port prediction for a symmetric NAT with random ports against a cone
+  NAT, the "birthday" punch (:mod:`lt_punch.punch.predict`): the symmetric side
+  (initiator) offers a secret; the cone side answers with the public mapping of a new
+  probe socket and probes random ports of the symmetric side's address, which opens
+  256 flows towards that mapping; the pair of sockets that meet carries libtorrent's
+  uTP through a bridge on each side.
 * ``relay``: a TURN relay (RFC 6062 TCP allocation, :mod:`lt_punch.punch.turn`), for
   the pairs no punch connects, tried last. The side that has a TURN server allocates
   (the responder when both have one): its relayed address travels in the offer (the
@@ -51,7 +57,7 @@ from ..errors import RemoteProtocolError
 from ..nat.info import NATInfo
 from ..types import Address
 
-METHODS = ("utp", "tcp", "relay")
+METHODS = ("utp", "tcp", "predict", "relay")
 
 # Harder NATs initiate. "unknown" is treated like a port-restricted cone.
 NAT_RANK: dict[str, int] = {
@@ -235,6 +241,24 @@ def usable(method: str, me: PeerProfile, peer: PeerProfile) -> str | None:
         return FULL_CONE_TCP_RACE
     if method == "relay" and not (me.turn or peer.turn):
         return "no TURN server on either side"
+    if method == "predict":
+        return _predict_unusable(me, peer)
+    return None
+
+
+CONE_NATS = frozenset({"full", "restricted", "port"})
+"""NATs whose mapping is endpoint-independent: one socket keeps one public port."""
+
+
+def _predict_unusable(me: PeerProfile, peer: PeerProfile) -> str | None:
+    hard = [p for p in (me, peer) if p.nat == "symmetric"]
+    if len(hard) != 1:
+        return "port prediction needs exactly one symmetric side"
+    easy = peer if hard[0] is me else me
+    if easy.nat not in CONE_NATS:
+        return "port prediction needs a cone NAT (endpoint-independent mapping) opposite"
+    if easy.nat_summary is None:
+        return "the cone side has no STUN server to map its probe socket"
     return None
 
 
@@ -264,6 +288,10 @@ class PunchMessage:
     relayed: Address | None = None
     """``relay``: the relayed address to dial (in the offer or the answer, from the side
     that allocated)."""
+    secret: str | None = None
+    """``predict`` offer: the key of this attempt's probe HMACs."""
+    probe: Address | None = None
+    """``predict`` answer: the public mapping of the cone side's probe socket."""
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -277,6 +305,10 @@ class PunchMessage:
             data["reason"] = self.reason
         if self.relayed is not None:
             data["relayed"] = list(self.relayed)
+        if self.secret is not None:
+            data["secret"] = self.secret
+        if self.probe is not None:
+            data["probe"] = list(self.probe)
         return data
 
     @classmethod
@@ -306,11 +338,20 @@ class PunchMessage:
         relayed = parse_endpoint(data.get("relayed"), "punch message: relayed")
         if relayed is not None and method != "relay":
             raise RemoteProtocolError(f"punch message: a relayed address for {method}")
-        return cls(kind, infohash.lower(), method, attempt, punch_id, reason, relayed)
+        probe = parse_endpoint(data.get("probe"), "punch message: probe")
+        secret = data.get("secret")
+        if secret is not None and (not isinstance(secret, str) or len(secret) != 32
+                                   or any(c not in "0123456789abcdef" for c in secret)):
+            raise RemoteProtocolError("punch message: bad secret (32 lowercase hex digits)")
+        if (probe is not None or secret is not None) and method != "predict":
+            raise RemoteProtocolError(f"punch message: prediction fields for {method}")
+        return cls(kind, infohash.lower(), method, attempt, punch_id, reason, relayed,
+                   secret, probe)
 
-    def reply(self, kind: str, reason: str | None = None,
-              relayed: Address | None = None) -> PunchMessage:
-        return dataclasses.replace(self, kind=kind, reason=reason, relayed=relayed)
+    def reply(self, kind: str, reason: str | None = None, relayed: Address | None = None,
+              probe: Address | None = None) -> PunchMessage:
+        return dataclasses.replace(self, kind=kind, reason=reason, relayed=relayed,
+                                   secret=None, probe=probe)
 
 
 def plan_methods(me: PeerProfile, peer: PeerProfile, wanted: Sequence[str]) -> list[str]:
@@ -322,4 +363,9 @@ def plan_methods(me: PeerProfile, peer: PeerProfile, wanted: Sequence[str]) -> l
         if m in wanted and usable(m, me, peer) is None
     ]
     methods.sort(key=lambda m: m == "relay")  # the last resort, whatever the order given
+    if "predict" in methods and "utp" in methods and "port" in (me.nat, peer.nat):
+        # uTP from the symmetric side's new port is filtered by a port-restricted NAT
+        # (0 of 5 in the lab): predict first, uTP after it.
+        methods.remove("predict")
+        methods.insert(methods.index("utp"), "predict")
     return methods

@@ -131,7 +131,9 @@ class EnhancedTorrentSession:
         self._pump.start()
         self.relay = self._make_relay()
         self._dialer = LtDialer(self.session, self._pump, self.torrents.__getitem__,
-                                utp="utp" in cfg.methods, relay=self.relay)
+                                utp="utp" in cfg.methods, relay=self.relay,
+                                stun=cfg.stun_servers[0] if cfg.stun_servers else None,
+                                listen=self._listen_endpoint)
         self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer,
                                    self._engine_event, changed=self._on_punch_change)
         self._peers = PeerWatch(self.session, self.torrents, self._redial, self._hub.emit,

@@ -143,10 +143,19 @@ def test_plan_methods() -> None:
     a, b = _profile("a", "port"), _profile("b", "restricted")
     assert plan.plan_methods(a, b, ("utp", "tcp")) == ["utp", "tcp"]
     assert plan.plan_methods(a, b, ("tcp",)) == ["tcp"]
-    # TCP simultaneous open never crosses a symmetric NAT.
+    # TCP simultaneous open never crosses a symmetric NAT. Port prediction needs the
+    # cone side's STUN discovery; against a port-restricted NAT it goes before uTP
+    # (which a symmetric NAT's new port does not get through), the relay last.
     sym = _profile("s", "symmetric")
     assert plan.plan_methods(a, sym, ("utp", "tcp")) == ["utp"]
-    assert plan.plan_methods(sym, a, ("utp", "tcp")) == ["utp"]
+    assert plan.plan_methods(sym, a, plan.METHODS) == ["utp"]  # "a" ran no discovery
+    mapped = _profile("a", nat_summary={"nat_type": "port"})
+    assert plan.plan_methods(sym, mapped, plan.METHODS) == ["predict", "utp"]
+    assert plan.plan_methods(mapped, _profile("t", "symmetric", turn=True),
+                             plan.METHODS) == ["predict", "utp", "relay"]
+    full = _profile("f", "full", nat_summary={"nat_type": "full"})
+    assert plan.plan_methods(full, sym, plan.METHODS) == ["utp", "predict"]
+    assert "exactly one symmetric" in (plan.usable("predict", sym, sym) or "")
     # No endpoint, no method.
     assert plan.plan_methods(a, _profile("n", udp=None), ("utp", "tcp")) == ["tcp"]
     assert plan.plan_methods(a, _profile("n", udp=None, tcp=None), ("utp", "tcp")) == []
@@ -398,3 +407,18 @@ def test_strategy_rules_agree_with_the_lab(pair: tuple[str, str]) -> None:
         return
     for method, engine in (("utp-punch", "utp"), ("tcp-simultaneous-open", "tcp")):
         assert (method in strategy["methods"]) == (MEASURED_SUCCESS[pair][engine] > 0), method
+
+
+def test_prediction_packets_carry_an_hmac_of_the_attempt_secret() -> None:
+    from lt_punch.punch import predict
+
+    secret = predict.new_secret()
+    data = predict.packet(predict.PROBE, secret)
+    assert predict.verify(data, secret) == predict.PROBE
+    assert predict.verify(data, predict.new_secret()) is None  # another attempt's
+    assert predict.verify(data[:-1], secret) is None
+    tampered = bytearray(data)
+    tampered[5] ^= 1  # the nonce
+    assert predict.verify(bytes(tampered), secret) is None
+    assert predict.verify(b"\x41\x00" + data[2:], secret) is None  # not our magic
+    assert predict.packet(predict.PROBE, secret) != data  # a fresh nonce each time

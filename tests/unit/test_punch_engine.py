@@ -161,6 +161,21 @@ class FakeDialer:
     def disconnect(self, infohash: str, endpoint: Address) -> None:
         self.closed.append(endpoint)
 
+    probe: Address | None = None
+    """What ``predict_easy`` answers with (None: the probe socket's address, 203.0.113.x)."""
+    predicted: list[tuple[str, Any]] = field(default_factory=list)
+
+    async def predict_hard(self, infohash: str, secret: str, easy: Address,
+                           within: float) -> FakeWatch:
+        self.predicted.append(("hard", (secret, easy)))
+        return FakeWatch(("127.0.0.1", 41001), self.outcome("predict", "predict", easy))
+
+    async def predict_easy(self, infohash: str, secret: str, hard_ip: str,
+                           within: float) -> tuple[Address, FakeWatch]:
+        self.predicted.append(("easy", (secret, hard_ip)))
+        return (self.probe or ("198.51.100.2", 50123),
+                FakeWatch(("127.0.0.1", 41002), self.outcome("predict", "predict", ("", 0))))
+
     relay: Address | Exception | None = None
     """What ``open_relay`` gives: our relayed address, or the DialFailed it raises
     (None: no TURN server here)."""
@@ -715,5 +730,49 @@ def test_a_lost_relayed_connection_is_punched_again() -> None:
         await a.engine.wait_for(lambda: a.record("peer-b").state == PunchState.CONNECTED)
         assert a.dialer.dials.count(("relay", RELAYED)) == 2
         await close(a, b)
+
+    run(main())
+
+
+# --- port prediction ----------------------------------------------------------------------
+
+
+def test_a_symmetric_nat_meets_a_port_restricted_one_by_prediction_first() -> None:
+    """The symmetric side initiates with a secret; the cone side answers with its probe
+    socket's mapping and probes the symmetric side's address; uTP is not tried first."""
+    async def main() -> None:
+        net = FakeNetwork()
+        hard = side(net, profile("peer-a", "symmetric", 1))
+        easy = side(net, dataclasses.replace(profile("peer-b", "port", 2),
+                                             nat_summary={"nat_type": "port"}))
+        meet(hard, easy)
+        await settle(hard, easy, peer_ids=("peer-b", "peer-a"))
+        (offer,) = [d for _, _, d in net.offers("peer-a")]
+        assert offer["method"] == "predict" and len(offer["secret"]) == 32
+        assert easy.dialer.predicted == [("easy", (offer["secret"], "198.51.100.1"))]
+        assert hard.dialer.predicted == [("hard", (offer["secret"], ("198.51.100.2", 50123)))]
+        for s in (hard, easy):
+            assert [e.method for e in s.events if isinstance(e, PeerPunched)] == ["predict"]
+        await close(hard, easy)
+
+    run(main())
+
+
+def test_a_probe_mapping_elsewhere_than_the_peer_is_refused() -> None:
+    """Our 256 flows only ever go to the peer's own address: an answer naming another
+    address fails the attempt."""
+    async def main() -> None:
+        net = FakeNetwork()
+        hard = side(net, profile("peer-a", "symmetric", 1),
+                    config=CONFIG.replace(methods=("predict",)))
+        easy = side(net, dataclasses.replace(profile("peer-b", "port", 2),
+                                             nat_summary={"nat_type": "port"}),
+                    FakeDialer(probe=("192.0.2.200", 80)))
+        meet(hard, easy)
+        await settle(hard, peer_ids=("peer-b",))
+        assert hard.dialer.predicted == []
+        assert {f["reason"] for f in hard.record("peer-b").failures} == {
+            "probe mapping 192.0.2.200 is not the peer's address"}
+        await close(hard, easy)
 
     run(main())
