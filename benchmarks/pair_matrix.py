@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -37,6 +38,9 @@ def main() -> int:
                         help="method sets, each comma-separated (default: utp tcp)")
     parser.add_argument("--loss", type=int, default=0, help="percent lost on both sides")
     parser.add_argument("--size-mb", type=float, default=1.0)
+    parser.add_argument("--baseline", action="store_true",
+                        help="first measure open/open over TCP: rates are then also "
+                             "given as a ratio to it")
     args = parser.parse_args()
     reason = lab_unavailable_reason()
     if reason:
@@ -49,6 +53,19 @@ def main() -> int:
         parser.error(str(exc))
     rows = []
     started = time.monotonic()
+    size = int(args.size_mb * (1 << 20))
+    baseline = None
+    if args.baseline:
+        with NatLab({"s": "open", "l": "open"}) as lab:
+            rates = []
+            for _ in range(args.runs):
+                r = run_pair(lab, seed_side="s", leech_side="l", size=size, methods=("tcp",),
+                             timeout=60, connection_timeout=args.connection_timeout,
+                             tmp_root=tmp)
+                if r.ok and r.transfer_time:
+                    rates.append(size / r.transfer_time / 1e6)
+        baseline = statistics.median(rates) if rates else None
+        print(f"baseline open/open tcp: {baseline or 0:.1f} MB/s", flush=True)
     for a, b in pairs:
         loss = {"s": args.loss, "l": args.loss} if args.loss else None
         with NatLab({"s": a, "l": b}, loss=loss) as lab:
@@ -56,19 +73,36 @@ def main() -> int:
                 methods = tuple(method.split(","))
                 ok = 0
                 used: dict[str, int] = {}
+                connect: list[float] = []
+                rate: list[float] = []
                 for _ in range(args.runs):
-                    r = run_pair(lab, seed_side="s", leech_side="l",
-                                 size=int(args.size_mb * (1 << 20)), methods=methods,
-                                 timeout=60, connection_timeout=args.connection_timeout,
-                                 tmp_root=tmp, turn=["s"] if "relay" in methods else ())
+                    r = run_pair(lab, seed_side="s", leech_side="l", size=size,
+                                 methods=methods, timeout=60,
+                                 connection_timeout=args.connection_timeout, tmp_root=tmp,
+                                 turn=["s"] if "relay" in methods else ())
                     ok += r.ok
                     if not r.ok:
                         print(f"  {a}/{b} {method}: {r.error}", file=sys.stderr, flush=True)
                     if r.ok and r.method:
                         used[r.method] = used.get(r.method, 0) + 1
-                rows.append({"pair": f"{a}/{b}", "method": method, "ok": ok,
-                             "runs": args.runs, "used": used})
-                print(f"{a + '/' + b:<22}{method:<15}{ok}/{args.runs}  {used}", flush=True)
+                        if r.time_to_connect is not None:
+                            connect.append(r.time_to_connect)
+                        if r.transfer_time:
+                            rate.append(size / r.transfer_time / 1e6)
+                row = {"pair": f"{a}/{b}", "method": method, "ok": ok, "runs": args.runs,
+                       "used": used,
+                       "connect": statistics.median(connect) if connect else None,
+                       "rate": statistics.median(rate) if rate else None}
+                rows.append(row)
+                extra = ""
+                if row["connect"] is not None:
+                    extra += f"  connect {row['connect']:.2f} s"
+                if row["rate"] is not None:
+                    extra += f"  {row['rate']:.1f} MB/s"
+                    if baseline:
+                        extra += f" ({row['rate'] / baseline:.2f}x)"
+                print(f"{a + '/' + b:<22}{method:<15}{ok}/{args.runs}  {used}{extra}",
+                      flush=True)
     print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f} s")
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -600,6 +600,25 @@ class _SessionCollector(Collector):
             info.add_metric([nat.nat_type, nat.mapping or "unknown",
                              nat.filtering or "unknown"], 1)
         yield info
+        relay = session.relay.stats() if session.relay is not None else None
+        if relay is not None:
+            yield GaugeMetricFamily("lt_punch_relay_allocated",
+                                    "1 while a TURN relay is allocated.",
+                                    value=int(relay["allocated"]))
+            yield CounterMetricFamily("lt_punch_relay_bytes",
+                                      "Bytes through the TURN relay, both ways.",
+                                      value=relay["bytes_relayed"])
+            yield GaugeMetricFamily("lt_punch_relay_connections",
+                                    "Peer connections through the relay now.",
+                                    value=relay["connections"])
+            if relay["rtt"] is not None:
+                yield GaugeMetricFamily("lt_punch_relay_rtt_seconds",
+                                        "Round trip of the last TURN request.",
+                                        value=relay["rtt"])
+            if relay["lifetime"] is not None:
+                yield GaugeMetricFamily("lt_punch_relay_lifetime_seconds",
+                                        "Lifetime the TURN server granted the allocation.",
+                                        value=relay["lifetime"])
 
 
 # -- the command -----------------------------------------------------------------------------

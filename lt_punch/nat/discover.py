@@ -464,6 +464,16 @@ async def _measure(
         await tests[0].cancel()
         tests.insert(0, _Filtering(run, filterer, server))
 
+    # Filtering first: its change-IP answer comes from OTHER-ADDRESS, which the mapping
+    # tests below contact. A router that filters per host (an address any of the host's
+    # mappings sent to may reach them all) lets that answer in once the mapping socket
+    # has sent there, and discovery took such an address-restricted NAT for a full cone
+    # (the lab's "host-restricted" kind, 5 of 5). Its tests started with the first one.
+    both = port = None
+    if first.other is not None:
+        both, port = await tests[0].results(first.rtt)
+    filtering = _judge_filtering(run, server, first.other, both, port)
+
     # Mapping.
     mapping = UNKNOWN
     confidence = 1.0
@@ -496,11 +506,6 @@ async def _measure(
         else:
             run.skipped.append(("mapping", "the server sends no OTHER-ADDRESS and no second "
                                 "server answered (give two --stun servers)"))
-
-    both = port = None
-    if first.other is not None:
-        both, port = await tests[0].results(first.rtt)
-    filtering = _judge_filtering(run, server, first.other, both, port)
 
     allocation: str | None = None
     delta: int | None = None

@@ -9,7 +9,7 @@ import click
 
 from ..errors import LabError
 from .lab import NatLab, cleanup_stale, lab_unavailable_reason, list_lab_namespaces
-from .rules import NAT_KINDS
+from .rules import LAB_KINDS
 
 
 @click.group("lab")
@@ -43,7 +43,7 @@ def cleanup_command(include_alive: bool) -> None:
 
 
 @lab_group.command("classify")
-@click.argument("kind", type=click.Choice(NAT_KINDS))
+@click.argument("kind", type=click.Choice(LAB_KINDS))
 @click.option("--loss", type=click.IntRange(0, 100), default=0, show_default=True,
               help="Percent of packets dropped in each direction.")
 @click.option("--timeout", type=float, default=0.3, show_default=True,

@@ -522,16 +522,16 @@ class NatLab:
     # -- STUN server ---------------------------------------------------------------------
 
     def start_turn(self, *, users: Sequence[str] = (), secret: str | None = None,
-                   timeout: float = 10.0) -> tuple[str, int]:
+                   port: int = rules.TURN_PORT, timeout: float = 10.0) -> tuple[str, int]:
         """Start coturn as a TURN server (TCP and UDP relays, long-term ``users``
         ``name:password`` or the REST API ``secret``) on the first server address,
-        port :data:`~lt_punch.netlab.rules.TURN_PORT`; returns that endpoint once it
+        ``port`` (:data:`~lt_punch.netlab.rules.TURN_PORT`); returns that endpoint once it
         accepts TCP connections. Stopped with the lab (or ``stop(lab.turn_proc)``).
 
         Raises:
             LabError: coturn exited or did not listen within ``timeout`` seconds.
         """
-        ip, port = self.server_ips[0], rules.TURN_PORT
+        ip = self.server_ips[0]
         workdir = tempfile.mkdtemp(prefix="turn-", dir=self._tmp())
         argv = turn_argv(ip, port, workdir, users=users, secret=secret)
         log_path = os.path.join(workdir, "turnserver.out")

@@ -14,6 +14,8 @@ kind       mapping (RFC 4787 section 4.1)   filtering (RFC 4787 section 5)
 open       none: public address on host     none
 full       endpoint-independent (EIM)       endpoint-independent (EIF): full cone
 restricted endpoint-independent (EIM)       address-dependent (ADF)
+host-      endpoint-independent (EIM)       address-dependent, kept per host: an address
+restricted                                  any mapping sent to may reach every mapping
 port       endpoint-independent (EIM)       address-and-port-dependent (APDF)
 symmetric  endpoint-dependent (fully-random) address-and-port-dependent (APDF)
 ========== ================================ =========================================
@@ -49,9 +51,18 @@ from typing import Final
 from ..errors import ConfigError
 
 NAT_KINDS: Final[tuple[str, ...]] = ("open", "full", "restricted", "port", "symmetric")
-"""The side kinds the lab can build, see the module docstring."""
+"""The five kinds of the classic taxonomy (the pair matrices run over these)."""
 
-NATTED_KINDS: Final[frozenset[str]] = frozenset(NAT_KINDS[1:])
+EXTRA_KINDS: Final[tuple[str, ...]] = ("host-restricted",)
+"""More kinds the lab builds: ``host-restricted`` filters per host, as some home routers
+do: an address the host has sent to from *any* of its mappings may reach every mapping
+(address-dependent filtering by RFC 4787's tests from one socket; a discovery that lets
+one socket contact the address another socket's test waits for sees a full cone)."""
+
+LAB_KINDS: Final[tuple[str, ...]] = NAT_KINDS + EXTRA_KINDS
+"""Every kind a side may have."""
+
+NATTED_KINDS: Final[frozenset[str]] = frozenset(LAB_KINDS) - {"open"}
 
 PREFIX: Final = "ltp"
 """Every namespace of the lab starts with this."""
@@ -201,9 +212,9 @@ def plan_lab(
     if "server" in sides:
         raise ConfigError("'server' is reserved for the server namespace")
     for name, kind in sides.items():
-        if kind not in NAT_KINDS:
+        if kind not in LAB_KINDS:
             raise ConfigError(
-                f"side {name!r}: unknown NAT kind {kind!r}, expected one of {NAT_KINDS}"
+                f"side {name!r}: unknown NAT kind {kind!r}, expected one of {LAB_KINDS}"
             )
     for name, percent in loss.items():
         if name not in sides:
@@ -287,6 +298,20 @@ def router_ruleset(
         )
         dnat.append(
             f'iifname "{wan_if}" {l4} ip saddr . meta l4proto . th dport @contacted '
+            f"dnat ip to {host_ip}"
+        )
+    elif kind == "host-restricted":
+        # Address-dependent filtering kept per host, not per mapping: any address the
+        # host has sent to, from whichever port, may send to any of its mapped ports.
+        sets.append(_set("mapped", "inet_proto . inet_service", mapping_timeout))
+        sets.append(_set("hosts", "ipv4_addr", mapping_timeout))
+        record.append(
+            f'iifname "{lan_if}" oifname "{wan_if}" {l4} '
+            "update @mapped { meta l4proto . th sport }"
+        )
+        record.append(f'iifname "{lan_if}" oifname "{wan_if}" {l4} update @hosts {{ ip daddr }}')
+        dnat.append(
+            f'iifname "{wan_if}" {l4} ip saddr @hosts meta l4proto . th dport @mapped '
             f"dnat ip to {host_ip}"
         )
     # RFC 4787 section 4.1: masquerade keeps the source port when free -> endpoint-independent

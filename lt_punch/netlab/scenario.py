@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import ConfigError, LabError, LtTimeoutError
 from .lab import NatLab
+from .rules import TURN_PORT
 
 SIGNAL_PORT = 8765
 
@@ -155,6 +156,8 @@ def read_line(proc: subprocess.Popen[Any], prefix: str, timeout: float) -> str:
 TURN_USER = "lt-punch"
 TURN_PASSWORD = "lab-turn-password"
 """The long-term account of the lab's TURN server (:func:`run_pair` ``turn=``)."""
+TURN_SECRET = "lab-rest-api-secret"
+"""The shared secret of the lab's REST API TURN server (``turn_secret=``)."""
 
 
 def start_signaling(lab: NatLab) -> subprocess.Popen[str]:
@@ -226,6 +229,7 @@ def run_pair(
     tmp_root: str | None = None,
     turn: Sequence[str] = (),
     turn_password: str = TURN_PASSWORD,
+    turn_secret: str | None = None,
 ) -> PairResult:
     """Seed on ``seed_side``, download on ``leech_side``; the lab must be open.
 
@@ -233,7 +237,9 @@ def run_pair(
     payload and the download live in a fresh temporary directory under ``tmp_root``
     (the system's default when None), removed at the end. The sides in ``turn`` get the
     lab's TURN server (started when needed; user :data:`TURN_USER`) with
-    ``turn_password`` (another one than :data:`TURN_PASSWORD` is refused).
+    ``turn_password`` (another one than :data:`TURN_PASSWORD` is refused), or with
+    ``turn_secret`` a TURN server of coturn's REST API credentials (secret
+    :data:`TURN_SECRET`, on its own port) and that secret.
     """
     kinds = (lab.host(seed_side).kind, lab.host(leech_side).kind)
     result = PairResult(kinds, methods, size)
@@ -245,7 +251,11 @@ def run_pair(
         if getattr(lab, "_ltp_signal", None) is None:
             lab._ltp_signal = start_signaling(lab)  # type: ignore[attr-defined]
         turn_server = None
-        if turn:
+        if turn and turn_secret is not None:
+            turn_server = getattr(lab, "_ltp_turn_rest", None) or lab.start_turn(
+                secret=TURN_SECRET, port=TURN_PORT + 1)
+            lab._ltp_turn_rest = turn_server  # type: ignore[attr-defined]
+        elif turn:
             turn_server = getattr(lab, "_ltp_turn", None) or lab.start_turn(
                 users=[f"{TURN_USER}:{TURN_PASSWORD}"])
             lab._ltp_turn = turn_server  # type: ignore[attr-defined]
@@ -261,6 +271,8 @@ def run_pair(
                 extra += ["--turn", f"{turn_server[0]}:{turn_server[1]}",
                           "--turn-user", TURN_USER]
                 env = {**os.environ, "LTP_TURN_PASSWORD": turn_password}
+                if turn_secret is not None:
+                    env = {**os.environ, "LTP_TURN_SECRET": turn_secret}
             return start_agent(lab, side, role, url=url, stun=stun, torrent=torrent,
                                save=save, peer_id=f"{role}-{side}", extra=extra, env=env)
 

@@ -249,11 +249,12 @@ class PunchEngine:
             fut.set_result(msg)
 
     def connection_lost(self, infohash: str, endpoint: Address, reason: str) -> None:
-        """libtorrent lost the connection to ``endpoint``: a punched TCP path is
-        punched again (uTP survives: our keep-alives hold the NAT mappings open and
+        """libtorrent lost the connection to ``endpoint``: a punched TCP path, a
+        predicted one (its bridge's mappings may be gone) or a relayed one is punched
+        again (plain uTP survives: our keep-alives hold the NAT mappings open and
         libtorrent redials)."""
         rec = next((r for r in self.records.get(infohash, {}).values()
-                    if r.state == S.CONNECTED and r.method in ("tcp", "relay")
+                    if r.state == S.CONNECTED and r.method in ("tcp", "predict", "relay")
                     and r.endpoint == endpoint), None)
         if rec is None:
             return

@@ -70,6 +70,21 @@ def test_coturn_classifies_each_kind_20_of_20(nat_lab: NatLabFactory) -> None:
     assert all(i["port_preserved"] is False for i in results["symmetric"])
 
 
+def test_a_router_that_filters_per_host_is_not_taken_for_a_full_cone(
+        nat_lab: NatLabFactory) -> None:
+    """The lab's ``host-restricted`` router lets in any address the host has sent to
+    from any of its mappings. Discovery's mapping tests contact the server's other
+    address; when they ran before the filtering test's change-IP answer came back from
+    that address, this address-restricted NAT was classified a full cone (5 of 5).
+    Filtering is now judged first. (One discovery per fresh router: the router then
+    remembers the address, and a second discovery within its timeout is misled.)"""
+    lab = nat_lab({"h": "host-restricted", "f": "full"})
+    server, port = lab.start_stun()
+    results = _discover_all(lab, [f"{server}:{port}"], 1)
+    assert _verdict(results["h"][0]) == EXPECTED["restricted"], results["h"]
+    assert _verdict(results["f"][0]) == EXPECTED["full"], results["f"]
+
+
 def _our_server(lab: NatLab, *args: str) -> subprocess.Popen[str]:
     proc = lab.popen("server", [sys.executable, "-m", "lt_punch.nat.server", *args],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,15 +11,21 @@ SIZE = 8 << 20
 METHODS = ("utp", "tcp", "relay")
 
 
-@pytest.mark.parametrize("turn_side", ["s", "l"], ids=["seed-allocates", "leech-allocates"])
-def test_two_symmetric_nats_download_through_the_relay(nat_lab, turn_side: str) -> None:
+@pytest.mark.parametrize(("turn_side", "credentials"), [
+    ("s", "long-term"), ("l", "long-term"), ("s", "rest")],
+    ids=["seed-allocates", "leech-allocates", "rest-api-secret"])
+def test_two_symmetric_nats_download_through_the_relay(nat_lab, turn_side: str,
+                                                       credentials: str) -> None:
     """uTP is tried first and fails (symmetric both ways), then the relay connects and
     the download verifies; the side with the TURN server counts the bytes it bridged.
     (Roles: "leech-l" < "seed-s" initiates, so the seed allocates as responder, or the
-    leech as initiator.)"""
+    leech as initiator.) Long-term credentials, or coturn's REST API secret."""
+    from lt_punch.netlab.scenario import TURN_SECRET
+
     lab = nat_lab({"s": "symmetric", "l": "symmetric"})
     result = run_pair(lab, seed_side="s", leech_side="l", size=SIZE, methods=METHODS,
-                      timeout=60, connection_timeout=2.0, turn=[turn_side])
+                      timeout=60, connection_timeout=2.0, turn=[turn_side],
+                      turn_secret=TURN_SECRET if credentials == "rest" else None)
     assert result.error is None, result.error
     assert result.sha_ok
     assert result.method == "relay"
@@ -31,7 +37,8 @@ def test_two_symmetric_nats_download_through_the_relay(nat_lab, turn_side: str) 
     assert stats is not None and stats["relay"] is not None
     assert stats["relay"]["allocations"] == 1
     assert stats["relay"]["bytes_relayed"] >= SIZE
-    assert stats["relay"]["server"] == f"{lab.server_ips[0]}:3480"
+    port = 3481 if credentials == "rest" else 3480
+    assert stats["relay"]["server"] == f"{lab.server_ips[0]}:{port}"
 
 
 def test_refused_turn_credentials_are_one_clear_reason(nat_lab) -> None:
