@@ -522,7 +522,8 @@ class NatLab:
     # -- STUN server ---------------------------------------------------------------------
 
     def start_turn(self, *, users: Sequence[str] = (), secret: str | None = None,
-                   port: int = rules.TURN_PORT, timeout: float = 10.0) -> tuple[str, int]:
+                   port: int = rules.TURN_PORT, stale_nonce: int | None = None,
+                   timeout: float = 10.0) -> tuple[str, int]:
         """Start coturn as a TURN server (TCP and UDP relays, long-term ``users``
         ``name:password`` or the REST API ``secret``) on the first server address,
         ``port`` (:data:`~lt_punch.netlab.rules.TURN_PORT`); returns that endpoint once it
@@ -533,7 +534,8 @@ class NatLab:
         """
         ip = self.server_ips[0]
         workdir = tempfile.mkdtemp(prefix="turn-", dir=self._tmp())
-        argv = turn_argv(ip, port, workdir, users=users, secret=secret)
+        argv = turn_argv(ip, port, workdir, users=users, secret=secret,
+                         stale_nonce=stale_nonce)
         log_path = os.path.join(workdir, "turnserver.out")
         with open(log_path, "wb") as log_file:
             proc = self.popen(SERVER, argv, stdout=log_file, stderr=subprocess.STDOUT,

@@ -3,6 +3,8 @@ through the lab's coturn (a TCP allocation, bridged into libtorrent)."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from lt_punch.netlab.scenario import run_pair
@@ -110,3 +112,55 @@ def test_a_relay_that_dies_mid_download_is_allocated_again(nat_lab, tmp_path) ->
     assert again["event"] == "punched" and again["method"] == "relay", again
     assert done["event"] == "done" and done["sha256"] == digest, done
     assert relay["allocations"] == 2, relay  # the first one died with its server
+
+
+def test_an_allocation_behind_a_nat_is_refreshed(nat_lab) -> None:
+    """Through a symmetric NAT: the allocation is refreshed (every 0.3 s here; coturn
+    grants at least 600 s, too long to wait for), its nonce goes stale every second and
+    is renewed (a 438 answer, then the request again), and the relay still takes a peer's
+    connection afterwards."""
+    import json
+    import sys
+
+    from lt_punch.netlab.scenario import TURN_PASSWORD, TURN_USER
+
+    lab = nat_lab({"h": "symmetric", "p": "port"})
+    ip, port = lab.start_turn(users=[f"{TURN_USER}:{TURN_PASSWORD}"], stale_nonce=1)
+    peer_ip = lab.host("p").public_ip
+    code = f"""
+import asyncio, json
+from lt_punch.punch.turn import TurnAllocation, TurnServer
+
+async def main():
+    a = await TurnAllocation.open(TurnServer({ip!r}, {port}, {TURN_USER!r},
+                                             {TURN_PASSWORD!r}), refresh_every=0.3)
+    await a.permit({peer_ip!r})
+    async with asyncio.timeout(20):
+        while a.refreshes < 8 and not a.closed:
+            a.refreshed.clear()
+            await a.refreshed.wait()
+    print(json.dumps({{"relayed": a.relayed, "refreshes": a.refreshes,
+                      "stale": a.stale_nonces, "closed": a.closed}}), flush=True)
+    async with asyncio.timeout(20):
+        sock, peer = await a.accept()
+        data = sock.recv(100)
+    print(json.dumps({{"peer": peer, "data": data.decode()}}), flush=True)
+    sock.close()
+    await a.close()
+
+asyncio.run(main())
+"""
+    proc = lab.popen("h", [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    refreshed = json.loads(proc.stdout.readline())  # after 8 refreshes (2.4 s)
+    assert refreshed["refreshes"] >= 8 and not refreshed["closed"], refreshed
+    assert refreshed["stale"] >= 1, refreshed
+    relayed = refreshed["relayed"]
+    # Then the peer connects, through its own NAT: the relay still works.
+    sender = (f"import socket; s = socket.create_connection(({relayed[0]!r}, "
+              f"{relayed[1]}), timeout=10); s.sendall(b'hello'); s.recv(1); s.close()")
+    send = lab.popen("p", [sys.executable, "-c", sender])
+    result = json.loads(proc.stdout.readline())
+    proc.wait(timeout=10)
+    lab.stop(send)
+    assert result["peer"][0] == peer_ip and result["data"] == "hello", result
