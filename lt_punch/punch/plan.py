@@ -232,6 +232,10 @@ def usable(method: str, me: PeerProfile, peer: PeerProfile) -> str | None:
     if method == "tcp" and (peer.tcp is None or me.tcp is None):
         return "public TCP endpoint unknown on one side"
     nats = (me.nat, peer.nat)
+    if method == "utp" and nats == ("symmetric", "symmetric"):
+        # Each side's packets to the other leave from a new, unknown port: 0 of 5 in the
+        # lab (and as RFC 4787 reasons). Port prediction needs one cone side; a relay.
+        return "two symmetric NATs: neither side's new port can be known"
     if method == "tcp" and "symmetric" in nats and "open" not in nats:
         # The SYN of the responder goes to the initiator's observed port, which an
         # endpoint-dependent mapping does not reuse for a new destination. (An open

@@ -18,9 +18,10 @@ The roles follow :mod:`lt_punch.punch.plan`: the side behind the harder NAT
 * ``tcp-simultaneous-open``: neither side symmetric (the peer cannot know the port of a
   new TCP mapping) nor blocked (nothing measured), and not both full cones (the first
   SYN is let in before the other host has a socket for it: RST).
-* ``port-prediction``: a symmetric side whose NAT allocates ports ``sequential``-ly
-  (discovery's ``allocation``) can be predicted; with ``random`` allocation it cannot.
-  Listed for completeness; this version's engine does not implement it yet.
+* ``port-prediction``: one symmetric side against a cone (full, restricted, port): the
+  birthday punch (:mod:`lt_punch.punch.predict`) finds a pair of ports whatever the
+  symmetric NAT's allocation (random or sequential); it needs the cone side's STUN
+  discovery. Two symmetric NATs cannot be predicted this way.
 * ``relay``: always possible with a TURN server; always last.
 
 ``expected_success`` comes from measurements, not guesses: :data:`MEASURED_SUCCESS`
@@ -36,7 +37,7 @@ from typing import Any, Final
 
 from ..errors import ConfigError
 from ..nat.info import NAT_TYPES, NATInfo
-from .plan import FULL_CONE_TCP_RACE, NAT_RANK
+from .plan import CONE_NATS, FULL_CONE_TCP_RACE, NAT_RANK
 
 STRATEGY_METHODS: Final = (
     "direct",
@@ -68,17 +69,20 @@ MEASURED_SUCCESS: Final[dict[tuple[str, str], dict[str, float]]] = {
     ("restricted", "port"): {"utp": 1.0, "tcp": 1.0},
     ("restricted", "symmetric"): {"utp": 1.0, "tcp": 0.0},
     ("port", "port"): {"utp": 1.0, "tcp": 1.0},
-    ("port", "symmetric"): {"utp": 0.0, "tcp": 0.0},
-    ("symmetric", "symmetric"): {"utp": 0.0, "tcp": 0.0},
+    ("port", "symmetric"): {"utp": 0.0, "tcp": 0.0, "predict": 1.0},
+    ("symmetric", "symmetric"): {"utp": 0.0, "tcp": 0.0, "relay": 1.0},
 }
 """(kind, kind) in :data:`~lt_punch.netlab.rules.NAT_KINDS` order -> engine method
-(``utp``/``tcp``; with an ``open`` side the engine dials it directly) -> fraction of lab
-runs that succeeded. Produced by ``benchmarks/pair_matrix.py --runs 5``."""
+(``utp``/``tcp``; with an ``open`` side the engine dials it directly; ``predict`` and
+``relay`` where they are what connects) -> fraction of lab runs that succeeded. Produced
+by ``benchmarks/pair_matrix.py --runs 5`` (2026-11-25); ``predict`` and ``relay``
+2026-12-02, 20 runs each (``--methods utp,tcp,predict`` and ``utp,tcp,relay``)."""
 
 MEASUREMENT_SOURCE: Final = "NAT lab, benchmarks/pair_matrix.py --runs 5 (docs/performance.md)"
 
 _LAB_ORDER = ("open", "full", "restricted", "port", "symmetric")
-_ENGINE_METHOD = {"utp-punch": "utp", "tcp-simultaneous-open": "tcp"}
+_ENGINE_METHOD = {"utp-punch": "utp", "tcp-simultaneous-open": "tcp",
+                  "port-prediction": "predict", "relay": "relay"}
 
 
 def _summary(value: NATInfo | Mapping[str, Any] | str | None, what: str) -> tuple[str, str | None]:
@@ -167,19 +171,17 @@ def recommend_strategy(
     else:
         methods.append("tcp-simultaneous-open")
 
-    symmetric_allocations = [
-        alloc for nat, alloc in ((a, alloc_a), (b, alloc_b)) if nat == "symmetric"
-    ]
-    if not symmetric_allocations:
+    symmetric = [nat for nat in (a, b) if nat == "symmetric"]
+    if not symmetric:
         excluded["port-prediction"] = "no symmetric NAT to predict"
     elif "blocked" in pair:
         excluded["port-prediction"] = "UDP is blocked"
-    elif all(alloc == "sequential" for alloc in symmetric_allocations):
-        methods.append("port-prediction")
+    elif len(symmetric) == 2:
+        excluded["port-prediction"] = "two symmetric NATs: no side keeps a port to aim at"
+    elif responder not in CONE_NATS and initiator not in CONE_NATS:
+        excluded["port-prediction"] = "needs a cone NAT (endpoint-independent mapping) opposite"
     else:
-        excluded["port-prediction"] = (
-            "a symmetric NAT allocates ports at random (or its pattern is unknown)"
-        )
+        methods.append("port-prediction")
 
     methods.append("relay")
     punches = [m for m in methods if m not in ("direct", "relay")]

@@ -46,9 +46,10 @@ def test_download_through_punched_hole(nat_lab, seed_kind, leech_kind, methods, 
     assert torrent["total_download"] >= SIZE
 
 
-def test_symmetric_pair_fails_with_reason(nat_lab):
-    """Two symmetric NATs cannot be punched natively: reported, not hung."""
-    lab = nat_lab({"s": "symmetric", "l": "symmetric"})
+def test_a_pair_no_method_connects_fails_with_reason(nat_lab):
+    """A symmetric NAT against a port-restricted one, with only uTP and TCP allowed (no
+    prediction, no relay): the punch fails, reported, not hung."""
+    lab = nat_lab({"s": "port", "l": "symmetric"})
     result = run_pair(lab, seed_side="s", leech_side="l", size=1 << 20, timeout=30,
                       connection_timeout=1.0)
     assert not result.ok
@@ -58,3 +59,13 @@ def test_symmetric_pair_fails_with_reason(nat_lab):
     # The last attempt (a retry) waited for its own connection: its pause + resume kick,
     # which aborts the previous attempt's dial, is not taken for its failure.
     assert failures[-1]["reason"] == "no connection within 1 s", failures
+
+
+def test_two_symmetric_nats_without_a_relay_fail_at_once(nat_lab):
+    """No punch fits two symmetric NATs: said at once, no attempt made."""
+    lab = nat_lab({"s": "symmetric", "l": "symmetric"})
+    result = run_pair(lab, seed_side="s", leech_side="l", size=1 << 20, timeout=30,
+                      connection_timeout=1.0)
+    assert not result.ok
+    (failed,) = [e for e in result.leech_events if e.get("event") == "punch-failed"]
+    assert failed["reason"] == "no punch method fits this pair of NATs", failed

@@ -76,7 +76,7 @@ def test_nat_summary_from_discovery_is_what_peers_parse() -> None:
     # Both ends compute the same strategy from the two summaries.
     peer = {"nat_type": "restricted", "allocation": "preserved"}
     there, back = recommend_strategy(summary, peer), recommend_strategy(peer, summary)
-    assert there["methods"] == back["methods"] == ["utp-punch", "relay"]
+    assert there["methods"] == back["methods"] == ["utp-punch", "port-prediction", "relay"]
 
 
 def test_profile_drops_unknown_methods() -> None:
@@ -337,9 +337,9 @@ def test_strategy_agrees_with_plan(ours: str, theirs: str) -> None:
          "easy", "us"),
         ("port", "port", ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "either"),
         ("restricted", "full", ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "us"),
-        ("symmetric", "restricted", ["utp-punch", "relay"], "hard", "us"),
-        ("full", "symmetric", ["utp-punch", "relay"], "hard", "peer"),
-        ("symmetric", "port", ["relay"], "impossible-without-relay", "us"),
+        ("symmetric", "restricted", ["utp-punch", "port-prediction", "relay"], "hard", "us"),
+        ("full", "symmetric", ["utp-punch", "port-prediction", "relay"], "hard", "peer"),
+        ("symmetric", "port", ["port-prediction", "relay"], "hard", "us"),
         ("symmetric", "unknown", ["relay"], "impossible-without-relay", "us"),
         ("symmetric", "symmetric", ["relay"], "impossible-without-relay", "either"),
         ("blocked", "port", ["relay"], "impossible-without-relay", "us"),
@@ -365,16 +365,16 @@ def test_strategy_rejects_unknown_nat() -> None:
 
 
 def test_strategy_from_summaries_and_port_prediction() -> None:
-    # A symmetric NAT with a sequential allocation can be predicted; a random one cannot.
-    sequential = {"nat_type": "symmetric", "allocation": "sequential", "port_delta": 1}
-    strategy = recommend_strategy(sequential, "port")
-    assert strategy["methods"] == ["port-prediction", "relay"]
-    assert strategy["difficulty"] == "hard"
-    assert strategy["expected_success_by_method"]["port-prediction"] is None  # not measured
-    random = NATInfo(nat_type="symmetric", allocation="random")
-    strategy = recommend_strategy(random, "port")
-    assert strategy["methods"] == ["relay"]
-    assert strategy["excluded"]["port-prediction"].startswith("a symmetric NAT allocates")
+    # The birthday punch predicts a symmetric NAT against a cone, whatever its allocation.
+    for allocation in ("sequential", "random"):
+        hard = NATInfo(nat_type="symmetric", allocation=allocation)
+        strategy = recommend_strategy(hard, "port")
+        assert strategy["methods"] == ["port-prediction", "relay"]
+        assert strategy["difficulty"] == "hard"
+        assert strategy["expected_success_by_method"]["port-prediction"] == 1.0  # the lab
+    both = recommend_strategy("symmetric", "symmetric")
+    assert both["excluded"]["port-prediction"].startswith("two symmetric NATs")
+    assert both["expected_success_by_method"]["relay"] == 1.0
     assert recommend_strategy("port", "port")["excluded"]["port-prediction"] == (
         "no symmetric NAT to predict")
     with pytest.raises(ConfigError, match="peer_nat: unknown NAT type 'cone'"):
@@ -384,7 +384,8 @@ def test_strategy_from_summaries_and_port_prediction() -> None:
 def test_expected_success_comes_from_the_measured_table() -> None:
     for (a, b), row in MEASURED_SUCCESS.items():
         assert a in NAT_KINDS and b in NAT_KINDS
-        assert set(row) <= {"utp", "tcp"} and all(0.0 <= v <= 1.0 for v in row.values())
+        assert set(row) <= {"utp", "tcp", "predict", "relay"}
+        assert all(0.0 <= v <= 1.0 for v in row.values())
         strategy = recommend_strategy(a, b)
         assert strategy["expected_success"] == max(
             (v for v in strategy["expected_success_by_method"].values() if v is not None),

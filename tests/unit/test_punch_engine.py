@@ -639,8 +639,9 @@ def offered(net: FakeNetwork) -> list[str]:
 
 @pytest.mark.parametrize("allocator", ["responder", "initiator"])
 def test_two_symmetric_nats_meet_through_the_relay(allocator: str) -> None:
-    """The punch fails, the relay does not. The side with a TURN server allocates and
-    permits the other's public addresses only; the other dials the relayed address."""
+    """No punch fits two symmetric NATs: the relay at once. The side with a TURN server
+    allocates and permits the other's public addresses only; the other dials the
+    relayed address."""
     async def main() -> None:
         net = FakeNetwork()
         # Two symmetric NATs: peer ids decide, "peer-a" initiates.
@@ -651,11 +652,11 @@ def test_two_symmetric_nats_meet_through_the_relay(allocator: str) -> None:
         allocating, dialing = (b, a) if allocator == "responder" else (a, b)
         assert dialing.me.udp is not None
         assert allocating.dialer.permitted == [(dialing.me.udp[0],)]
-        assert dialing.dialer.dials[-1] == ("relay", RELAYED)
-        assert [m for m, _ in allocating.dialer.dials] == ["utp"] * (allocating is a)
+        assert dialing.dialer.dials == [("relay", RELAYED)]
+        assert allocating.dialer.dials == []
         for s in (a, b):
             assert [e.method for e in s.events if isinstance(e, PeerPunched)] == ["relay"]
-        assert offered(net) == ["utp", "relay"]
+        assert offered(net) == ["relay"]
         assert ("relayed" in net.offers()[-1][2]) == (allocator == "initiator")
         await close(a, b)
 
@@ -669,8 +670,8 @@ def test_without_a_turn_server_the_relay_is_not_tried() -> None:
         b = relay_side(net, "peer-b", "symmetric", 2, turn=False)
         meet(a, b)
         await settle(a, peer_ids=("peer-b",))
-        assert offered(net) == ["utp"] * CONFIG.punch_attempts
-        assert a.record("peer-b").state == PunchState.FAILED
+        assert offered(net) == []
+        assert [e.reason for e in a.failed()] == ["no punch method fits this pair of NATs"]
         await close(a, b)
 
     run(main())
@@ -698,7 +699,7 @@ def test_the_relay_comes_after_the_direct_methods_fail() -> None:
 
 def test_refused_turn_credentials_fail_the_relay_with_the_servers_words() -> None:
     """The responder's TURN server refuses it: that one reason reaches the initiator at
-    each attempt (after the direct method), and the punch then fails."""
+    each attempt, and the punch then fails."""
     async def main() -> None:
         net = FakeNetwork()
         refused = DialFailed("TURN server 192.0.2.9:3478 refused the credentials of "
@@ -707,7 +708,7 @@ def test_refused_turn_credentials_fail_the_relay_with_the_servers_words() -> Non
         b = relay_side(net, "peer-b", "symmetric", 2, turn=True, relay=refused)
         meet(a, b)
         await settle(a, peer_ids=("peer-b",))
-        assert offered(net) == ["utp", "relay"] * CONFIG.punch_attempts
+        assert offered(net) == ["relay"] * CONFIG.punch_attempts
         failures = a.record("peer-b").failures
         assert {f["reason"] for f in failures if f["method"] == "relay"} == {
             f"peer refused: relay: {refused}"}
