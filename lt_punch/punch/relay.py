@@ -82,6 +82,18 @@ class TurnRelay:
         assert allocation.relayed is not None
         return allocation.relayed
 
+    async def check(self) -> bool:
+        """Allocate a relay at once, to learn now whether the servers grant one: a
+        refused credential or a dead server is then one clear warning at start, not a
+        surprise at the first punch that needs the relay. The allocation is kept for
+        that punch. Returns whether one was granted (``error`` says why not)."""
+        try:
+            await self._allocation()
+        except TurnError as exc:
+            logger.warning("TURN relay unavailable (the other methods go on): %s", exc)
+            return False
+        return True
+
     def forget(self, bridged: Bridged) -> None:
         for ip in list(self._waiting):
             waiting = [b for b in self._waiting[ip] if b is not bridged]

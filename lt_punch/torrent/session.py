@@ -157,6 +157,8 @@ class EnhancedTorrentSession:
                                          f"{str(exc) or type(exc).__name__}")
                 logger.warning("signaling unavailable (%s): continuing without it",
                                self._signaling_error)
+        if self.relay is not None:
+            self._spawn(self.relay.check(), "relay-check")
         if cfg.hole_punching_enabled and reflector_of(cfg) is not None:
             extra = lambda: [self._reflector] if self._reflector else []  # noqa: E731
             self._spawn(self._engine.keepalive(extra), "keepalive")

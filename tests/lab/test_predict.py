@@ -27,3 +27,50 @@ def test_port_restricted_and_symmetric_meet_by_prediction(nat_lab, seed_kind: st
     (punch,) = stats["torrents"][0]["punches"]
     assert punch["failures"] == []  # prediction first: no uTP attempt lost before it
     assert punch["time_to_connect"] < 5.0
+
+
+def test_probes_without_the_attempt_hmac_are_ignored(nat_lab) -> None:
+    """Across the lab's internet: a prediction bridge on a public host takes only the
+    control packet made with its attempt's secret; packets with another key, no valid
+    MAC, or none of our magic, sent from behind a symmetric NAT, are ignored."""
+    import json
+    import subprocess
+    import sys
+
+    from lt_punch.punch import predict
+
+    lab = nat_lab({"o": "open", "h": "symmetric"})
+    secret = predict.new_secret()
+    listener = f"""
+import asyncio, json
+from lt_punch.punch import predict
+
+async def main():
+    got = asyncio.Queue()
+    bridge = await predict.open_bridge({secret!r}, ("127.0.0.1", 9),
+                                       lambda kind, source, b: got.put_nowait(kind))
+    print(json.dumps({{"port": bridge.local[1]}}), flush=True)
+    async with asyncio.timeout(20):
+        kind = await got.get()
+    await asyncio.sleep(0)
+    print(json.dumps({{"kind": kind, "ignored": bridge.ignored,
+                      "more": got.qsize()}}), flush=True)
+    bridge.close()
+
+asyncio.run(main())
+"""
+    proc = lab.popen("o", [sys.executable, "-c", listener], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = json.loads(proc.stdout.readline())["port"]
+    target = (lab.host("o").public_ip, port)
+    forged = [predict.packet(predict.PROBE, predict.new_secret()).hex(),
+              (b"LTPB" + bytes(25)).hex(), b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:pinge".hex()]
+    good = predict.packet(predict.PROBE, secret).hex()
+    # One socket, one path, no loss: the forged packets arrive first, in order.
+    sender = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              f"for h in {forged!r}: s.sendto(bytes.fromhex(h), {target!r})\n"
+              f"s.sendto(bytes.fromhex({good!r}), {target!r})\n")
+    lab.run("h", [sys.executable, "-c", sender], timeout=20)
+    result = json.loads(proc.stdout.readline())
+    proc.wait(timeout=10)
+    assert result == {"kind": predict.PROBE, "ignored": 3, "more": 0}, result

@@ -58,6 +58,22 @@ def test_refused_turn_credentials_are_one_clear_reason(nat_lab) -> None:
     assert "refused the credentials of 'lt-punch' (401" in reason, reason
 
 
+def test_refused_credentials_do_not_stop_the_direct_methods(nat_lab) -> None:
+    """The seed's TURN credentials are wrong, but its pair punches directly: the
+    download goes on over uTP, and the seed says once, at start, why it has no relay."""
+    lab = nat_lab({"s": "port", "l": "port"})
+    result = run_pair(lab, seed_side="s", leech_side="l", size=1 << 20, methods=METHODS,
+                      timeout=60, connection_timeout=2.0, turn=["s"],
+                      turn_password="not-the-password")
+    assert result.error is None and result.sha_ok, result.error
+    assert result.method == "utp"
+    seed = result.seed_stats()
+    assert seed is not None
+    relay = seed["relay"]
+    assert not relay["allocated"] and relay["allocations"] == 0
+    assert "refused the credentials of 'lt-punch' (401" in relay["error"], relay
+
+
 def test_a_relay_that_dies_mid_download_is_allocated_again(nat_lab, tmp_path) -> None:
     """coturn is killed at 20% and started again: both ends see the relayed connection
     go, the leech punches again, the seed allocates a new relay and the download
