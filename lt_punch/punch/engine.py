@@ -585,11 +585,8 @@ class PunchEngine:
         if reason is not None:
             await self._reply(peer.peer_id, offer.infohash, offer.reply(plan.FAILED, reason))
             return reason
-        if not await self._reply(peer.peer_id, offer.infohash,
-                                 offer.reply(plan.ANSWER, probe=probe)):
-            watch.cancel()
-            return "signaling: predict answer not sent"
-        return await self._connected(rec, "predict", watch)
+        return await self._answer_then_wait(rec, peer, offer.reply(plan.ANSWER, probe=probe),
+                                            watch)
 
     async def _answer_relay(self, rec: PunchRecord, peer: PeerProfile,
                             offer: PunchMessage) -> str | None:
@@ -604,11 +601,16 @@ class PunchEngine:
             reason = f"relay: {exc}"
             await self._reply(peer.peer_id, offer.infohash, offer.reply(plan.FAILED, reason))
             return reason
-        if not await self._reply(peer.peer_id, offer.infohash,
-                                 offer.reply(plan.ANSWER, relayed=relayed)):
+        return await self._answer_then_wait(
+            rec, peer, offer.reply(plan.ANSWER, relayed=relayed), watch)
+
+    async def _answer_then_wait(self, rec: PunchRecord, peer: PeerProfile,
+                                answer: PunchMessage, watch: Watch) -> str | None:
+        """Send ``answer`` (the peer acts on what it carries), then wait for ``watch``."""
+        if not await self._reply(peer.peer_id, answer.infohash, answer):
             watch.cancel()
-            return "signaling: relay answer not sent"
-        return await self._connected(rec, "relay", watch)
+            return f"signaling: {answer.method} answer not sent"
+        return await self._connected(rec, answer.method, watch)
 
     async def _reply(self, peer_id: str, room: str, msg: PunchMessage) -> bool:
         if self.relay is None:
