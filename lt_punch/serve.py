@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hmac
 import json
 import logging
@@ -297,6 +298,34 @@ DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
 BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("body_timeout", float)
 
 
+WEB_PAGE = Path(__file__).parent / "web" / "index.html"
+"""The page ``GET /`` answers a browser with (plain HTML and JavaScript, no build)."""
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Only this server: its API, its stream URLs; no third-party script, frame or form.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                               "style-src 'unsafe-inline'; frame-ancestors 'none'; "
+                               "form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+async def _web_page(request: web.Request) -> web.Response:
+    """``GET /``: the web page; the file listing as JSON for ``?format=json`` or
+    ``Accept: application/json`` (what ``lt-punch stream`` answers there)."""
+    from .stream import file_index, wants_json
+
+    if wants_json(request):
+        return await file_index(request)
+    return web.Response(text=_page(), content_type="text/html", headers=PAGE_HEADERS)
+
+
+@functools.cache
+def _page() -> str:
+    return WEB_PAGE.read_text(encoding="utf-8")
+
+
 def make_api(daemon: Daemon, token: str | None = None, *, allow_hosts: Iterable[str] = (),
              allow_origins: Iterable[str] = (),
              body_timeout: float = BODY_TIMEOUT) -> web.Application:
@@ -316,7 +345,8 @@ def make_api(daemon: Daemon, token: str | None = None, *, allow_hosts: Iterable[
 
     middlewares = [_json_errors, *([_auth_middleware(token)] if token else [])]
     app = make_app(daemon.session, allow_hosts=allow_hosts, allow_origins=allow_origins,
-                   middlewares=middlewares, client_max_size=MAX_TORRENT_FILE)
+                   index=_web_page, middlewares=middlewares,
+                   client_max_size=MAX_TORRENT_FILE)
     app[DAEMON_KEY] = daemon
     app[BODY_TIMEOUT_KEY] = body_timeout
     app.router.add_get("/p2p/nat", _p2p_nat)

@@ -54,16 +54,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(session: Any, *, allow_hosts: Iterable[str] = (),
-             allow_origins: Iterable[str] = (), **options: Any) -> web.Application:
+             allow_origins: Iterable[str] = (), index: Handler | None = None,
+             **options: Any) -> web.Application:
     """The aiohttp application serving ``session``'s torrents, behind
-    :class:`Guard` (``allow_hosts``, ``allow_origins``); ``options`` go to
-    :class:`aiohttp.web.Application` (e.g. ``middlewares``, run after the guard)."""
+    :class:`Guard` (``allow_hosts``, ``allow_origins``); ``index`` answers ``GET /``
+    instead of the file listing; ``options`` go to :class:`aiohttp.web.Application`
+    (e.g. ``middlewares``, run after the guard)."""
     guard = Guard(allow_hosts, allow_origins)
     options["middlewares"] = [guard.middleware, *options.get("middlewares", ())]
     app = web.Application(**options)
     app.on_response_prepare.append(guard.on_response_prepare)
     app[SESSION_KEY] = session
-    app.router.add_get("/", _index)
+    app.router.add_get("/", index or file_index)
     app.router.add_get("/playlist.m3u", _playlist)
     app.router.add_get("/files/{infohash}/{index}", _file)  # GET also answers HEAD
     return app
@@ -305,11 +307,15 @@ def _files(request: web.Request) -> list[dict[str, Any]]:
     return file_rows(request.app[SESSION_KEY], _base(request), query=link_query(request))
 
 
-async def _index(request: web.Request) -> web.Response:
+def wants_json(request: web.Request) -> bool:
+    return (request.query.get("format") == "json"
+            or "application/json" in request.headers.get("Accept", ""))
+
+
+async def file_index(request: web.Request) -> web.Response:
+    """``GET /``: the files, as HTML, or JSON (``?format=json``, ``Accept``)."""
     files = _files(request)
-    wants_json = (request.query.get("format") == "json"
-                  or "application/json" in request.headers.get("Accept", ""))
-    if wants_json:
+    if wants_json(request):
         return web.json_response({"files": files})
     items = "\n".join(
         f'<li><a href="{html.escape(f["url"])}">{html.escape(f["name"])}</a> '
@@ -392,5 +398,5 @@ def _unsatisfiable(size: int) -> web.Response:
                         text="requested range not satisfiable\n")
 
 
-__all__ = ["IDLE_TIMEOUT", "Guard", "RangeNotSatisfiable", "byte_range", "file_rows",
-           "link_query", "make_app", "make_runner"]
+__all__ = ["IDLE_TIMEOUT", "Guard", "RangeNotSatisfiable", "byte_range", "file_index",
+           "file_rows", "link_query", "make_app", "make_runner", "wants_json"]

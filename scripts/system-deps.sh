@@ -10,6 +10,7 @@ command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v transmission-daemon >/dev/null 2>&1 || need+=(transmission-daemon)  # interop tests: a client nobody here wrote
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # a real browser: serve's web page
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
