@@ -17,13 +17,20 @@ $(STAMP): pyproject.toml
 system-deps:
 	@bash scripts/system-deps.sh
 
+# The WebTorrent browser bundle for the browser tests, from the npm registry (no CDN):
+# the package's tarball only (its dist/ is self-contained), skipped without npm.
+WEBTORRENT := 2.8.5
+WEBTORRENT_JS := .cache/webtorrent-$(WEBTORRENT)/webtorrent.min.js
+$(WEBTORRENT_JS):
+	@bash scripts/webtorrent-bundle.sh $(WEBTORRENT) $(dir $@)
+
 demo: $(STAMP)
 	$(VENV)/bin/lt-punch demo
 
 demo-lab: $(STAMP) system-deps
 	$(VENV)/bin/lt-punch demo --lab
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(WEBTORRENT_JS)
 	$(PY) -m pytest
 
 test-unit: $(STAMP)
@@ -40,4 +47,4 @@ bench: $(STAMP) system-deps
 	$(PY) benchmarks/stream_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .cache

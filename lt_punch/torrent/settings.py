@@ -91,6 +91,11 @@ def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) 
         # stream's first piece (readahead priority) waited behind them, half a second
         # against a rate-capped seeder. Rarest first with priorities from the start.
         "initial_picker_threshold": 0,
+        # libtorrent's WebRTC (WebTorrent trackers) asks stun.l.google.com by default:
+        # our STUN server when there is one, else none (host candidates only), so that
+        # nothing goes to a third party unless configured.
+        "webtorrent_stun_server": _hostport(config.stun_servers[0])
+        if config.stun_servers else "",
     }
     if outgoing_port is not None:
         settings["outgoing_port"] = outgoing_port
@@ -107,6 +112,11 @@ def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) 
         settings.update(ISOLATED_SETTINGS)
     settings.update(overrides)
     return settings
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def wants_outgoing_port(config: Config) -> bool:

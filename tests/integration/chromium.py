@@ -49,7 +49,10 @@ class Browser:
             CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
             "--remote-debugging-port=0", f"--user-data-dir={profile}",
             "--autoplay-policy=no-user-gesture-required", "--mute-audio",
-            "--no-first-run", "--no-default-browser-check", "about:blank",
+            "--no-first-run", "--no-default-browser-check",
+            # Nothing leaves this machine: no update checks, sync or field trials.
+            "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--disable-quic", "--disable-default-apps", "about:blank",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         browser = None
         try:
