@@ -24,7 +24,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
 from ..errors import LocalProtocolError
-from ..types import PeerId
+from ..types import InfoHash, PeerId
 from .admission import Admission, Verdict, address_of
 from .dispatch import Dispatcher
 from .dispatch import Host as DispatchHost
@@ -104,6 +104,12 @@ class Connections:
         if isinstance(conn, ServerConnection):
             broadcast([conn], text)
 
+    def deliver_tracker(self, room: str, peer_id: str, text: str) -> None:
+        """A WebTorrent tracker message from another node for a swarm member of ours."""
+        conn = self._host.webtorrent.conn_of(InfoHash(room), peer_id)
+        if isinstance(conn, ServerConnection):
+            broadcast([conn], text)
+
     def evict(self, peer_id: PeerId) -> None:
         """Our peer registered again on another node (with its session key)."""
         conn = self._host.rooms.conn_of(peer_id)
@@ -134,10 +140,17 @@ class Connections:
         key = rooms.session_key_of(ws)
         left = rooms.rooms_of(peer) if peer is not None else set()
         out = rooms.disconnect(ws)
-        self._host.webtorrent.disconnect(ws)
+        swarms = self._host.webtorrent.disconnect(ws)
         if peer is not None:
             logger.info("peer %s disconnected", peer)
         await self._send_all(ws, out)
+        if shared is not None:
+            for room, member in swarms:
+                try:
+                    await shared.tracker_leave(room, member)
+                except (RedisError, OSError) as exc:
+                    logger.warning("cannot take a WebTorrent peer out of Redis: %s", exc)
+                    break
         if shared is not None and peer is not None:
             try:
                 await shared.release(peer, key, sorted(left), lambda room: PeerLeft(room, peer))

@@ -43,7 +43,14 @@ from .protocol import (
 from .rooms import RoomError, Rooms
 from .security import candidates_of, check_candidate, check_token
 from .shared import SharedRooms
-from .webtorrent import TrackerMessage, WebTorrentTracker, is_tracker_message
+from .webtorrent import (
+    Remote,
+    TrackerMessage,
+    WebTorrentTracker,
+    encode_message,
+    is_tracker_message,
+    tracker_room,
+)
 
 __all__ = ["Dispatcher", "Host", "Replace", "State"]
 
@@ -100,7 +107,7 @@ class Dispatcher:
             # Decoded once: WebTorrent tracker messages go to the tracker, the rest on.
             obj, size = decode_frame(frame, max_size=max_size)
             if is_tracker_message(obj):
-                return self._track(ws, obj, now)
+                return await self._track(ws, obj, now)
             message = parse_object(obj, size, sent_by="client", max_size=max_size)
         except MessageError as exc:
             return [(ws, self.error(exc.code, str(exc), peek_type(frame)))]
@@ -127,15 +134,44 @@ class Dispatcher:
         logger.debug("error %s: %s", code, text)
         return Error(code, text, ref)
 
-    def _track(self, ws: ServerConnection, obj: dict[str, Any], now: float) -> list[Any]:
-        """A WebTorrent tracker message: the tracker's answers (no ``register`` needed)."""
+    async def _track(self, ws: ServerConnection, obj: dict[str, Any],
+                     now: float) -> list[Any]:
+        """A WebTorrent tracker message: the tracker's answers (no ``register`` needed).
+        With shared rooms, the swarm's members on other nodes take part: they are read
+        from Redis before an announce, and messages for them are published to their
+        node."""
+        tracker, shared = self._host.webtorrent, self._host.shared
         logger.debug("< webtorrent %s", obj.get("action"))
+        room = tracker_room(obj) if shared is not None else None
+        if shared is not None and room is not None:
+            try:
+                tracker.set_remote(room, await shared.tracker_members(
+                    room, tracker.peer_max_age))
+            except (RedisError, OSError) as exc:
+                logger.warning("shared swarms unavailable, this node's only: %s", exc)
         try:
-            out = self._host.webtorrent.receive(ws, obj, now)
+            out = tracker.receive(ws, obj, now)
         except Exception:
             logger.exception("failed to handle a webtorrent %r", obj.get("action"))
             out = [(ws, {"failure reason": "internal server error"})]
-        return [(conn, TrackerMessage(body)) for conn, body in out]
+        local = [(conn, TrackerMessage(body)) for conn, body in out
+                 if not isinstance(conn, Remote)]
+        if shared is None or room is None:
+            return local
+        try:
+            peer_id = obj["peer_id"]
+            seed = tracker.local_peer(room, peer_id)
+            if seed is None:
+                await shared.tracker_leave(room, peer_id)
+            elif "answer" not in obj:
+                await shared.tracker_announce(room, peer_id, seed, tracker.peer_max_age)
+            for conn, body in out:
+                if isinstance(conn, Remote):
+                    await shared.tracker_send(conn.node, room, conn.peer_id,
+                                              encode_message(body))
+        except (RedisError, OSError) as exc:
+            logger.warning("cannot share a webtorrent %s: %s", obj.get("action"), exc)
+        return local
 
     async def _apply(self, ws: ServerConnection, message: Message, observed: Address,
                      now: float) -> list[Any]:

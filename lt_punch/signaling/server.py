@@ -216,7 +216,8 @@ class SignalingServer:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.shared is not None:
             try:
-                await self.shared.start(self._connections.deliver, self._connections.evict)
+                await self.shared.start(self._connections.deliver, self._connections.evict,
+                                        self._connections.deliver_tracker)
             except BaseException:
                 await self.close()
                 raise

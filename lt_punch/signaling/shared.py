@@ -12,9 +12,15 @@ processes (*nodes*) must see, in Redis:
     belongs to one registration, so the end of a replaced (resumed) registration
     removes its own memberships, never the new one's; listings drop memberships whose
     registration is gone.
+``<prefix>wt:<infohash>``
+    hash of a WebTorrent swarm's members on every node: hex peer id -> ``"<node>
+    <seed 0|1> <last announce, unix time>"``; members that stopped announcing for the
+    tracker's peer age are dropped when read.
 ``<prefix>node:<node_id>``
     the pub/sub channel of a node: ``{"to": peer_id, "msg": <server message text>}``
-    for its local peers, and ``{"evict": peer_id}`` when a client resumed elsewhere.
+    for its local peers, ``{"wt": <hex peer id>, "room": infohash, "msg": <tracker
+    message text>}`` for its WebTorrent peers, and ``{"evict": peer_id}`` when a client
+    resumed elsewhere.
 
 A peer id is claimed with ``SET NX`` (``peer-id-taken`` across nodes); notifications and
 relays to peers of other nodes are published on their node's channel. Relays are
@@ -47,6 +53,8 @@ Deliver = Callable[[PeerId, str], None]
 """Hand a server message (encoded) to a local peer's connection."""
 Evict = Callable[[PeerId], None]
 """Close a local peer's connection: it registered again on another node."""
+DeliverTracker = Callable[[str, str, str], None]
+"""Hand a WebTorrent tracker message (room, binary peer id, text) to a local peer."""
 
 
 class SharedRooms:
@@ -76,7 +84,8 @@ class SharedRooms:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, deliver: Deliver, evict: Evict) -> None:
+    async def start(self, deliver: Deliver, evict: Evict,
+                    deliver_tracker: DeliverTracker | None = None) -> None:
         """Connect, subscribe to our node channel and start the refresher.
 
         Raises:
@@ -92,7 +101,7 @@ class SharedRooms:
             await self.close()
             raise OSError(f"cannot use Redis at {self.url}: {exc}") from None
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._listen(deliver, evict)),
+        self._tasks = [loop.create_task(self._listen(deliver, evict, deliver_tracker)),
                        loop.create_task(self._refresh())]
         logger.info("shared rooms on %s as node %s", self.url, self.node_id)
 
@@ -181,6 +190,45 @@ class SharedRooms:
             raise RoomError("unknown-peer", f"no peer {to!r} in room {room}")
         await self._publish(str(record["node"]), {"to": to, "msg": message.encode()})
 
+    # -- WebTorrent swarms ------------------------------------------------------------
+
+    async def tracker_members(self, room: InfoHash, max_age: float
+                              ) -> list[tuple[str, str, bool]]:
+        """The WebTorrent members of ``room`` on other nodes: (binary peer id, node,
+        seed), those that announced within ``max_age`` seconds (older ones removed)."""
+        redis = self._live()
+        key = self._tracker_key(room)
+        now = time.time()
+        members, stale = [], []
+        for field, value in (await redis.hgetall(key)).items():
+            peer = field.decode() if isinstance(field, bytes) else str(field)
+            node, seed, seen = (value.decode() if isinstance(value, bytes)
+                                else str(value)).split(" ")
+            if now - float(seen) >= max_age:
+                stale.append(peer)
+            elif node != self.node_id:
+                members.append((bytes.fromhex(peer).decode("latin-1"), node, seed == "1"))
+        if stale:
+            await redis.hdel(key, *stale)
+        return members
+
+    async def tracker_announce(self, room: InfoHash, peer_id: str, seed: bool,
+                               ttl: float) -> None:
+        """Our WebTorrent peer ``peer_id`` (binary) is in ``room``; the swarm's key lives
+        ``ttl`` seconds after the last announce."""
+        key = self._tracker_key(room)
+        async with self._live().pipeline(transaction=False) as pipe:
+            pipe.hset(key, _hex(peer_id), f"{self.node_id} {int(seed)} {time.time():.3f}")
+            pipe.expire(key, int(ttl) + 1)
+            await pipe.execute()
+
+    async def tracker_leave(self, room: InfoHash, peer_id: str) -> None:
+        await self._live().hdel(self._tracker_key(room), _hex(peer_id))
+
+    async def tracker_send(self, node: str, room: InfoHash, peer_id: str, text: str) -> None:
+        """A tracker message for a WebTorrent peer of another node."""
+        await self._publish(node, {"wt": _hex(peer_id), "room": room, "msg": text})
+
     async def members(self, room: InfoHash) -> list[PeerInfo]:
         """Everyone in ``room``, on every node, in join order."""
         return [PeerInfo(p, r["metadata"]) for p, r in await self._members(room)]
@@ -200,6 +248,9 @@ class SharedRooms:
 
     def _room_key(self, room: str) -> str:
         return f"{self.prefix}room:{room}"
+
+    def _tracker_key(self, room: str) -> str:
+        return f"{self.prefix}wt:{room}"
 
     def _channel(self, node: str) -> str:
         return f"{self.prefix}node:{node}"
@@ -244,7 +295,8 @@ class SharedRooms:
         self.published += 1
         await self._live().publish(self._channel(node), json.dumps(payload))
 
-    async def _listen(self, deliver: Deliver, evict: Evict) -> None:
+    async def _listen(self, deliver: Deliver, evict: Evict,
+                      deliver_tracker: DeliverTracker | None) -> None:
         assert self._pubsub is not None
         while True:
             try:
@@ -260,6 +312,11 @@ class SharedRooms:
                 payload = json.loads(item["data"])
                 if "evict" in payload:
                     evict(PeerId(str(payload["evict"])))
+                elif "wt" in payload:
+                    if deliver_tracker is not None:
+                        deliver_tracker(str(payload["room"]),
+                                        bytes.fromhex(str(payload["wt"])).decode("latin-1"),
+                                        str(payload["msg"]))
                 else:
                     deliver(PeerId(str(payload["to"])), str(payload["msg"]))
             except (ValueError, KeyError, TypeError) as exc:
@@ -278,6 +335,10 @@ class SharedRooms:
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 logger.warning("cannot refresh peer records in Redis: %s", exc)
+
+
+def _hex(binary: str) -> str:
+    return binary.encode("latin-1").hex()
 
 
 def _member(peer_id: str, session_key: str | None) -> str:

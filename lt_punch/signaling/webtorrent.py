@@ -31,11 +31,13 @@ __all__ = [
     "MAX_OFFERS",
     "MAX_SDP_SIZE",
     "Outgoing",
+    "Remote",
     "TrackerError",
     "TrackerMessage",
     "WebTorrentTracker",
     "encode_message",
     "is_tracker_message",
+    "tracker_room",
 ]
 
 Outgoing = tuple[Hashable, dict[str, Any]]
@@ -61,6 +63,20 @@ class TrackerError(Exception):
 def is_tracker_message(obj: object) -> bool:
     """Whether a decoded frame is for the tracker: an object with ``action``, no ``v``."""
     return isinstance(obj, dict) and "action" in obj and "v" not in obj
+
+
+def tracker_room(obj: dict[str, Any]) -> InfoHash | None:
+    """The room of an ``announce`` with a well-formed info hash and peer id (what a
+    shared swarm looks up before the tracker sees it); None for anything else."""
+    info_hash, peer_id = obj.get("info_hash"), obj.get("peer_id")
+    if obj.get("action") != "announce":
+        return None
+    for value in (info_hash, peer_id):
+        if not (isinstance(value, str) and len(value) == 20
+                and all(ord(c) <= 0xFF for c in value)):
+            return None
+    assert isinstance(info_hash, str)
+    return InfoHash(_hex(info_hash))
 
 
 def encode_message(obj: dict[str, Any]) -> str:
@@ -105,6 +121,15 @@ def _sdp(value: object, name: str, kind: str) -> dict[str, str]:
     if len(sdp) > MAX_SDP_SIZE:
         raise TrackerError(f"invalid {name}: SDP over {MAX_SDP_SIZE} characters")
     return {"type": kind, "sdp": sdp}
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A swarm member held by another server process (swarms shared through Redis): a
+    message for it is published to its node."""
+
+    node: str
+    peer_id: str  # binary
 
 
 @dataclass
@@ -161,6 +186,9 @@ class WebTorrentTracker:
         self._rng = rng if rng is not None else random.Random()
         self._swarms: dict[InfoHash, _Swarm] = {}
         self._by_conn: dict[Hashable, dict[InfoHash, str]] = {}  # conn -> room -> peer id
+        self._remote: dict[InfoHash, dict[str, _Peer]] = {}
+        """The members of each swarm on other server processes, as last told
+        (:meth:`set_remote`)."""
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -181,6 +209,28 @@ class WebTorrentTracker:
                  "metadata": {"agent": "webtorrent", "seed": p.seed},
                  "state": "connected", "idle_for": round(now - p.last_announce, 3)}
                 for p in swarm.peers.values() if now - p.last_announce < self.peer_max_age]
+
+    def local_peer(self, room: InfoHash, peer_id: str) -> bool | None:
+        """Whether our peer ``peer_id`` (binary) is a seed in ``room``; None when it is
+        not a member here (gone, or stopped)."""
+        swarm = self._swarms.get(room)
+        peer = swarm.peers.get(peer_id) if swarm is not None else None
+        return None if peer is None else peer.seed
+
+    def conn_of(self, room: InfoHash, peer_id: str) -> Hashable | None:
+        """The connection of our member ``peer_id`` (binary) of ``room``."""
+        swarm = self._swarms.get(room)
+        peer = swarm.peers.get(peer_id) if swarm is not None else None
+        return None if peer is None else peer.conn
+
+    def set_remote(self, room: InfoHash, members: list[tuple[str, str, bool]]) -> None:
+        """The members of ``room`` on other server processes: (binary peer id, node,
+        seed). Offers then go to them as well, and answers reach them."""
+        if members:
+            self._remote[room] = {pid: _Peer(pid, Remote(node, pid), seed)
+                                  for pid, node, seed in members}
+        else:
+            self._remote.pop(room, None)
 
     # --- operations ------------------------------------------------------------------------
 
@@ -206,10 +256,13 @@ class WebTorrentTracker:
                     reply["info_hash"] = info_hash
             return [(conn, reply)]
 
-    def disconnect(self, conn: Hashable) -> None:
-        """Forget every peer that ``conn`` announced."""
-        for room in list(self._by_conn.get(conn, {})):
+    def disconnect(self, conn: Hashable) -> list[tuple[InfoHash, str]]:
+        """Forget every peer that ``conn`` announced; returns (room, binary peer id) of
+        each."""
+        gone = list(self._by_conn.get(conn, {}).items())
+        for room, _ in gone:
             self._forget(conn, room)
+        return gone
 
     # --- internals -------------------------------------------------------------------------
 
@@ -264,7 +317,9 @@ class WebTorrentTracker:
         wanted = len(offers) if numwant is None else min(len(offers), int(numwant))
         if wanted and not peer.paused:
             # Seeds have nothing to give each other; paused peers take no connections.
-            others = [p for p in swarm.peers.values() if p is not peer and not p.paused
+            remote = self._remote.get(room, {})
+            others = [p for p in (*swarm.peers.values(), *remote.values())
+                      if p.peer_id != peer_id and not p.paused
                       and not (peer.seed and p.seed)]
             chosen = self._rng.sample(others, min(wanted, len(others)))
             for target, (offer_id, offer) in zip(chosen, offers, strict=False):
@@ -297,7 +352,7 @@ class WebTorrentTracker:
         if self._by_conn.get(conn, {}).get(room) != peer_id:
             raise TrackerError("answer from a peer that has not announced on this connection")
         swarm = self._swarms[room]
-        target = swarm.peers.get(to_peer_id)
+        target = swarm.peers.get(to_peer_id) or self._remote.get(room, {}).get(to_peer_id)
         if target is None:
             # As bittorrent-tracker: the offerer left; nothing to tell the answerer.
             self.stats.answers_dropped += 1
@@ -330,10 +385,10 @@ class WebTorrentTracker:
 
     def _counts(self, room: InfoHash) -> tuple[int, int]:
         swarm = self._swarms.get(room)
-        if swarm is None:
-            return 0, 0
-        seeds = sum(1 for p in swarm.peers.values() if p.seed)
-        return seeds, len(swarm.peers) - seeds
+        peers = [*(swarm.peers.values() if swarm is not None else ()),
+                 *self._remote.get(room, {}).values()]
+        seeds = sum(1 for p in peers if p.seed)
+        return seeds, len(peers) - seeds
 
     def _expire(self, room: InfoHash, swarm: _Swarm, now: float) -> None:
         """Drop peers that stopped announcing (their connection may live on)."""

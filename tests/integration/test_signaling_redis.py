@@ -256,3 +256,60 @@ async def test_cli_unreachable_redis_exits_2() -> None:
         _, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"cannot use Redis at redis://127.0.0.1" in err and b"Traceback" not in err
+
+
+# -- WebTorrent swarms across servers --------------------------------------------------------
+
+WT_HASH = "\x12\x34" + "w" * 18  # binary strings: one character per byte
+WT_A = "-WW0001-" + "\x00\xffaaaaaaaaaa"
+WT_B = "-WW0001-" + "\x01\xfebbbbbbbbbb"
+WT_SDP = {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
+
+
+def _wt_announce(peer_id: str, offers: int = 0, **fields: object) -> str:
+    return json.dumps({
+        "action": "announce", "info_hash": WT_HASH, "peer_id": peer_id, "numwant": offers,
+        "left": 1000, "event": "started", "uploaded": 0, "downloaded": 0,
+        "offers": [{"offer": WT_SDP, "offer_id": f"offer-{i}" + "o" * 12}
+                   for i in range(offers)], **fields})
+
+
+async def _wt_next(ws: ClientConnection) -> dict:
+    async with asyncio.timeout(WAIT):
+        return json.loads(await ws.recv())
+
+
+async def test_webtorrent_peers_on_two_servers_exchange_offers_and_answers(
+    two: tuple[SignalingServer, SignalingServer]
+) -> None:
+    """Two browsers (or libtorrent WebRTC sessions) behind a load balancer, each on its
+    own server: the offers of one reach the other and the answer comes back; the swarm
+    counts both; leaving one server takes the peer out of the other's offers."""
+    a, b = two
+    async with await _raw(a) as alice, await _raw(b) as bob:
+        await alice.send(_wt_announce(WT_A))
+        reply = await _wt_next(alice)
+        assert (reply["complete"], reply["incomplete"]) == (0, 1)
+        await bob.send(_wt_announce(WT_B, offers=3))
+        reply = await _wt_next(bob)
+        assert (reply["complete"], reply["incomplete"]) == (0, 2)  # alice, on server a
+        offer = await _wt_next(alice)  # one offer: one other member
+        assert offer == {"action": "announce", "info_hash": WT_HASH, "peer_id": WT_B,
+                         "offer": WT_SDP, "offer_id": "offer-0" + "o" * 12}
+        answer = {"type": "answer", "sdp": "v=0\r\n"}
+        await alice.send(json.dumps({
+            "action": "announce", "info_hash": WT_HASH, "peer_id": WT_A,
+            "to_peer_id": WT_B, "answer": answer, "offer_id": offer["offer_id"]}))
+        assert await _wt_next(bob) == {"action": "announce", "info_hash": WT_HASH,
+                                       "peer_id": WT_A, "answer": answer,
+                                       "offer_id": offer["offer_id"]}
+        assert a.webtorrent.stats.answers_relayed == 1
+    # Both gone: the swarm is empty on every server.
+    async with await _raw(a) as carol:
+        async with asyncio.timeout(WAIT):
+            while True:  # each server takes its peer out as its connection closes
+                await carol.send(_wt_announce("-WW0001-" + "c" * 12))
+                reply = await _wt_next(carol)
+                if reply["incomplete"] == 1:
+                    break
+        assert reply["complete"] == 0
