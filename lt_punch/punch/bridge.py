@@ -21,8 +21,9 @@ import time
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-"""Bytes asked of one ``splice`` call (and the pipe's size, where the kernel allows)."""
+CHUNK = 1 << 18
+"""Bytes asked of one ``splice`` call and the pipe's size: 256 KiB (two pipes a bridge;
+larger ones would use up the per-user pipe quota after a few dozen bridges)."""
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 

@@ -37,7 +37,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..config import Config
 from ..errors import SignalingError
@@ -61,6 +61,7 @@ OFFER_OVERTAKE_WAIT = 1.0
 """Seconds a responder waits for a room member whose offer came before its join."""
 
 S = PunchState
+_T = TypeVar("_T")
 
 
 class DialFailed(Exception):
@@ -422,8 +423,9 @@ class PunchEngine:
                 relayed, watch = await self._dialer.open_relay(rec.infohash, peer.ips())
             except DialFailed as exc:
                 return f"relay: {exc}"
-        answer = await self._exchange(rec, peer, PunchMessage(
+        exchange = self._exchange(rec, peer, PunchMessage(
             plan.OFFER, rec.infohash, "relay", attempt, self._punch_id(), relayed=relayed))
+        answer = await (exchange if watch is None else self._watched(watch, exchange))
         if isinstance(answer, str):
             if watch is not None:
                 watch.cancel()
@@ -437,7 +439,11 @@ class PunchEngine:
     async def _attempt_predict(self, rec: PunchRecord, peer: PeerProfile,
                                attempt: int) -> str | None:
         """We are the symmetric side: offer a secret, then open our flows towards the
-        probe mapping the cone side answers with."""
+        probe mapping the cone side answers with. (The cone side never starts it: after
+        a stall or a loss it may be the one punching again, and then leaves prediction
+        to the symmetric side's next attempt.)"""
+        if self._me().nat != "symmetric":
+            return "port prediction is started by the symmetric side"
         secret = new_secret()
         answer = await self._exchange(rec, peer, PunchMessage(
             plan.OFFER, rec.infohash, "predict", attempt, self._punch_id(), secret=secret))
@@ -451,6 +457,16 @@ class PunchEngine:
         watch = await self._dialer.predict_hard(rec.infohash, secret, answer.probe,
                                                 within=self.config.connection_timeout)
         return await self._connected(rec, "predict", watch)
+
+    @staticmethod
+    async def _watched(watch: Watch, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro``; ``watch`` is cancelled if it is (a newer offer, the peer left)
+        before the watch is handed to :meth:`_connected`, which cancels it itself."""
+        try:
+            return await coro
+        except BaseException:
+            watch.cancel()
+            raise
 
     def _punch_id(self) -> str:
         return f"{self._me().peer_id}:{secrets.token_hex(4)}"
@@ -573,20 +589,22 @@ class PunchEngine:
         reason = None
         if offer.secret is None:
             reason = "predict offer without a secret"
-        elif not peer.ips():
+        elif peer.udp is None:
             reason = "no address of the peer to probe"
+        elif self._me().nat == "symmetric":
+            reason = "port prediction needs the cone side to probe; we are symmetric"
         else:
             try:
                 probe, watch = await self._dialer.predict_easy(
-                    rec.infohash, offer.secret, peer.ips()[0],
+                    rec.infohash, offer.secret, peer.udp[0],
                     within=self.config.connection_timeout)
             except DialFailed as exc:
                 reason = f"predict: {exc}"
         if reason is not None:
             await self._reply(peer.peer_id, offer.infohash, offer.reply(plan.FAILED, reason))
             return reason
-        return await self._answer_then_wait(rec, peer, offer.reply(plan.ANSWER, probe=probe),
-                                            watch)
+        return await self._watched(watch, self._answer_then_wait(
+            rec, peer, offer.reply(plan.ANSWER, probe=probe), watch))
 
     async def _answer_relay(self, rec: PunchRecord, peer: PeerProfile,
                             offer: PunchMessage) -> str | None:
@@ -601,8 +619,8 @@ class PunchEngine:
             reason = f"relay: {exc}"
             await self._reply(peer.peer_id, offer.infohash, offer.reply(plan.FAILED, reason))
             return reason
-        return await self._answer_then_wait(
-            rec, peer, offer.reply(plan.ANSWER, relayed=relayed), watch)
+        return await self._watched(watch, self._answer_then_wait(
+            rec, peer, offer.reply(plan.ANSWER, relayed=relayed), watch))
 
     async def _answer_then_wait(self, rec: PunchRecord, peer: PeerProfile,
                                 answer: PunchMessage, watch: Watch) -> str | None:

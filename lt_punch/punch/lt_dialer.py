@@ -234,7 +234,7 @@ class PredictWatch:
     def found(self, bridge: UdpBridge) -> None:
         """The hard side's pair: libtorrent will see the connection from the bridge."""
         self.bridge = bridge
-        self._dialer.bridges.add(bridge)
+        self._dialer.keep(bridge)
         self._inner = self._dialer.expect(self._infohash, self._dialer.via(bridge),
                                           any_port=False)
 
@@ -244,6 +244,8 @@ class PredictWatch:
             result = await self.task
         except TimeoutError:
             raise DialFailed("no port pair found (birthday punch)") from None
+        except OSError as exc:  # 256 sockets: EMFILE, say
+            raise DialFailed(f"birthday punch: {exc.strerror or exc}") from None
         if isinstance(result, ConnectionWatch):  # the cone side dialled its bridge
             self._inner = result
         assert self._inner is not None
@@ -337,6 +339,11 @@ class LtDialer:
             raise DialFailed(str(exc)) from None
         return relayed, watch
 
+    def keep(self, bridge: UdpBridge) -> None:
+        """Track a bridge until it closes (they are all closed with the dialer)."""
+        self.bridges.add(bridge)
+        bridge.closed.add_done_callback(lambda _: self.bridges.discard(bridge))
+
     def _libtorrent(self) -> Address:
         if self._listen is None:
             raise DialFailed("no listen endpoint to bridge to")
@@ -369,16 +376,23 @@ class LtDialer:
 
         if self.stun is None:
             raise DialFailed("no STUN server to map a probe socket")
-        bridge = await open_bridge(secret, self._libtorrent())
+        try:
+            bridge = await open_bridge(secret, self._libtorrent())
+        except OSError as exc:
+            raise DialFailed(f"no probe socket: {exc.strerror or exc}") from None
         try:
             mapping = await stun_mapping(bridge, self.stun)
-        except TimeoutError:
+        except BaseException as exc:
             bridge.close()
-            raise DialFailed(f"STUN server {self.stun[0]}:{self.stun[1]} did not map the "
-                             "probe socket") from None
+            if isinstance(exc, TimeoutError):
+                raise DialFailed(f"STUN server {self.stun[0]}:{self.stun[1]} did not map "
+                                 "the probe socket") from None
+            if isinstance(exc, OSError):
+                raise DialFailed(f"probe socket: {exc.strerror or exc}") from None
+            raise
         watch = PredictWatch(self, infohash)
         watch.bridge = bridge
-        self.bridges.add(bridge)
+        self.keep(bridge)
 
         async def probe_then_dial() -> ConnectionWatch:
             await easy_side(bridge, hard_ip, timeout=within)
@@ -410,7 +424,7 @@ class LtDialer:
         return watch
 
     async def close(self) -> None:
-        for bridge in self.bridges:
+        for bridge in list(self.bridges):
             bridge.close()
         self.bridges.clear()
         for task in list(self._tasks):

@@ -73,7 +73,10 @@ KEEPALIVE = 20.0
 """Seconds of silence after which a bridge refreshes its path's NAT mappings."""
 
 IDLE_TIMEOUT = 180.0
-"""Seconds without any datagram after which a bridge closes."""
+"""Seconds without data through it after which a bridge closes."""
+
+ACK_REPEATS = (0.1, 0.3, 0.7, 1.5)
+"""Seconds after finding the pair at which the ack goes again while no data came."""
 
 
 def new_secret() -> str:
@@ -121,9 +124,12 @@ class UdpBridge(asyncio.DatagramProtocol):
         """Datagrams forwarded libtorrent -> peer and peer -> libtorrent."""
         self.ignored = 0
         self.last = time.monotonic()
+        """When data last crossed (control packets and keep-alives do not count: a path
+        libtorrent no longer uses must close)."""
         self.last_sent = time.monotonic()
         self.closed = asyncio.get_running_loop().create_future()
         self._keepalive: asyncio.Task[None] | None = None
+        self._follow = False
 
     # -- asyncio ----------------------------------------------------------------------
 
@@ -156,7 +162,6 @@ class UdpBridge(asyncio.DatagramProtocol):
             if kind is None:
                 self.ignored += 1
                 return
-            self.last = time.monotonic()
             if self.on_control is not None:
                 self.on_control(kind, source, self)
             return
@@ -180,14 +185,31 @@ class UdpBridge(asyncio.DatagramProtocol):
             self.transport.sendto(packet(kind, self.secret), to)
             self.last_sent = time.monotonic()
 
-    def connect(self, peer: Address) -> None:
-        """The path is ``peer``: forward from now on, keep its mappings alive."""
+    def connect(self, peer: Address, *, follow: bool = False) -> None:
+        """The path is ``peer``: forward from now on, keep its mappings alive. Until
+        data comes back, the ack is sent again (it may be lost), and with ``follow``
+        (the cone side) a verified ack from another port of the peer's address moves
+        the path there: the symmetric side keeps one socket and may have found a
+        different probe first."""
         self.peer = peer
+        self.last = time.monotonic()
+        self._follow = follow
         self.on_control = self._answer_only
         if self._keepalive is None:
             self._keepalive = asyncio.ensure_future(self._keep())
+        loop = asyncio.get_running_loop()
+        for delay in ACK_REPEATS:
+            loop.call_later(delay, self._ack_while_silent)
+
+    def _ack_while_silent(self) -> None:
+        if self.peer is not None and not self.packets[1]:
+            self.send_control(ACK, self.peer)
 
     def _answer_only(self, kind: int, source: Address, bridge: UdpBridge) -> None:
+        if (kind == ACK and self._follow and source != self.peer and not self.packets[1]
+                and self.peer is not None and source[0] == self.peer[0]):
+            logger.info("predict: the other side chose port %d; following", source[1])
+            self.peer = source
         if kind in (OPEN, PROBE) and source == self.peer:
             self.send_control(ACK, source)  # our ack was lost: the other end asks again
 
@@ -307,7 +329,7 @@ async def easy_side(bridge: UdpBridge, hard_ip: str, *,
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
-    bridge.connect(peer)
+    bridge.connect(peer, follow=True)
     bridge.send_control(ACK, peer)
     logger.info("predict: pair found, local %s:%d <-> %s:%d", *bridge.local, *peer)
     return peer

@@ -57,7 +57,6 @@ class TurnRelay:
         self._cpu_done = 0.0
         self._lock = asyncio.Lock()
         self._waiting: dict[str, list[Bridged]] = {}
-        self._permitted: set[str] = set()
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -73,10 +72,9 @@ class TurnRelay:
         if not ips:
             raise TurnError("no address of the peer to permit")
         allocation = await self._allocation()
-        new = [ip for ip in ips if ip not in self._permitted]
-        for ip in new:
-            await allocation.permit(ip)
-            self._permitted.add(ip)
+        for ip in ips:
+            if ip not in allocation.permitted:
+                await allocation.permit(ip)
         for ip in ips:
             self._waiting.setdefault(ip, []).append(bridged)
         assert allocation.relayed is not None
@@ -132,43 +130,60 @@ class TurnRelay:
         if self.allocation is not None:
             await self.allocation.close()
         self.allocation = None
-        self._permitted.clear()
 
     async def _accept_loop(self, allocation: TurnAllocation) -> None:
-        while True:
+        while not allocation.closed:
             try:
-                sock, peer = await allocation.accept()
+                attempt = await allocation.next_attempt()
             except TurnError as exc:
                 logger.info("TURN relay: %s", exc)
                 return
-            task = asyncio.ensure_future(self._bridge(sock, peer))
+            task = asyncio.ensure_future(self._bridge(allocation, *attempt))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _bridge(self, relayed: socket.socket, peer: Address) -> None:
-        """Connect to libtorrent and splice; the waiters for ``peer`` hear of it first."""
-        host, port = self._target()
-        local = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    async def _bridge(self, allocation: TurnAllocation, connection_id: int,
+                      peer: Address) -> None:
+        """Bind the peer's connection, connect to libtorrent and splice; the first
+        waiter for ``peer`` hears of it before libtorrent does. A failed bind or
+        connect loses this connection only (the peer's libtorrent dials again)."""
         try:
+            relayed = await allocation.bind(connection_id)
+        except TurnError as exc:
+            logger.warning("TURN relay: connection from %s:%d not bound: %s", *peer, exc)
+            return
+        local: socket.socket | None = None
+        try:
+            host, port = self._target()
+            local = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
             local.setblocking(False)
             local.bind((host, 0))
             endpoint: Address = local.getsockname()[:2]
-            for bridged in list(self._waiting.get(peer[0], ())):
-                bridged(endpoint)
+            waiting = self._waiting.get(peer[0])
+            if waiting:
+                bridged = waiting[0]
+                self.forget(bridged)  # one connection per waiter (the same peer may
+                bridged(endpoint)     # share several torrents with us)
             async with asyncio.timeout(self.timeout):
                 await asyncio.get_running_loop().sock_connect(local, (host, port))
-        except (OSError, TimeoutError) as exc:
-            logger.warning("TURN relay: cannot reach libtorrent at %s:%d: %s", host, port, exc)
-            local.close()
+        except BaseException as exc:
+            if local is not None:
+                local.close()
             relayed.close()
-            return
+            if isinstance(exc, Exception):
+                logger.warning("TURN relay: cannot bridge %s:%d into libtorrent: %s",
+                               *peer, exc)
+                return
+            raise
         bridge = Bridge(relayed, local, name=f"relay {peer[0]}:{peer[1]}")
         self.bridges.append(bridge)
         logger.info("TURN relay: %s:%d bridged to libtorrent from %s:%d", *peer, *endpoint)
-        await bridge.wait()
-        self.bridges.remove(bridge)
-        self._bytes_done += sum(bridge.bytes)
-        self._cpu_done += sum(bridge.cpu)
+        try:
+            await bridge.wait()
+        finally:
+            self.bridges.remove(bridge)
+            self._bytes_done += sum(bridge.bytes)
+            self._cpu_done += sum(bridge.cpu)
 
     @property
     def bytes_relayed(self) -> int:
@@ -202,12 +217,12 @@ class TurnRelay:
         """Stop the bridges and release the allocation."""
         async with self._lock:
             await self._drop_allocation()
-        for bridge in list(self.bridges):
-            await bridge.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for bridge in list(self.bridges):
+            await bridge.close()
         self._waiting.clear()
 
 

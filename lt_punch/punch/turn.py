@@ -185,6 +185,18 @@ async def _sock_read_message(sock: socket.socket) -> tuple[StunMessage, bytes]:
     return StunMessage.parse(raw, require_cookie=True), raw
 
 
+def _dead_peer_detection(sock: socket.socket) -> None:
+    """A relay that dies silently must not hold a bridge (and its threads) for the
+    ~15 minutes TCP takes to give up: keep-alives after 60 s of silence, and 60 s for
+    unacknowledged data."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 60_000)
+
+
 class TurnAllocation:
     """One TCP allocation on one TURN server (see the module's doc)."""
 
@@ -286,6 +298,11 @@ class TurnAllocation:
         await self._request(Method.CREATE_PERMISSION,
                             [Attribute(AttrType.XOR_PEER_ADDRESS, (ip, 0)) for ip in ips])
 
+    @property
+    def permitted(self) -> frozenset[str]:
+        """The addresses this allocation lets in."""
+        return frozenset(self._permissions)
+
     async def accept(self, timeout: float | None = None) -> tuple[socket.socket, Address]:  # noqa: ASYNC109
         """The next connection a peer made to the relayed address, bound: a connected
         blocking socket to the server that carries that peer's bytes, and the peer's
@@ -294,6 +311,18 @@ class TurnAllocation:
         Raises:
             TurnError: the allocation ended, or the bind failed.
             LtTimeoutError: no connection within ``timeout``.
+        """
+        connection_id, peer = await self.next_attempt(timeout)
+        return await self.bind(connection_id), peer
+
+    async def next_attempt(self, timeout: float | None = None  # noqa: ASYNC109
+                           ) -> tuple[int, Address]:
+        """The next ConnectionAttempt: (connection id, peer address), to :meth:`bind`
+        within 30 s (RFC 6062 section 5.3).
+
+        Raises:
+            TurnError: the allocation ended.
+            LtTimeoutError: none within ``timeout``.
         """
         get = asyncio.ensure_future(self._attempts.get())
         closed = asyncio.ensure_future(self._closed.wait())
@@ -308,10 +337,19 @@ class TurnAllocation:
             if self.closed:
                 raise TurnError(f"TURN server {self.server}: allocation ended ({self.error})")
             raise LtTimeoutError(f"no relayed connection in {timeout:g} s")
-        connection_id, peer = get.result()
+        return get.result()
+
+    async def bind(self, connection_id: int) -> socket.socket:
+        """A new data connection bound to ``connection_id``: a connected blocking socket
+        carrying the peer's bytes.
+
+        Raises:
+            TurnError: the server refused or did not answer.
+        """
         sock = await self._bind(connection_id)
+        _dead_peer_detection(sock)
         self.connections += 1
-        return sock, peer
+        return sock
 
     async def _bind(self, connection_id: int) -> socket.socket:
         """A new data connection bound to ``connection_id``; once more with the new
@@ -396,8 +434,11 @@ class TurnAllocation:
             error = response.error_code
             raise TurnError(f"TURN server {self.server}: {name} refused: "
                             f"{error or 'no ERROR-CODE'}")
-        if self._key is not None and integrity_ok(raw, self._key) is False:
-            raise TurnError(f"TURN server {self.server}: {name} answer with a wrong "
+        if self._key is not None and integrity_ok(raw, self._key) is not True:
+            # RFC 8489 section 9.2.5: over TCP, an answer to an authenticated request
+            # without a valid MESSAGE-INTEGRITY is a failure (its relayed address is
+            # what we hand the peer).
+            raise TurnError(f"TURN server {self.server}: {name} answer without a valid "
                             "MESSAGE-INTEGRITY")
 
     async def _request(self, method: int, attributes: list[Attribute]) -> StunMessage:
@@ -420,8 +461,9 @@ class TurnAllocation:
                 if error.code == 438 and isinstance(nonce, str):  # stale nonce
                     self.stale_nonces += 1
                     self._nonce = nonce
-                    if isinstance(realm, str):
+                    if isinstance(realm, str) and realm != self._realm:
                         self._realm = realm
+                        self._key = long_term_key(self._username, realm, self._password)
                     continue
                 if error.code == 401:
                     raise TurnError(f"TURN server {self.server} refused the credentials of "
@@ -479,6 +521,8 @@ class TurnAllocation:
                     future.set_result((message, raw))
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             why = f"the server closed the connection ({exc.__class__.__name__})"
+        except OSError as exc:
+            why = f"the connection failed: {exc.strerror or exc}"
         except RemoteProtocolError as exc:
             why = f"protocol error: {exc}"
         finally:

@@ -177,9 +177,10 @@ def check_candidate(host: str, *, lan_mode: bool, where: str) -> None:
 
 def candidates_of(data: dict[str, Any]) -> list[tuple[str, str]]:
     """(where, host) of the addresses in lt_punch metadata or punch messages:
-    ``udp``/``tcp``/``endpoint`` as ``[host, port]``, ``candidates`` as a list of them."""
+    ``udp``/``tcp``/``endpoint`` and a punch's ``relayed``/``probe`` as ``[host, port]``,
+    ``candidates`` as a list of them."""
     found: list[tuple[str, str]] = []
-    for key in ("udp", "tcp", "endpoint"):
+    for key in ("udp", "tcp", "endpoint", "relayed", "probe"):
         value = data.get(key)
         if isinstance(value, list) and value and isinstance(value[0], str):
             found.append((key, value[0]))

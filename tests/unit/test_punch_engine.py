@@ -777,3 +777,31 @@ def test_a_probe_mapping_elsewhere_than_the_peer_is_refused() -> None:
         await close(hard, easy)
 
     run(main())
+
+
+def test_the_cone_side_never_starts_a_prediction() -> None:
+    """A stall seen on the cone side makes it punch again at once, as initiator: it does
+    not play the symmetric side's part (256 flows from a cone NAT would help nobody);
+    the symmetric side does not probe either."""
+    async def main() -> None:
+        net = FakeNetwork()
+
+        def no_utp(kind: str, method: str, endpoint: Address) -> str:
+            return "hang" if method == "utp" else "connect"
+
+        hard = side(net, profile("peer-a", "symmetric", 1), FakeDialer(outcome=no_utp))
+        easy = side(net, dataclasses.replace(profile("peer-b", "port", 2),
+                                             nat_summary={"nat_type": "port"}),
+                    FakeDialer(outcome=no_utp))
+        meet(hard, easy)
+        await settle(hard, easy, peer_ids=("peer-b", "peer-a"))
+        assert easy.record("peer-a").method == "predict"
+        endpoint = easy.record("peer-a").endpoint
+        assert easy.engine.stalled(IH, endpoint, "predict")
+        await easy.engine.wait_for(
+            lambda: any(f["reason"] == "port prediction is started by the symmetric side"
+                        for f in easy.record("peer-a").failures))
+        assert [kind for kind, _ in hard.dialer.predicted] == ["hard"]
+        await close(hard, easy)
+
+    run(main())
