@@ -72,8 +72,11 @@ def tracker_room(obj: dict[str, Any]) -> InfoHash | None:
     if obj.get("action") != "announce":
         return None
     for value in (info_hash, peer_id):
-        if not (isinstance(value, str) and len(value) == 20
-                and all(ord(c) <= 0xFF for c in value)):
+        if not (isinstance(value, str) and len(value) == 20):
+            return None
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
             return None
     assert isinstance(info_hash, str)
     return InfoHash(_hex(info_hash))
@@ -92,8 +95,10 @@ def _binary(value: object, name: str, length: int | None = 20) -> str:
         raise TrackerError(f"invalid {name}: expected {length} bytes, got {len(value)}")
     if length is None and not 0 < len(value) <= MAX_ID_LENGTH:
         raise TrackerError(f"invalid {name}: expected 1..{MAX_ID_LENGTH} bytes")
-    if any(ord(c) > 0xFF for c in value):
-        raise TrackerError(f"invalid {name}: not a binary string")
+    try:
+        value.encode("latin-1")  # in C: every character U+0000..U+00FF
+    except UnicodeEncodeError:
+        raise TrackerError(f"invalid {name}: not a binary string") from None
     return value
 
 
