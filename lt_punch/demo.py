@@ -105,8 +105,11 @@ def run_lab(seed_nat: str, leech_nat: str, size: int, methods: tuple[str, ...],
         raise click.UsageError(f"--lab needs the NAT lab: {reason}")
     click.echo(f"building the NAT lab: seed behind '{seed_nat}', leech behind '{leech_nat}' ...")
     with NatLab({"seed": seed_nat, "leech": leech_nat}) as lab:
+        # With the relay allowed, the seed gets the lab's TURN server (coturn): two
+        # symmetric NATs then meet through it.
         result = run_pair(lab, seed_side="seed", leech_side="leech", size=size,
-                          methods=methods, timeout=120)
+                          methods=methods, timeout=120,
+                          turn=["seed"] if "relay" in methods else ())
     if result.error:
         click.echo(f"failed: {result.error}", err=True)
     stats = result.leech_stats() or {}
@@ -131,13 +134,15 @@ def run_lab(seed_nat: str, leech_nat: str, size: int, methods: tuple[str, ...],
 @click.option("--leech-nat", default="port", show_default=True,
               type=click.Choice(["open", "full", "restricted", "port", "symmetric"]))
 @click.option("--size-mb", default=16, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--method", "methods", multiple=True, type=click.Choice(["utp", "tcp"]),
-              help="Punch method(s) to allow, in order (default: utp then tcp).")
+@click.option("--method", "methods", multiple=True,
+              type=click.Choice(["utp", "tcp", "predict", "relay"]),
+              help="Punch method(s) to allow, in order (default: utp, tcp; with --lab "
+                   "also predict and relay, through the lab's TURN server).")
 @click.option("--json", "as_json", is_flag=True, help="Print the merged stats as JSON.")
 def demo_command(use_lab: bool, seed_nat: str, leech_nat: str, size_mb: int,
                  methods: tuple[str, ...], as_json: bool) -> None:
     """Two peers meet by infohash, punch a path and download; the data is verified."""
-    methods = methods or ("utp", "tcp")
+    methods = methods or (("utp", "tcp", "predict", "relay") if use_lab else ("utp", "tcp"))
     size = size_mb << 20
     try:
         if use_lab:

@@ -181,3 +181,21 @@ asyncio.run(main())
     proc.wait(timeout=10)
     lab.stop(send)
     assert result["peer"][0] == peer_ip and result["data"] == "hello", result
+
+
+def test_the_lab_demo_meets_two_symmetric_nats_through_its_turn_server() -> None:
+    """``lt-punch demo --lab`` starts the lab's coturn as TURN server itself."""
+    import json
+    import sys
+
+    from lt_punch.netlab import lab_unavailable_reason
+
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    out = subprocess.run([sys.executable, "-m", "lt_punch", "demo", "--lab", "--seed-nat",
+                          "symmetric", "--leech-nat", "symmetric", "--size-mb", "2", "--json"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1])
+    assert result["verified"] and result["method"] == "relay", result
