@@ -414,11 +414,23 @@ class PunchEngine:
     async def _attempt_relay(self, rec: PunchRecord, peer: PeerProfile,
                              attempt: int) -> str | None:
         """The allocating side (:func:`~lt_punch.punch.plan.relay_allocator`) sends its
-        relayed address; the other dials it."""
+        relayed address; the other dials it. When the peer was to allocate and could
+        not (its TURN server refused it, say) and we have a TURN server, we allocate."""
         me = self._me()
+        why = await self._relay_once(rec, peer, attempt,
+                                     allocate=plan.relay_allocator(me, peer) is me)
+        if (why is not None and why.startswith("peer refused: relay: ") and me.turn
+                and plan.relay_allocator(me, peer) is not me):
+            logger.info("the peer's relay failed (%s): allocating ours", why)
+            self._fail(rec, "relay", attempt, why)
+            return await self._relay_once(rec, peer, attempt, allocate=True)
+        return why
+
+    async def _relay_once(self, rec: PunchRecord, peer: PeerProfile, attempt: int, *,
+                          allocate: bool) -> str | None:
         watch: Watch | None = None
         relayed = None
-        if plan.relay_allocator(me, peer) is me:
+        if allocate:
             try:
                 relayed, watch = await self._dialer.open_relay(rec.infohash, peer.ips())
             except DialFailed as exc:

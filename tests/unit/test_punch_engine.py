@@ -805,3 +805,23 @@ def test_the_cone_side_never_starts_a_prediction() -> None:
         await close(hard, easy)
 
     run(main())
+
+
+def test_when_the_peers_relay_fails_ours_is_used() -> None:
+    """Both sides have a TURN server; the responder (who allocates first) is refused by
+    its own: the initiator then allocates on its server and the pair connects."""
+    async def main() -> None:
+        net = FakeNetwork()
+        refused = DialFailed("TURN server 192.0.2.9:3478 refused the credentials of 'b' "
+                             "(401 Unauthorized)")
+        a = relay_side(net, "peer-a", "symmetric", 1, turn=True)
+        b = relay_side(net, "peer-b", "symmetric", 2, turn=True, relay=refused)
+        meet(a, b)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        assert a.record("peer-b").method == "relay"
+        assert b.dialer.dials == [("relay", RELAYED)]  # ours, in the second offer
+        assert [d.get("relayed") for _, _, d in net.offers("peer-a")] == [None, list(RELAYED)]
+        assert a.failed() == []
+        await close(a, b)
+
+    run(main())
