@@ -49,9 +49,9 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from ..errors import ConfigError, RemoteProtocolError
 from ..types import Address
@@ -420,6 +420,25 @@ async def _discover(
             await tests.cancel()
 
 
+NEXT_SERVER_HEAD_START = 0.2
+"""Seconds a STUN server gets to answer before the next configured one is asked too.
+Until then only the first server is contacted: the next one may be the first's other
+address, and a router that filters per host would then let the first server's
+change-IP answer in (an address-restricted NAT taken for a full cone)."""
+
+
+async def _after(previous: asyncio.Future[Any] | None,
+                 test: Coroutine[Any, Any, Answer | None]) -> Answer | None:
+    """``test`` once ``previous`` is over or has had its head start."""
+    if previous is not None:
+        try:
+            await asyncio.wait({previous}, timeout=NEXT_SERVER_HEAD_START)
+        except BaseException:
+            test.close()  # never started: no request was sent
+            raise
+    return await test
+
+
 async def _measure(
     run: _Run,
     resolved: list[Address],
@@ -429,11 +448,11 @@ async def _measure(
     tests: list[_Filtering],
 ) -> NATInfo:
     primary = resolved[0]
-    tasks = [
-        asyncio.ensure_future(run.binding(
-            "binding" if i == 0 else f"binding-server-{i + 1}", mapper, server))
-        for i, server in enumerate(resolved)
-    ]
+    tasks: list[asyncio.Future[Answer | None]] = []
+    for i, server in enumerate(resolved):
+        name = "binding" if i == 0 else f"binding-server-{i + 1}"
+        tasks.append(asyncio.ensure_future(
+            _after(tasks[-1] if tasks else None, run.binding(name, mapper, server))))
     tests.append(_Filtering(run, filterer, primary))
     answered: list[tuple[Address, Answer]] = []
     try:
