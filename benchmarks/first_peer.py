@@ -56,7 +56,7 @@ def tracker_installed() -> Path:
     is not needed by the server)."""
     if not (NPM_DIR / "node_modules" / "bittorrent-tracker").is_dir():
         if shutil.which("npm") is None:
-            raise SystemExit("--webrtc needs node and npm")
+            raise SystemExit("bittorrent-tracker needs node and npm")
         NPM_DIR.mkdir(parents=True, exist_ok=True)
         subprocess.run(["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund",
                         "bittorrent-tracker@11"], cwd=NPM_DIR, check=True,

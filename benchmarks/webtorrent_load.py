@@ -25,17 +25,14 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import websockets
 
-NPM_DIR = Path.home() / ".cache" / "ltp-bench"
 SDP = ("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
        "a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=application 9 UDP/DTLS/SCTP "
        "webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\n"
@@ -57,17 +54,13 @@ def start_server(kind: str, port: int) -> subprocess.Popen[str]:
                                 text=True)
         wanted = "listening"
     else:
-        if not (NPM_DIR / "node_modules" / "bittorrent-tracker").is_dir():
-            if shutil.which("npm") is None:
-                raise SystemExit("bittorrent-tracker needs node and npm")
-            NPM_DIR.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund",
-                            "bittorrent-tracker@11"], cwd=NPM_DIR, check=True,
-                           capture_output=True, timeout=600)
+        from first_peer import tracker_installed  # bittorrent-tracker from npm
+
         script = ("import Server from 'bittorrent-tracker/server';"
                   "const s = new Server({udp: false, http: false, ws: true, stats: false});"
                   f"s.listen({port}, '127.0.0.1', () => console.log('listening'));")
-        proc = subprocess.Popen(["node", "--input-type=module", "-e", script], cwd=NPM_DIR,
+        proc = subprocess.Popen(["node", "--input-type=module", "-e", script],
+                                cwd=tracker_installed(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wanted = "listening"
     assert proc.stdout is not None
