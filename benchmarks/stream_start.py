@@ -45,6 +45,7 @@ from pathlib import Path
 
 import libtorrent as lt
 
+from lt_punch.netlab import stop_process
 from lt_punch.torrent.maketorrent import make_torrent
 
 NPM_DIR = Path.home() / ".cache" / "ltp-bench"
@@ -184,12 +185,7 @@ def run_client(kind: str, magnet: str, out: Path, size: int, data: bytes) -> dic
         status, _ = get(url, size + 10, size + 20, timeout=10)
         return {"first": first, "seek": seek, "416": float(status == 416)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _answers(url: str) -> bool:

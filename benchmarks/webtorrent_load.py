@@ -33,6 +33,8 @@ from typing import Any
 
 import websockets
 
+from lt_punch.netlab import stop_process
+
 SDP = ("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
        "a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=application 9 UDP/DTLS/SCTP "
        "webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\n"
@@ -208,12 +210,7 @@ async def run_one(kind: str, args: argparse.Namespace, port: int) -> dict[str, A
             "kib_per_peer": rss / len(peers),
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 async def main_async(args: argparse.Namespace) -> int:

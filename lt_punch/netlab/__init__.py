@@ -14,6 +14,7 @@ from .lab import (
     coturn_argv,
     lab_unavailable_reason,
     list_lab_namespaces,
+    stop_process,
     turn_argv,
 )
 from .rules import NAT_KINDS, loss_ruleset, router_ruleset
@@ -27,6 +28,7 @@ __all__ = [
     "turn_argv",
     "lab_unavailable_reason",
     "list_lab_namespaces",
+    "stop_process",
     "loss_ruleset",
     "router_ruleset",
 ]

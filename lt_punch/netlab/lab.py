@@ -325,7 +325,7 @@ class NatLab:
             return
         self._closed = True
         for proc in self._procs:
-            _stop_process(proc)
+            stop_process(proc)
         self._procs.clear()
         errors = delete_namespaces(list(reversed(self._created)))
         self._created.clear()
@@ -480,7 +480,7 @@ class NatLab:
 
     def stop(self, proc: subprocess.Popen[Any]) -> None:
         """Stop a process started with :meth:`popen` before teardown."""
-        _stop_process(proc)
+        stop_process(proc)
         if proc in self._procs:
             self._procs.remove(proc)
 
@@ -659,7 +659,7 @@ def coturn_argv(server_ips: Sequence[str], workdir: str) -> list[str]:
     return argv
 
 
-def _stop_process(proc: subprocess.Popen[Any]) -> None:
+def stop_process(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM the process (group), SIGKILL after :data:`STOP_GRACE` s, close its pipes."""
     if proc.poll() is None:
         _signal_group(proc, signal.SIGTERM)

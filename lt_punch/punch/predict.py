@@ -343,6 +343,7 @@ async def stun_mapping(bridge: UdpBridge, server: Address, *,
     Raises:
         TimeoutError: no answer in ``timeout`` seconds.
     """
+    from ..nat.discover import Retransmission
     from ..nat.stun import MessageClass, Method, StunMessage, binding_request, new_transaction_id
 
     assert bridge.transport is not None
@@ -364,12 +365,11 @@ async def stun_mapping(bridge: UdpBridge, server: Address, *,
     bridge.datagram_received = intercept  # type: ignore[method-assign]
     try:
         async with asyncio.timeout(timeout):
-            delay = 0.1
-            while True:
+            for wait in Retransmission().waits():  # discovery's schedule (RFC 8489)
                 bridge.transport.sendto(bytes(request), server)
                 with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(found), delay)
-                delay = min(delay * 2, 0.8)
+                    return await asyncio.wait_for(asyncio.shield(found), wait)
+        raise TimeoutError(f"no STUN answer from {server[0]}:{server[1]}")
     finally:
         bridge.datagram_received = original  # type: ignore[method-assign]
         found.cancel()

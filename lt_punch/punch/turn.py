@@ -153,13 +153,19 @@ def _address(message: StunMessage, attr: int) -> Address | None:
     return None
 
 
-async def read_message(reader: asyncio.StreamReader) -> tuple[StunMessage, bytes]:
-    """One STUN message from a stream (RFC 8489 section 6.2.2: self-delimiting)."""
-    header = await reader.readexactly(HEADER_LENGTH)
+def _body_length(header: bytes) -> int:
+    """The length field of a STUN header read from a stream (RFC 8489 section 6.2.2:
+    messages over TCP are self-delimiting), bounded."""
     (length,) = struct.unpack("!H", header[2:4])
     if length > MAX_MESSAGE:
         raise RemoteProtocolError(f"TURN message of {length} bytes (at most {MAX_MESSAGE})")
-    raw = header + await reader.readexactly(length)
+    return int(length)
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[StunMessage, bytes]:
+    """One STUN message from a stream."""
+    header = await reader.readexactly(HEADER_LENGTH)
+    raw = header + await reader.readexactly(_body_length(header))
     return StunMessage.parse(raw, require_cookie=True), raw
 
 
@@ -178,10 +184,7 @@ async def _sock_read_message(sock: socket.socket) -> tuple[StunMessage, bytes]:
         return bytes(data)
 
     header = await exactly(HEADER_LENGTH)
-    (length,) = struct.unpack("!H", header[2:4])
-    if length > MAX_MESSAGE:
-        raise RemoteProtocolError(f"TURN message of {length} bytes (at most {MAX_MESSAGE})")
-    raw = header + await exactly(length)
+    raw = header + await exactly(_body_length(header))
     return StunMessage.parse(raw, require_cookie=True), raw
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +45,16 @@ class Swarm:
 
 
 @contextlib.asynccontextmanager
-async def seeded(base: Path, name: str, size: int, seed: int) -> AsyncIterator[Swarm]:
-    """A signaling server and a session seeding ``base/seed/name`` of ``size`` bytes."""
+async def seeded(base: Path, name: str, size: int = 0, seed: int = 0, *,
+                 write: Callable[[Path], None] | None = None) -> AsyncIterator[Swarm]:
+    """A signaling server and a session seeding ``base/seed/name``: ``size`` random
+    bytes, or what ``write(path)`` makes there."""
     payload = base / "seed" / name
-    write_random_file(payload, size, seed=seed)
+    if write is not None:
+        payload.parent.mkdir(parents=True, exist_ok=True)
+        write(payload)
+    else:
+        write_random_file(payload, size, seed=seed)
     torrent = make_torrent(payload, piece_size=PIECE)
     async with SignalingServer("127.0.0.1", 0, dht_port=0) as server:
         assert server.dht_address is not None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lt_punch.errors import LtTimeoutError
-from lt_punch.netlab import turn_argv
+from lt_punch.netlab import stop_process, turn_argv
 from lt_punch.netlab.probe import tcp_wait
 from lt_punch.punch.bridge import Bridge
 from lt_punch.punch.turn import TurnAllocation, TurnError, TurnServer
@@ -48,12 +48,7 @@ def coturn(**options: object) -> Iterator[int]:
             _wait_listening(port, proc, os.path.join(tmp, "log"))
             yield port
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
             log.close()
 
 
