@@ -225,6 +225,8 @@ class TurnAllocation:
         """Data connections bound (one per peer connection)."""
         self.error: str | None = None
         """Why the control connection ended, once it has."""
+        self.released = False
+        """The server acknowledged the release (:meth:`close`)."""
         self._username = ""
         self._password = ""
         self._realm = ""
@@ -410,6 +412,7 @@ class TurnAllocation:
             with contextlib.suppress(LtPunchError, OSError):
                 await self._request(Method.REFRESH,
                                     [Attribute(AttrType.LIFETIME, struct.pack("!I", 0))])
+                self.released = True
         self._end("closed")
         for task in list(self._tasks):
             task.cancel()
