@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..cli import run_server
+from ..cli import fast_loop, run_server
 from .security import make_token
 from .server import SignalingServer
 
@@ -103,7 +103,8 @@ def serve_command(host: str, port: int, dht_port: int | None, no_dht: bool,
                                                             "unix://")):
         raise click.UsageError(f"--redis-url: expected redis://, rediss:// or unix://, "
                                f"got {redis_url!r}")
-    run_server(_serve(host, port, None if no_dht else dht_port, options), f"{host}:{port}")
+    run_server(_serve(host, port, None if no_dht else dht_port, options), f"{host}:{port}",
+               loop_factory=fast_loop())
 
 
 def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:

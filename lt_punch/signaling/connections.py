@@ -7,7 +7,7 @@ connection ends, its peer leaves its rooms (here, and with Redis on the other no
 
 Messages to the requester are sent with ``await send()`` (backpressure on the sender
 of the request); notifications and relays to other peers go through
-:func:`websockets.asyncio.server.broadcast`, so a peer that stops reading cannot stall
+:func:`.wire.broadcast`, so a peer that stops reading cannot stall
 the others -- its buffer grows until the websocket keepalive drops it.
 """
 
@@ -20,8 +20,6 @@ import time
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
-from websockets.asyncio.server import ServerConnection, broadcast
-from websockets.exceptions import ConnectionClosed
 
 from ..errors import LocalProtocolError
 from ..types import InfoHash, PeerId
@@ -30,6 +28,8 @@ from .dispatch import Dispatcher
 from .dispatch import Host as DispatchHost
 from .metrics import Counters
 from .protocol import REPLACED_CLOSE_CODE, PeerJoined, PeerLeft, Pong, Relayed, peek_type
+from .wire import Closed, broadcast
+from .wire import Connection as ServerConnection
 
 __all__ = ["Connections"]
 
@@ -91,7 +91,7 @@ class Connections:
                     continue
                 out = await self.dispatcher.receive(ws, frame, observed, now)
                 await self._send_all(ws, out)
-        except ConnectionClosed:
+        except Closed:
             pass
         finally:
             self._last_seen.pop(ws, None)
@@ -162,7 +162,7 @@ class Connections:
         """Send an error with ``code``, then close the connection."""
         self._counters.closed[code] += 1
         logger.info("closing %s:%d: %s", *address_of(ws.remote_address), text)
-        with contextlib.suppress(ConnectionClosed):
+        with contextlib.suppress(Closed):
             await ws.send(self.dispatcher.error(code, text).serialize())
         await ws.close(close_code, code)
 
@@ -190,7 +190,7 @@ class Connections:
                 logger.debug("> %s", message)
                 try:
                     await ws.send(text)
-                except ConnectionClosed:
+                except Closed:
                     return
             elif isinstance(conn, ServerConnection):
                 logger.debug("> %s: %s", target, message)

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
-from websockets.asyncio.server import ServerConnection
 
 from ..types import Address
 from .metrics import Counters
@@ -51,6 +50,7 @@ from .webtorrent import (
     is_tracker_message,
     tracker_room,
 )
+from .wire import Connection as ServerConnection
 
 __all__ = ["Dispatcher", "Host", "Replace", "State"]
 

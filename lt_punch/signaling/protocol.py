@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
+import orjson
+
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..types import Address, InfoHash, PeerId
 
@@ -708,21 +710,33 @@ def decode_frame(text: str | bytes, *, max_size: int) -> tuple[Any, int]:
     Raises:
         MessageError: ``too-large`` over ``max_size`` bytes (not decoded), ``bad-json``.
     """
-    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    size = len(data)
     if size > max_size:
         raise MessageError("too-large", f"message is {size} bytes, limit {max_size}")
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MessageError("bad-json", "message is not valid UTF-8") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        # orjson: RFC 8259 only (no NaN/Infinity), UTF-8 checked, nesting bounded; 5-10x
+        # the json module's speed, which was a tenth of the server's time under load.
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" in exc.msg:
+            # Escaped lone surrogates are JSON (json takes them), raw ones bad UTF-8.
+            return _decode_slow(data), size
+        near = data[exc.pos:exc.pos + 16].decode("utf-8", "replace")
+        raise MessageError("bad-json", f"invalid JSON: {exc.msg} at position {exc.pos}"
+                           + (f" ({near!r})" if near else "")) from None
+    return obj, size
+
+
+def _decode_slow(data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise MessageError("bad-json", "message is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise MessageError("bad-json", f"invalid JSON: {exc.msg} at position {exc.pos}") from None
     except (ValueError, RecursionError):
         raise MessageError("bad-json", "invalid JSON: NaN/Infinity or nesting too deep") from None
-    return obj, size
 
 
 def parse_object(

@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -33,6 +32,7 @@ from .metrics import metrics_registry
 from .protocol import MessageError, normalize_infohash
 from .rooms import RoomError
 from .security import check_authorization
+from .wire import Connection as ServerConnection
 
 __all__ = ["Routes", "json_response", "response"]
 

@@ -30,8 +30,6 @@ import time
 from ssl import SSLContext
 from typing import Any, Generic, TypeVar, cast, overload
 
-from websockets.asyncio.server import Server, serve
-
 from ..types import Address
 from .admission import Admission, Network, address_of
 from .connections import Connections
@@ -42,6 +40,7 @@ from .rooms import Rooms
 from .routes import Routes
 from .shared import SharedRooms
 from .webtorrent import WebTorrentTracker
+from .wire import WireServer
 
 __all__ = ["SignalingServer"]
 
@@ -185,7 +184,7 @@ class SignalingServer:
         self.node_id = node_id if node_id is not None else os.urandom(20)
         self.rooms = Rooms(max_rooms_per_peer=max_rooms_per_peer,
                            max_peers_per_room=max_peers_per_room)
-        self._server: Server | None = None
+        self._server: WireServer | None = None
         self._reflector: ReflectorProtocol | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._dht_address: Address | None = None
@@ -202,17 +201,16 @@ class SignalingServer:
         """Bind the TCP port (and the UDP port when the reflector is enabled)."""
         if self._server is not None:
             return
-        self._server = await serve(
+        server = WireServer(
             self._connections.serve,
-            self.host,
-            self.port,
-            process_request=self._routes.process_request,
+            self._routes.process_request,
             max_size=self.max_message_size * _HARD_LIMIT_FACTOR,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
-            compression=None,  # small JSON; avoids the cost and the zip-bomb surface
-            ssl=self.ssl,
         )
+        # No compression extension is offered: small JSON, and no zip-bomb surface.
+        await server.listen(self.host, self.port, ssl=self.ssl)
+        self._server = server
         self.port = self._server.sockets[0].getsockname()[1]
         if self.shared is not None:
             try:
@@ -253,8 +251,7 @@ class SignalingServer:
             self._udp = None
         if self._server is not None:
             server, self._server = self._server, None
-            server.close()
-            await server.wait_closed()
+            await server.close()
         if self.shared is not None:
             await self.shared.close()
 

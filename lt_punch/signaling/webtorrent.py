@@ -19,11 +19,12 @@ so that a client can match it to its announce); nothing raises.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from ..types import InfoHash
 
@@ -84,7 +85,7 @@ def tracker_room(obj: dict[str, Any]) -> InfoHash | None:
 
 def encode_message(obj: dict[str, Any]) -> str:
     """Compact JSON; binary strings stay one character per byte."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return orjson.dumps(obj).decode()
 
 
 def _binary(value: object, name: str, length: int | None = 20) -> str:
@@ -421,8 +422,9 @@ class TrackerMessage:
 
     body: dict[str, Any]
 
-    def serialize(self) -> str:
-        return encode_message(self.body)
+    def serialize(self) -> bytes:
+        """Compact JSON in UTF-8 (what the server's websocket layer sends as text)."""
+        return orjson.dumps(self.body)
 
     def __str__(self) -> str:
         keys = ",".join(k for k in self.body if k not in ("info_hash", "peer_id"))

@@ -86,8 +86,8 @@ def _msg(**fields: Any) -> str:
 
 
 BAD: list[tuple[str | bytes, str, str]] = [
-    ("{", "bad-json", "invalid JSON: Expecting property name enclosed in double quotes"),
-    ("", "bad-json", "invalid JSON: Expecting value at position 0"),
+    ("{", "bad-json", "invalid JSON: unexpected end of data at position 1"),
+    ("", "bad-json", "invalid JSON: Input is a zero-length, empty document at position 0"),
     (b"\xff\xfe", "bad-json", "message is not valid UTF-8"),
     ('{"v":1,"type":"ping","id":NaN}', "bad-json", "NaN"),
     ("[1]", "bad-message", "message must be a JSON object, got array"),
