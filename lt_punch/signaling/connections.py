@@ -17,17 +17,26 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
 from ..errors import LocalProtocolError
-from ..types import InfoHash, PeerId
-from .admission import Admission, Verdict, address_of
+from ..types import Address, InfoHash, PeerId
+from .admission import Admission, Quota, Verdict, address_of
 from .dispatch import Dispatcher
 from .dispatch import Host as DispatchHost
 from .metrics import Counters
-from .protocol import REPLACED_CLOSE_CODE, PeerJoined, PeerLeft, Pong, Relayed, peek_type
+from .protocol import (
+    REPLACED_CLOSE_CODE,
+    Error,
+    PeerJoined,
+    PeerLeft,
+    Pong,
+    Relayed,
+    peek_type,
+)
 from .wire import Closed, broadcast
 from .wire import Connection as ServerConnection
 
@@ -60,6 +69,7 @@ class Connections:
         self.dispatcher = Dispatcher(host, counters, self.replace)
         """Turns each frame into the messages to send."""
         self._last_seen: dict[ServerConnection, float] = {}
+        self._open: dict[ServerConnection, tuple[Quota, Address]] = {}
         self._refusals: set[asyncio.Task[None]] = set()
 
     async def serve(self, ws: ServerConnection) -> None:
@@ -75,28 +85,67 @@ class Connections:
                                f"{admission.max_connections_per_address} connections from {ip}")
             return
         self._last_seen[ws] = time.monotonic()
+        self._open[ws] = (quota, observed)
         try:
             async for frame in ws:
                 now = self._last_seen[ws] = time.monotonic()
                 self._counters.received += 1
                 verdict = quota.take()
                 if verdict is Verdict.CLOSE:
-                    await self._refuse(ws, "rate-limited", f"over {admission.rate:g} messages "
-                                       f"per second, {quota.refusals} times in a row: closing")
+                    await self._refuse(ws, "rate-limited", self._rate_text(quota, True))
                     break
                 if verdict is Verdict.REFUSE:
-                    await self._send_all(ws, [(ws, self.dispatcher.error(
-                        "rate-limited", f"over {admission.rate:g} messages per second; slow "
-                        "down", peek_type(frame) if isinstance(frame, str) else None))])
+                    await self._send_all(ws, [(ws, self._rate_error(quota, frame))])
                     continue
                 out = await self.dispatcher.receive(ws, frame, observed, now)
                 await self._send_all(ws, out)
         except Closed:
             pass
         finally:
+            self._open.pop(ws, None)
             self._last_seen.pop(ws, None)
             admission.release(ip)
             await self._disconnect(ws)
+
+    def receive_now(self, ws: ServerConnection, frame: str | bytes) -> bool:
+        """The wire layer's fast path (its handler is idle): handle ``frame`` at once
+        when nothing in it waits -- no Redis, and the client reads its replies; False:
+        the handler (:meth:`serve`) takes it. Same limits, counters and replies."""
+        entry = self._open.get(ws)
+        if entry is None or self._host.shared is not None or not ws.writable:
+            return False
+        quota, observed = entry
+        now = self._last_seen[ws] = time.monotonic()
+        self._counters.received += 1
+        verdict = quota.take()
+        if verdict is Verdict.CLOSE:
+            self._counters.closed["rate-limited"] += 1
+            logger.info("closing %s:%d: %s", *observed, self._rate_text(quota, True))
+            ws.send_nowait(self.dispatcher.error(
+                "rate-limited", self._rate_text(quota, True)).serialize())
+            ws.start_close(1008, "rate-limited")  # at once: later messages are dropped
+            return True
+        if verdict is Verdict.REFUSE:
+            out = [(ws, self._rate_error(quota, frame))]
+        else:
+            out = self.dispatcher.receive_now(ws, frame, observed, now)
+        for conn, text in self._prepare(out):
+            if conn is ws:
+                ws.send_nowait(text)  # writable: the client keeps up
+            else:
+                broadcast([conn], text)
+        return True
+
+    def _rate_text(self, quota: Quota, closing: bool) -> str:
+        rate = self._host.admission.rate
+        if closing:
+            return (f"over {rate:g} messages per second, {quota.refusals} times in a row: "
+                    "closing")
+        return f"over {rate:g} messages per second; slow down"
+
+    def _rate_error(self, quota: Quota, frame: str | bytes) -> Error:
+        return self.dispatcher.error("rate-limited", self._rate_text(quota, False),
+                                     peek_type(frame) if isinstance(frame, str) else None)
 
     def deliver(self, peer_id: PeerId, text: str) -> None:
         """A message from another node for a peer of ours."""
@@ -175,6 +224,18 @@ class Connections:
         task.add_done_callback(self._refusals.discard)
 
     async def _send_all(self, ws: ServerConnection, out: list[Any]) -> None:
+        for conn, text in self._prepare(out):
+            if conn is ws:
+                try:
+                    await ws.send(text)
+                except Closed:
+                    return
+            else:
+                broadcast([conn], text)
+
+    def _prepare(self, out: list[Any]) -> Iterator[tuple[ServerConnection, str | bytes]]:
+        """Each ``(target, message)`` as (its connection, the text to send); targets
+        without a connection here are skipped."""
         for target, message in out:
             try:
                 # Relays and notifications carry fields that passed parse_message on the
@@ -186,12 +247,6 @@ class Connections:
                 continue
             conn = target if isinstance(target, ServerConnection) \
                 else self._host.rooms.conn_of(target)
-            if conn is ws:
-                logger.debug("> %s", message)
-                try:
-                    await ws.send(text)
-                except Closed:
-                    return
-            elif isinstance(conn, ServerConnection):
+            if isinstance(conn, ServerConnection):
                 logger.debug("> %s: %s", target, message)
-                broadcast([conn], text)
+                yield conn, text

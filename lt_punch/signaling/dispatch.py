@@ -96,6 +96,20 @@ class Dispatcher:
         self._counters = counters
         self._replace = replace
 
+    def receive_now(self, ws: ServerConnection, frame: str | bytes, observed: Address,
+                    now: float) -> list[Any]:
+        """:meth:`receive` without an event loop turn, for a server without shared
+        rooms: nothing in it then waits (every ``await`` on the way is on Redis), so
+        the coroutine runs to its end in one step."""
+        assert self._host.shared is None
+        coro = self.receive(ws, frame, observed, now)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return list(done.value)
+        coro.close()
+        raise RuntimeError("Dispatcher.receive waited without shared rooms")
+
     async def receive(self, ws: ServerConnection, frame: str | bytes, observed: Address,
                       now: float = 0.0) -> list[Any]:
         """Turn one frame into ``(peer_id | ws, message)`` pairs to send."""

@@ -207,6 +207,7 @@ class SignalingServer:
             max_size=self.max_message_size * _HARD_LIMIT_FACTOR,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
+            receive_now=self._connections.receive_now,
         )
         # No compression extension is offered: small JSON, and no zip-bomb surface.
         await server.listen(self.host, self.port, ssl=self.ssl)

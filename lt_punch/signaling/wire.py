@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -121,15 +122,16 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = ("_buf", "_close_code", "_closed", "_drain", "_fragments", "_fragment_op",
-                 "_handler_task", "_opened_at", "_queue", "_reading_paused", "_server",
-                 "_state", "_timer", "_transport", "_waiter", "last_ping", "ping_sent",
-                 "remote_address", "request")
+                 "_handler_task", "_opened_at", "_out", "_queue", "_reading_paused",
+                 "_server", "_state", "_timer", "_transport", "_waiter", "last_ping",
+                 "ping_sent", "remote_address", "request")
 
     def __init__(self, server: WireServer) -> None:
         self._server = server
         self._transport: asyncio.Transport | None = None
         self._state = _CONNECTING
         self._buf = bytearray()
+        self._out: list[bytes] | None = None  # frames for the next flush
         self._queue: collections.deque[str | bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -237,7 +239,10 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._state = _OPEN
-        self.last_ping = time.monotonic()
+        # The first ping at a random point of the first interval: connections opened
+        # together (a restart, a load test) would otherwise all be pinged in one tick
+        # (1,000 sends at once stalled every relay by 20-30 ms).
+        self.last_ping = time.monotonic() - random.random() * (self._server.ping_interval or 0)
         self._server._opened(self)
         self._transport.resume_reading()
         if self._buf:
@@ -354,6 +359,9 @@ class Connection(asyncio.Protocol):
             except UnicodeDecodeError:
                 self._fail(1007, "invalid UTF-8 in a text message")
                 return
+        if self._waiter is not None and not self._queue and self._server.receive_now(
+                self, message):
+            return  # handled at once: the handler was idle, so the order is kept
         self._queue.append(message)
         if len(self._queue) >= MAX_QUEUE and not self._reading_paused:
             self._reading_paused = True
@@ -376,8 +384,7 @@ class Connection(asyncio.Protocol):
                 self._write(_OP_CLOSE, payload[:2])
             self._state = _CLOSED
             self._wake()
-            if self._transport is not None:
-                self._transport.close()
+            self._close_transport()
         else:
             self._fail(1002, f"unknown opcode {opcode}")
 
@@ -390,16 +397,14 @@ class Connection(asyncio.Protocol):
         self._state = _CLOSED
         self._buf.clear()
         self._wake()
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
 
     def _abort(self, code: int) -> None:
         if self._close_code is None:
             self._close_code = code
         self._state = _CLOSED
         self._wake()
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -433,6 +438,11 @@ class Connection(asyncio.Protocol):
         return self._state == _OPEN
 
     @property
+    def writable(self) -> bool:
+        """Open, and the client reads what it is sent (the transport is not paused)."""
+        return self._state == _OPEN and (self._drain is None or self._drain.done())
+
+    @property
     def close_code(self) -> int | None:
         """The close code once the connection closed (1006: no close frame)."""
         return self._close_code
@@ -460,28 +470,58 @@ class Connection(asyncio.Protocol):
             self.ping_sent = self.last_ping = time.monotonic()
             self._write(_OP_PING, os.urandom(4))
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close: our close frame, then wait (bounded) for the client's."""
+    def start_close(self, code: int = 1000, reason: str = "") -> None:
+        """Send our close frame now (nothing more is read or sent); the connection
+        ends with the client's close frame, or is aborted after :data:`CLOSE_TIMEOUT`."""
         if self._state == _OPEN:
             self._close_code = code
             self._write(_OP_CLOSE, code.to_bytes(2, "big") + reason.encode()[:120])
+            self._flush()
             self._state = _CLOSING
             self._wake()
+            self._timer = self._server.loop.call_later(CLOSE_TIMEOUT, self._close_timeout)
         elif self._state == _CONNECTING and self._transport is not None:
             self._state = _CLOSED
             self._transport.close()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT)
-        except TimeoutError:
-            if self._transport is not None:
-                self._transport.abort()
+
+    def _close_timeout(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close: our close frame, then wait (bounded) for the client's."""
+        self.start_close(code, reason)
+        await asyncio.shield(self._closed)
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
 
     def _write(self, opcode: int, payload: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(_header(opcode, len(payload)) + payload)
+        self._push(_header(opcode, len(payload)) + payload)
+
+    def _push(self, frame: bytes) -> None:
+        """Queue ``frame`` for this loop iteration's flush: the frames one connection
+        gets in one iteration go out in one system call (a send on loopback costs more
+        than the rest of a relay)."""
+        if self._out is None:
+            self._out = [frame]
+            self._server._dirty(self)
+        else:
+            self._out.append(frame)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, None
+        if out and self._transport is not None and not self._transport.is_closing():
+            if len(out) == 1:
+                self._transport.write(out[0])
+            else:
+                self._transport.write(b"".join(out))
+
+    def _close_transport(self) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
 
 
 def broadcast(connections: Iterable[Connection], message: str | bytes) -> None:
@@ -490,8 +530,8 @@ def broadcast(connections: Iterable[Connection], message: str | bytes) -> None:
     data = message.encode() if isinstance(message, str) else message
     frame = _header(_OP_TEXT, len(data)) + data
     for conn in connections:
-        if conn._state == _OPEN and conn._transport is not None:
-            conn._transport.write(frame)
+        if conn._state == _OPEN:
+            conn._push(frame)
 
 
 class WireServer:
@@ -500,6 +540,9 @@ class WireServer:
     Args:
         handler: runs for each websocket connection; the connection is closed (1000)
             when it returns.
+        receive_now: a message of a connection whose handler is idle (waiting for the
+            next one), before it is queued: True if it was handled then and there (no
+            task switch per message), False to queue it for the handler.
         process_request: every HTTP request first: a response answers it (and the
             connection closes), ``None`` goes on with the websocket handshake.
         max_size: the largest message, in bytes (1009 above it).
@@ -508,8 +551,11 @@ class WireServer:
 
     def __init__(self, handler: Handler, process_request: ProcessRequest, *,
                  max_size: int, ping_interval: float | None,
-                 ping_timeout: float | None) -> None:
+                 ping_timeout: float | None,
+                 receive_now: Callable[[Connection, str | bytes], bool] | None = None,
+                 ) -> None:
         self.handler = handler
+        self.receive_now = receive_now or (lambda conn, message: False)
         self.process_request = process_request
         self.max_size = max_size
         self.ping_interval = ping_interval
@@ -517,6 +563,7 @@ class WireServer:
         self.connections: set[Connection] = set()
         """The open websocket connections."""
         self._connecting: set[Connection] = set()
+        self._pending: list[Connection] = []  # with frames to flush
         self._server: asyncio.Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
@@ -535,6 +582,16 @@ class WireServer:
         self._connecting.discard(conn)
         self.connections.add(conn)
 
+    def _dirty(self, conn: Connection) -> None:
+        if not self._pending:
+            self.loop.call_soon(self._flush)
+        self._pending.append(conn)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for conn in pending:
+            conn._flush()
+
     def _forget(self, conn: Connection) -> None:
         self._connecting.discard(conn)
         self.connections.discard(conn)
@@ -543,7 +600,7 @@ class WireServer:
         assert self.ping_interval is not None
         interval = self.ping_interval
         timeout = self.ping_timeout
-        tick = min(1.0, interval / 2, timeout / 2 if timeout else 1.0)
+        tick = min(0.25, interval / 2, timeout / 2 if timeout else 0.25)
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
