@@ -211,8 +211,9 @@ class Connections:
         """Send an error with ``code``, then close the connection."""
         self._counters.closed[code] += 1
         logger.info("closing %s:%d: %s", *address_of(ws.remote_address), text)
-        with contextlib.suppress(Closed):
-            await ws.send(self.dispatcher.error(code, text).serialize())
+        # Without waiting for the client to read it: a client that does not read is
+        # one reason to close. close() is bounded.
+        ws.send_nowait(self.dispatcher.error(code, text).serialize())
         await ws.close(close_code, code)
 
     def _spawn_refusal(self, ws: ServerConnection, code: str, text: str,
@@ -242,7 +243,7 @@ class Connections:
                 # way in: skip the re-parse (a third of the relay cost at saturation).
                 text = message.encode() if isinstance(message, _TRUSTED) \
                     else message.serialize()
-            except LocalProtocolError:
+            except (LocalProtocolError, TypeError, ValueError):
                 logger.exception("not sending an invalid message to %s", target)
                 continue
             conn = target if isinstance(target, ServerConnection) \

@@ -60,11 +60,23 @@ MAX_HEAD = 16 * 1024
 OPEN_TIMEOUT = 10.0
 """Seconds for the HTTP request and handshake."""
 CLOSE_TIMEOUT = 5.0
-"""Seconds to wait for the client's close frame after ours."""
+"""Seconds to wait for the client's close frame after ours, or for the last bytes to
+drain once the TCP connection is closing; then it is aborted."""
+MAX_FRAGMENTS = 1024
+"""Frames of one fragmented message."""
+WRITE_HIGH = 64 * 1024
+"""Bytes queued for one connection in one loop iteration before they are written at
+once (so that a burst of replies meets the transport's backpressure)."""
+MAX_WRITE_BUFFER = 16 * 1024 * 1024
+"""Bytes waiting to be sent to one client: beyond, it is not reading, and it is dropped
+(relays to it never wait, so they would otherwise pile up)."""
+_CLOSE_CODES = frozenset((*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)))
+"""Close codes a client may send (RFC 6455 section 7.4)."""
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _NO_MASK = b"\x00\x00\x00\x00"
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
+_OPCODES = frozenset((_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG))
 _CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
 
 Handler = Callable[["Connection"], Awaitable[None]]
@@ -122,9 +134,10 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = ("_buf", "_close_code", "_closed", "_drain", "_fragments", "_fragment_op",
-                 "_handler_task", "_opened_at", "_out", "_queue", "_reading_paused",
-                 "_server", "_state", "_timer", "_transport", "_waiter", "last_ping",
-                 "ping_sent", "remote_address", "request")
+                 "_fragments_size", "_handler_task", "_opened_at", "_out", "_out_size", "_parsing",
+                 "_ping", "_queue", "_reading_paused", "_server", "_state", "_timer",
+                 "_transport", "_waiter", "last_ping", "ping_sent", "remote_address",
+                 "request")
 
     def __init__(self, server: WireServer) -> None:
         self._server = server
@@ -132,12 +145,16 @@ class Connection(asyncio.Protocol):
         self._state = _CONNECTING
         self._buf = bytearray()
         self._out: list[bytes] | None = None  # frames for the next flush
+        self._out_size = 0
+        self._parsing = False
+        self._ping = b""  # the payload of the keepalive ping waiting for its pong
         self._queue: collections.deque[str | bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._fragments: list[bytes] | None = None
         self._fragment_op = 0
+        self._fragments_size = 0
         self._closed: asyncio.Future[None] = server.loop.create_future()
         self._close_code: int | None = None
         self._handler_task: asyncio.Task[None] | None = None
@@ -247,7 +264,11 @@ class Connection(asyncio.Protocol):
         self._transport.resume_reading()
         if self._buf:
             self._frames()
-        await self._server.handler(self)
+        try:
+            await self._server.handler(self)
+        except Exception:
+            logger.exception("connection handler failed for %s", self.remote_address)
+            self._fail(1011, "internal error")
         if self._state == _OPEN:
             await self.close(1000)
 
@@ -276,7 +297,7 @@ class Connection(asyncio.Protocol):
         self._close_code = 1006
         if self._transport is not None:
             self._transport.write(response.serialize())
-            self._transport.close()
+            self._close_transport()
 
     def _open_timeout(self) -> None:
         self._timer = None
@@ -286,11 +307,20 @@ class Connection(asyncio.Protocol):
     # --- frames in --------------------------------------------------------------------
 
     def _frames(self) -> None:
+        if self._parsing:
+            return  # re-entered (a close resumed reading): the running loop goes on
+        self._parsing = True
+        try:
+            self._parse()
+        finally:
+            self._parsing = False
+
+    def _parse(self) -> None:
         buf = self._buf
         size = len(buf)
         pos = 0
         limit = self._server.max_size
-        while size - pos >= 2 and self._state != _CLOSED:
+        while size - pos >= 2 and self._state != _CLOSED and not self._reading_paused:
             b0, b1 = buf[pos], buf[pos + 1]
             opcode = b0 & 0x0F
             length = b1 & 0x7F
@@ -305,14 +335,14 @@ class Connection(asyncio.Protocol):
                     break
                 length = int.from_bytes(buf[head:head + 8], "big")
                 head += 8
-            if b0 & 0x70 or not b1 & 0x80:
-                self._fail(1002, "reserved bits set" if b0 & 0x70 else "unmasked frame")
+            if b0 & 0x70 or not b1 & 0x80 or length >> 63 or opcode not in _OPCODES:
+                self._fail(1002, "unmasked frame" if not b1 & 0x80 else "bad frame header")
                 return
             if opcode >= 8:
                 if not b0 & 0x80 or length > 125:
                     self._fail(1002, "fragmented or long control frame")
                     return
-            elif length + sum(map(len, self._fragments or ())) > limit:
+            elif length + self._fragments_size > limit:
                 self._fail(1009, f"message over {limit} bytes")
                 return
             end = head + 4 + length
@@ -336,18 +366,22 @@ class Connection(asyncio.Protocol):
                 self._fail(1002, "continuation without a first fragment")
                 return
             self._fragments.append(payload)
+            self._fragments_size += len(payload)
             if not fin:
+                if len(self._fragments) >= MAX_FRAGMENTS:
+                    self._fail(1009, f"message in over {MAX_FRAGMENTS} fragments")
                 return
             payload, opcode = b"".join(self._fragments), self._fragment_op
-            self._fragments = None
+            self._fragments, self._fragments_size = None, 0
         elif opcode in (_OP_TEXT, _OP_BINARY):
             if self._fragments is not None:
                 self._fail(1002, "new message inside a fragmented one")
                 return
             if not fin:
                 self._fragments, self._fragment_op = [payload], opcode
+                self._fragments_size = len(payload)
                 return
-        else:
+        else:  # pragma: no cover - _frames refuses other opcodes
             self._fail(1002, f"unknown opcode {opcode}")
             return
         if self._state != _OPEN:
@@ -359,9 +393,14 @@ class Connection(asyncio.Protocol):
             except UnicodeDecodeError:
                 self._fail(1007, "invalid UTF-8 in a text message")
                 return
-        if self._waiter is not None and not self._queue and self._server.receive_now(
-                self, message):
-            return  # handled at once: the handler was idle, so the order is kept
+        if self._waiter is not None and not self._queue:
+            try:
+                if self._server.receive_now(self, message):
+                    return  # handled at once: the handler was idle, so the order is kept
+            except Exception:
+                logger.exception("failed to handle a message from %s", self.remote_address)
+                self._fail(1011, "internal error")
+                return
         self._queue.append(message)
         if len(self._queue) >= MAX_QUEUE and not self._reading_paused:
             self._reading_paused = True
@@ -371,13 +410,27 @@ class Connection(asyncio.Protocol):
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == _OP_PING:
-            self._write(_OP_PONG, payload)
+            # Not while the client leaves our writes unread (nor after our close).
+            if self._state == _OPEN and self.writable:
+                self._write(_OP_PONG, payload)
         elif opcode == _OP_PONG:
-            self.ping_sent = None
-        elif opcode == _OP_CLOSE:
+            if self.ping_sent is not None and payload == self._ping:
+                self.ping_sent = None
+        else:  # close
             code = 1005
+            if len(payload) == 1:
+                self._fail(1002, "close frame of one byte")
+                return
             if len(payload) >= 2:
                 code = int.from_bytes(payload[:2], "big")
+                if code not in _CLOSE_CODES:
+                    self._fail(1002, f"close code {code}")
+                    return
+                try:
+                    payload[2:].decode("utf-8")
+                except UnicodeDecodeError:
+                    self._fail(1007, "close reason not UTF-8")
+                    return
             if self._state == _OPEN:
                 # Their close first: echo the code, then we close the TCP connection.
                 self._close_code = code
@@ -385,8 +438,6 @@ class Connection(asyncio.Protocol):
             self._state = _CLOSED
             self._wake()
             self._close_transport()
-        else:
-            self._fail(1002, f"unknown opcode {opcode}")
 
     def _fail(self, code: int, reason: str) -> None:
         """A protocol error: close with ``code`` and stop reading."""
@@ -426,11 +477,15 @@ class Connection(asyncio.Protocol):
             finally:
                 self._waiter = None
         message = self._queue.popleft()
-        if self._reading_paused and len(self._queue) < MAX_QUEUE // 2 \
-                and self._transport is not None and self._state == _OPEN:
-            self._reading_paused = False
-            self._transport.resume_reading()
+        if self._reading_paused and len(self._queue) < MAX_QUEUE // 2:
+            self._resume_reading()
         return message
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        if self._state in (_OPEN, _CLOSING) and self._transport is not None:
+            self._transport.resume_reading()
+            self._frames()  # what was read before the pause
 
     @property
     def open(self) -> bool:
@@ -465,10 +520,11 @@ class Connection(asyncio.Protocol):
             await drain
 
     def ping(self) -> None:
-        """Send a keepalive ping (the pong clears :attr:`ping_sent`)."""
+        """Send a keepalive ping (its pong clears :attr:`ping_sent`)."""
         if self._state == _OPEN:
             self.ping_sent = self.last_ping = time.monotonic()
-            self._write(_OP_PING, os.urandom(4))
+            self._ping = os.urandom(4)
+            self._write(_OP_PING, self._ping)
 
     def start_close(self, code: int = 1000, reason: str = "") -> None:
         """Send our close frame now (nothing more is read or sent); the connection
@@ -479,10 +535,19 @@ class Connection(asyncio.Protocol):
             self._flush()
             self._state = _CLOSING
             self._wake()
-            self._timer = self._server.loop.call_later(CLOSE_TIMEOUT, self._close_timeout)
-        elif self._state == _CONNECTING and self._transport is not None:
+            self._deadline()
+            if self._reading_paused:  # the client's close frame must be read
+                self._resume_reading()
+        elif self._state == _CONNECTING:
             self._state = _CLOSED
-            self._transport.close()
+            self._close_transport()
+
+    def _deadline(self) -> None:
+        """Abort the connection if it has not ended in :data:`CLOSE_TIMEOUT` (a client
+        that neither answers our close nor reads what is left to send)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._server.loop.call_later(CLOSE_TIMEOUT, self._close_timeout)
 
     def _close_timeout(self) -> None:
         self._timer = None
@@ -503,25 +568,39 @@ class Connection(asyncio.Protocol):
     def _push(self, frame: bytes) -> None:
         """Queue ``frame`` for this loop iteration's flush: the frames one connection
         gets in one iteration go out in one system call (a send on loopback costs more
-        than the rest of a relay)."""
+        than the rest of a relay). Past :data:`WRITE_HIGH` they are written at once,
+        so that the transport's backpressure (:attr:`writable`) sees them."""
         if self._out is None:
             self._out = [frame]
+            self._out_size = len(frame)
             self._server._dirty(self)
         else:
             self._out.append(frame)
+            self._out_size += len(frame)
+        if self._out_size > WRITE_HIGH:
+            self._flush()
 
     def _flush(self) -> None:
         out, self._out = self._out, None
-        if out and self._transport is not None and not self._transport.is_closing():
-            if len(out) == 1:
-                self._transport.write(out[0])
-            else:
-                self._transport.write(b"".join(out))
+        transport = self._transport
+        if not out or transport is None or transport.is_closing():
+            return
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            logger.info("dropping %s: %d bytes unread", self.remote_address,
+                        transport.get_write_buffer_size())
+            self._close_code = 1006
+            self._state = _CLOSED
+            self._wake()
+            transport.abort()
 
     def _close_transport(self) -> None:
+        """Flush and close the TCP connection; abort it if it has not ended in
+        :data:`CLOSE_TIMEOUT` (a client that does not read what is left)."""
         self._flush()
-        if self._transport is not None:
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+        self._deadline()
 
 
 def broadcast(connections: Iterable[Connection], message: str | bytes) -> None:
@@ -608,12 +687,13 @@ class WireServer:
                 if conn.ping_sent is not None:
                     if timeout is not None and now - conn.ping_sent >= timeout:
                         conn.ping_sent = None
-                        conn._fail(1011, "keepalive ping timeout")
+                        conn._fail(1011, "keepalive ping timeout")  # aborts if unread
                 elif now - conn.last_ping >= interval:
                     conn.ping()
 
     async def close(self) -> None:
-        """Stop listening; close every connection (1001) and wait for their handlers."""
+        """Stop listening; close every connection (1001) and wait for their handlers
+        (cancelled after :data:`CLOSE_TIMEOUT`)."""
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -621,15 +701,21 @@ class WireServer:
             self._keepalive = None
         if self._server is not None:
             self._server.close()
-        for conn in list(self._connecting):
+        connecting = list(self._connecting)
+        for conn in connecting:
             if conn._transport is not None:
                 conn._transport.abort()
         conns = list(self.connections)
         await asyncio.gather(*(c.close(1001, "server shutting down") for c in conns),
                              return_exceptions=True)
-        tasks = [c._handler_task for c in conns if c._handler_task is not None]
+        tasks = [c._handler_task for c in (*connecting, *conns)
+                 if c._handler_task is not None and not c._handler_task.done()]
         if tasks:
-            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+            _, late = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -128,6 +129,12 @@ async def test_fragments_are_joined_and_pings_answered_between_them(
 
 @pytest.mark.parametrize(("frames", "code"), [
     ([dict(opcode=1, payload=PING, masked=False)], 1002),  # clients must mask
+    ([dict(opcode=8, payload=b"\x03")], 1002),  # a close frame of one byte
+    ([dict(opcode=8, payload=(1005).to_bytes(2, "big"))], 1002),  # never on the wire
+    ([dict(opcode=8, payload=(999).to_bytes(2, "big"))], 1002),
+    ([dict(opcode=8, payload=(1000).to_bytes(2, "big") + b"\xff")], 1007),
+    ([dict(opcode=1, payload=b"", fin=False)]
+     + [dict(opcode=0, payload=b"", fin=False)] * (wire.MAX_FRAGMENTS + 1), 1009),
     ([dict(opcode=1, payload=b'"\xff\xfe"')], 1007),  # not UTF-8
     ([dict(opcode=0, payload=PING)], 1002),  # a continuation of nothing
     ([dict(opcode=1, payload=PING, fin=False), dict(opcode=1, payload=PING)], 1002),
@@ -219,3 +226,50 @@ async def test_server_close_sends_going_away() -> None:
     raw.close()
     async with asyncio.timeout(WAIT):
         await closing
+
+
+async def test_a_lone_surrogate_is_refused_and_the_connection_kept(
+        server: SignalingServer) -> None:
+    raw, _ = await Raw.open(server)
+    raw.frame(1, b'{"v":1,"type":"ping","id":"\\ud800"}')
+    opcode, payload = await raw.read()
+    assert _json(payload)["code"] == "bad-json"
+    raw.frame(1, PING)
+    assert _json((await raw.read())[1])["type"] == "pong"
+    raw.close()
+
+
+async def test_keepalive_is_not_fooled_by_an_unsolicited_pong() -> None:
+    async with SignalingServer(dht_port=None, ping_interval=0.2, ping_timeout=0.5) as srv:
+        raw, _ = await Raw.open(srv)
+        assert (await raw.read())[0] == 9  # a ping, left unanswered
+        raw.frame(10, b"not your ping")
+        assert await raw.close_code() == 1011
+        raw.close()
+
+
+async def test_a_client_that_stops_reading_is_dropped(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    monkeypatch.setattr(wire, "CLOSE_TIMEOUT", 0.5)
+    async with SignalingServer(dht_port=None, ping_interval=0.2, ping_timeout=0.3,
+                               rate=1e6, burst=1e6) as srv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, limit=1024)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw = Raw(reader, writer)
+        key = base64.b64encode(os.urandom(16))
+        writer.write(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n")
+        async with asyncio.timeout(WAIT):
+            await reader.readuntil(b"\r\n\r\n")
+        # WebTorrent scrapes of 64 torrents: ~5 KB of reply each, 12 MB in all, more
+        # than the kernel's socket buffers hold, never read.
+        asked = json.dumps({"action": "scrape",
+                            "info_hash": [f"{i:020d}" for i in range(64)]}).encode()
+        for _ in range(2500):
+            raw.frame(1, asked)
+        # Its replies and the close frame stay unread: the server aborts it.
+        async with asyncio.timeout(WAIT):
+            while srv.stats()["connections"]:  # noqa: ASYNC110 (no event to await)
+                await asyncio.sleep(0.05)
+        writer.close()

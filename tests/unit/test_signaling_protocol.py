@@ -513,3 +513,16 @@ def test_joined_with_too_many_peers_is_rejected() -> None:
     peers = [{"peer_id": f"p{i}", "metadata": {}} for i in range(p.MAX_JOINED_PEERS + 1)]
     with pytest.raises(p.MessageError, match="more than 200 entries"):
         p.parse_message(_msg(type="joined", room=IH1, peers=peers))
+
+
+def test_integers_beyond_64_bits_are_kept_exact() -> None:
+    big = 123456789012345678901234567890
+    obj, _ = p.decode_frame(f'{{"v":1,"data":{{"n":{big}}}}}', max_size=1000)
+    assert obj["data"]["n"] == big
+
+
+def test_lone_surrogates_are_refused() -> None:
+    for text in ('{"id":"\\ud800"}', '{"id":"\\ud800","n":12345678901234567890123}'):
+        with pytest.raises(p.MessageError) as info:
+            p.decode_frame(text, max_size=1000)
+        assert info.value.code == "bad-json"
