@@ -20,6 +20,7 @@ the tracker and the lab's coturn as STUN (``benchmarks/webrtc_peer.py``), measur
 same way (session start -> first connected peer, spawn -> peer, done).
 
     sudo .venv/bin/python benchmarks/first_peer.py --runs 6 [--pair port/port]... [--magnet]
+    sudo .venv/bin/python benchmarks/first_peer.py --runs 4 --turn --pair port/symmetric
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from lt_punch.errors import ConfigError, LabError, LtTimeoutError
 from lt_punch.netlab import NatLab, lab_unavailable_reason
 from lt_punch.netlab.scenario import (
     SIGNAL_PORT,
+    TURN_PASSWORD,
+    TURN_USER,
     make_payload,
     nat_pairs,
     read_events,
@@ -115,20 +118,27 @@ def webrtc_run(lab: NatLab, stun: tuple[str, int], base: Path, torrent: Path) ->
 
 
 def one_run(lab: NatLab, stun: tuple[str, int], url: str, base: Path, torrent: Path,
-            sha: str, initiator: str, magnet: bool = False) -> dict[str, Any]:
+            sha: str, initiator: str, magnet: bool = False,
+            turn: tuple[str, int] | None = None) -> dict[str, Any]:
     # Same-kind pairs: the lower peer id initiates.
     ids = {"seed": "a-seed", "leech": "b-leech"} if initiator == "seed" else \
           {"seed": "b-seed", "leech": "a-leech"}
     extra = ["--udp-port", str(SIGNAL_PORT), "--timeout", "60"]
+    env = None
+    if turn is not None:  # both sides: every method, the relay last
+        extra += ["--methods", "utp,tcp,predict,relay", "--turn", f"{turn[0]}:{turn[1]}",
+                  "--turn-user", TURN_USER]
+        env = {**os.environ, "LTP_TURN_PASSWORD": TURN_PASSWORD}
     seed = start_agent(lab, "s", "seed", url=url, stun=stun, torrent=torrent,
-                       save=torrent.parent / "seed", peer_id=ids["seed"], extra=extra)
+                       save=torrent.parent / "seed", peer_id=ids["seed"], extra=extra,
+                       env=env)
     events: list[dict[str, Any]] = []
     try:
         read_events(seed, "ready", 30.0, [])
         spawned = time.monotonic()
         leech = start_agent(lab, "l", "leech", url=url, stun=stun, torrent=torrent,
                             save=base / f"leech-{time.monotonic_ns()}", peer_id=ids["leech"],
-                            extra=[*extra, *(["--magnet"] if magnet else [])])
+                            extra=[*extra, *(["--magnet"] if magnet else [])], env=env)
         try:
             ready = read_events(leech, "ready", 30.0, events)
             first = read_events(leech, ("peer-connected", "punch-failed"), 30.0, events)
@@ -180,6 +190,9 @@ def main() -> int:
                         help="also measure libtorrent's WebRTC path (bittorrent-tracker)")
     parser.add_argument("--magnet", action="store_true",
                         help="the leech adds a magnet link (metadata from the seed)")
+    parser.add_argument("--turn", action="store_true",
+                        help="both sides have the lab's TURN server and all four methods "
+                             "(port prediction, the relay): every pair connects")
     args = parser.parse_args()
     reason = lab_unavailable_reason()
     if reason:
@@ -205,11 +218,13 @@ def main() -> int:
             url = f"ws://{lab.server_ips[0]}:{SIGNAL_PORT}"
             if args.webrtc:
                 start_tracker(lab)
+            turn = lab.start_turn(users=[f"{TURN_USER}:{TURN_PASSWORD}"]) if args.turn \
+                else None
             for run in range(args.runs):
                 initiator = ("seed", "leech")[run % 2]
                 try:
                     rows.append(one_run(lab, stun, url, base, torrent, sha, initiator,
-                                        args.magnet))
+                                        args.magnet, turn))
                 except (LabError, LtTimeoutError) as exc:
                     failures.append(f"{initiator} initiates: {exc}")
                 if args.webrtc:

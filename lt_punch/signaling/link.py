@@ -104,6 +104,8 @@ class Link:
         self._reader: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
+        self._stopped: set[asyncio.Task[None]] = set()
+        """Keep-alive tasks cancelled when their connection was lost, not yet ended."""
         self._lost_reason = ""
         self._replaced = False
         self._attempt = 0  # of the reconnection under way
@@ -134,7 +136,7 @@ class Link:
         """Close the connection and stop every task; no reconnection after it (idempotent)."""
         self.closing = True
         self._host.state = "closed"
-        tasks = [t for t in (self._supervisor, self._pinger) if t is not None]
+        tasks = [t for t in (self._supervisor, self._pinger, *self._stopped) if t is not None]
         self._supervisor = self._pinger = None
         current = asyncio.current_task()
         for task in tasks:
@@ -373,7 +375,9 @@ class Link:
         """The reader of ``ws`` stopped."""
         host = self._host
         if ws is self.ws and self._pinger is not None:
-            self._pinger.cancel()
+            self._pinger.cancel()  # close() still waits for it to end
+            self._stopped.add(self._pinger)
+            self._pinger.add_done_callback(self._stopped.discard)
             self._pinger = None
         if not host.reconnect:
             if not self.closing:

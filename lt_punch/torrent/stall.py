@@ -14,8 +14,9 @@ is the time :data:`BLOCKS` blocks take at the connection's own recent rate, clam
 to [:data:`STALL_MIN`, :data:`STALL_MAX`]; :data:`STALL_UNKNOWN` before its first
 block. A slow but moving peer is never stalled: bytes arriving at a pace that would
 complete a block within :data:`STALL_MAX` (0.8 KB/s) give it that long. The floor
-is 5 s, not less: TCP under heavy loss backs off for seconds (0.2, 0.4, 0.8, 1.6 s
-...) and then goes on, and closing it costs a new connection.
+is 5 s, not less, for TCP: under heavy loss it backs off for seconds (0.2, 0.4, 0.8,
+1.6 s ...) and then goes on, and closing it costs a new connection. uTP gets 3 s
+(:data:`UTP_STALL_MIN`, :data:`UTP_STALL_UNKNOWN`): libtorrent's uTP does not go on.
 
 Recovery (:class:`PeerWatch`): the connection is closed and dialled again on the
 other transport (TCP for a uTP connection and the reverse), a punched one punched
@@ -59,6 +60,13 @@ STALL_MAX = 20.0
 STALL_UNKNOWN = 10.0
 """Seconds: the limit for a connection that has not delivered a whole block yet (a
 punched uTP path under 10% loss delivered a few bytes in 20 s: frozen, not slow)."""
+
+UTP_STALL_MIN = 3.0
+UTP_STALL_UNKNOWN = 5.0
+"""The same floors for uTP, lower: libtorrent's uTP freezes under random loss where
+TCP backs off and goes on (two stock sessions on a lossy loopback, 10% of the packets
+dropped: uTP 0.24 MB/s, TCP 7 MB/s; benchmarks/utp_loss.py), and a healthy uTP
+connection with requests out never paused 3 s (Transmission, the lab)."""
 
 TICK = 0.25
 """Seconds between two looks at the peers of the torrents (new connections show in
@@ -123,12 +131,13 @@ class StallDetector:
     tracks: dict[tuple[str, Address, str], _Track] = field(default_factory=dict)
 
     @staticmethod
-    def limit(rate: float | None) -> float:
+    def limit(rate: float | None, transport: str = "tcp") -> float:
         """Seconds a waiting connection with this recent rate (B/s) may go without a
         block."""
+        utp = transport == "utp"
         if not rate:
-            return STALL_UNKNOWN
-        return min(STALL_MAX, max(STALL_MIN, BLOCKS * BLOCK / rate))
+            return UTP_STALL_UNKNOWN if utp else STALL_UNKNOWN
+        return min(STALL_MAX, max(UTP_STALL_MIN if utp else STALL_MIN, BLOCKS * BLOCK / rate))
 
     def observe(self, now: float, infohash: str, samples: Iterable[PeerSample]) -> list[Stall]:
         """Update with the current connections of one torrent; returns the stalled ones
@@ -157,7 +166,7 @@ class StallDetector:
             # Bytes coming at a pace that completes a block within STALL_MAX: slow, not
             # stalled (a rate-capped peer), whatever its earlier rate.
             moving = got > 0 and waited > 0 and got / waited * STALL_MAX >= BLOCK
-            limit = STALL_MAX if moving else self.limit(track.rate)
+            limit = STALL_MAX if moving else self.limit(track.rate, s.transport)
             if waited >= limit:
                 stalls.append(Stall(s, waited, limit))
                 del self.tracks[key]

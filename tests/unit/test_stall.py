@@ -10,6 +10,8 @@ from lt_punch.torrent.stall import (
     STALL_MAX,
     STALL_MIN,
     STALL_UNKNOWN,
+    UTP_STALL_MIN,
+    UTP_STALL_UNKNOWN,
     PeerSample,
     StallDetector,
 )
@@ -19,7 +21,7 @@ EP = ("10.0.0.2", 6881)
 
 
 def peer(received: int, *, requests: int = 16, choked: bool = False,
-         transport: str = "utp", endpoint: tuple[str, int] = EP) -> PeerSample:
+         transport: str = "tcp", endpoint: tuple[str, int] = EP) -> PeerSample:
     return PeerSample(endpoint, transport, True, received, requests, choked)
 
 
@@ -90,7 +92,8 @@ def test_a_stall_is_reported_once_then_the_clock_starts_over() -> None:
 def test_transports_and_torrents_are_tracked_apart() -> None:
     d = StallDetector()
     # A uTP connection that stalls and a TCP one to the same endpoint that moves.
-    timeline = [(float(t), [peer(0), peer(t * BLOCK, transport="tcp")]) for t in range(12)]
+    timeline = [(float(t), [peer(0, transport="utp"), peer(t * BLOCK, transport="tcp")])
+                for t in range(8)]
     found = [s for t, ps in timeline for s in d.observe(t, IH, ps)]
     assert [s.sample.transport for s in found] == ["utp"]
     d.forget(IH)
@@ -143,3 +146,15 @@ def test_recovery_alternates_transports_and_is_bounded() -> None:
         assert len(dials) == MAX_RECOVERIES and events[-1].redial is None  # type: ignore[attr-defined]
 
     asyncio.run(main())
+
+
+def test_utp_has_lower_floors() -> None:
+    # libtorrent's uTP freezes under loss where TCP backs off and resumes
+    # (benchmarks/utp_loss.py): it is given less time.
+    assert StallDetector.limit(None, "utp") == UTP_STALL_UNKNOWN < STALL_UNKNOWN
+    assert StallDetector.limit(100e6, "utp") == UTP_STALL_MIN < STALL_MIN
+    assert StallDetector.limit(10.0, "utp") == STALL_MAX
+    d = StallDetector()
+    timeline = [(0.0, [peer(0, transport="utp")]), (1.0, [peer(19_000_000, transport="utp")])]
+    timeline += [(1.0 + t / 2, [peer(19_000_000, transport="utp")]) for t in range(1, 20)]
+    assert run(d, timeline)[0] == 1.0 + UTP_STALL_MIN
