@@ -13,8 +13,6 @@ the others -- its buffer grows until the websocket keepalive drops it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -70,7 +68,6 @@ class Connections:
         """Turns each frame into the messages to send."""
         self._last_seen: dict[ServerConnection, float] = {}
         self._open: dict[ServerConnection, tuple[Quota, Address]] = {}
-        self._refusals: set[asyncio.Task[None]] = set()
 
     async def serve(self, ws: ServerConnection) -> None:
         """Serve ``ws`` until it closes (the handler given to websockets' ``serve``)."""
@@ -81,7 +78,7 @@ class Connections:
         logger.debug("connection from %s:%d", *observed)
         quota = admission.admit(ip)
         if quota is None:
-            await self._refuse(ws, "too-many-connections", f"more than "
+            self._refuse(ws, "too-many-connections", f"more than "
                                f"{admission.max_connections_per_address} connections from {ip}")
             return
         self._last_seen[ws] = time.monotonic()
@@ -92,7 +89,7 @@ class Connections:
                 self._counters.received += 1
                 verdict = quota.take()
                 if verdict is Verdict.CLOSE:
-                    await self._refuse(ws, "rate-limited", self._rate_text(quota, True))
+                    self._refuse(ws, "rate-limited", self._rate_text(quota, True))
                     break
                 if verdict is Verdict.REFUSE:
                     await self._send_all(ws, [(ws, self._rate_error(quota, frame))])
@@ -119,11 +116,7 @@ class Connections:
         self._counters.received += 1
         verdict = quota.take()
         if verdict is Verdict.CLOSE:
-            self._counters.closed["rate-limited"] += 1
-            logger.info("closing %s:%d: %s", *observed, self._rate_text(quota, True))
-            ws.send_nowait(self.dispatcher.error(
-                "rate-limited", self._rate_text(quota, True)).serialize())
-            ws.start_close(1008, "rate-limited")  # at once: later messages are dropped
+            self._refuse(ws, "rate-limited", self._rate_text(quota, True))
             return True
         if verdict is Verdict.REFUSE:
             out = [(ws, self._rate_error(quota, frame))]
@@ -167,20 +160,13 @@ class Connections:
 
     def replace(self, ws: ServerConnection, text: str) -> None:
         """Close ``ws``: its peer id registered again (resumed) on another connection."""
-        self._spawn_refusal(ws, "replaced", text, REPLACED_CLOSE_CODE)
+        self._refuse(ws, "replaced", text, REPLACED_CLOSE_CODE)
 
     def close_idle(self, now: float, timeout: float) -> None:
         """Close the connections that sent nothing for ``timeout`` seconds."""
         stale = [ws for ws, seen in self._last_seen.items() if now - seen >= timeout]
         for ws in stale:
-            self._spawn_refusal(ws, "idle-timeout", f"no message for {timeout:g} s", 1000)
-
-    async def close(self) -> None:
-        """Stop the refusals under way (the server closes the connections themselves)."""
-        for task in list(self._refusals):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._refuse(ws, "idle-timeout", f"no message for {timeout:g} s", 1000)
 
     async def _disconnect(self, ws: ServerConnection) -> None:
         """``ws`` closed: its peer leaves its rooms, here and on the other nodes."""
@@ -206,23 +192,17 @@ class Connections:
             except (RedisError, OSError) as exc:
                 logger.warning("cannot release %s in Redis: %s", peer, exc)
 
-    async def _refuse(self, ws: ServerConnection, code: str, text: str,
-                      close_code: int = 1008) -> None:
-        """Send an error with ``code``, then close the connection."""
+    def _refuse(self, ws: ServerConnection, code: str, text: str,
+                close_code: int = 1008) -> None:
+        """Send an error with ``code`` and start closing the connection: nothing more
+        is read from it or sent to it, and the wire layer bounds the close."""
+        self._last_seen.pop(ws, None)  # once
         self._counters.closed[code] += 1
         logger.info("closing %s:%d: %s", *address_of(ws.remote_address), text)
         # Without waiting for the client to read it: a client that does not read is
-        # one reason to close. close() is bounded.
+        # one reason to close.
         ws.send_nowait(self.dispatcher.error(code, text).serialize())
-        await ws.close(close_code, code)
-
-    def _spawn_refusal(self, ws: ServerConnection, code: str, text: str,
-                       close_code: int) -> None:
-        self._last_seen.pop(ws, None)  # once
-        task = asyncio.get_running_loop().create_task(
-            self._refuse(ws, code, text, close_code))
-        self._refusals.add(task)
-        task.add_done_callback(self._refusals.discard)
+        ws.start_close(close_code, code)
 
     async def _send_all(self, ws: ServerConnection, out: list[Any]) -> None:
         for conn, text in self._prepare(out):

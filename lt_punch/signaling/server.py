@@ -246,7 +246,6 @@ class SignalingServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._cleaner = self._freezer = None
-        await self._connections.close()
         if self._udp is not None:
             self._udp.close()
             self._udp = None

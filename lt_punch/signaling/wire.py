@@ -134,7 +134,7 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = ("_buf", "_close_code", "_closed", "_drain", "_fragments", "_fragment_op",
-                 "_fragments_size", "_handler_task", "_opened_at", "_out", "_out_size", "_parsing",
+                 "_fragments_size", "_handler_task", "_out", "_out_size", "_parsing",
                  "_ping", "_queue", "_reading_paused", "_server", "_state", "_timer",
                  "_transport", "_waiter", "last_ping", "ping_sent", "remote_address",
                  "request")
@@ -159,7 +159,6 @@ class Connection(asyncio.Protocol):
         self._close_code: int | None = None
         self._handler_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._opened_at = 0.0
         self.remote_address: Any = None
         """The client's address as the socket reports it: ``(host, port, ...)``."""
         self.request: Request | None = None
@@ -173,7 +172,6 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.remote_address = transport.get_extra_info("peername")
-        self._opened_at = time.monotonic()
         self._server._connecting.add(self)
         self._timer = self._server.loop.call_later(OPEN_TIMEOUT, self._open_timeout)
 
