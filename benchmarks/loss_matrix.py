@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 
+from lt_punch.config import Config
 from lt_punch.errors import ConfigError
 from lt_punch.netlab import NatLab, lab_unavailable_reason
 from lt_punch.netlab.scenario import nat_pairs, run_pair
@@ -31,9 +32,14 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=30.0)
     parser.add_argument("--pair", action="append", default=[], metavar="KIND/KIND")
     parser.add_argument("--turn", action="store_true",
-                        help="the seed side has the lab's TURN server (methods utp, tcp, "
-                             "relay): the relay is the way out for pairs without TCP")
+                        help="the seed side has the lab's TURN server (and the relay "
+                             "method): the way out for pairs without TCP")
+    parser.add_argument("--methods", default=None, metavar="M,M",
+                        help="punch methods in order (default: the library's, "
+                             "tcp,utp,predict, and relay with --turn)")
     args = parser.parse_args()
+    order = (tuple(args.methods.split(",")) if args.methods
+             else tuple(m for m in Config().methods if args.turn or m != "relay"))
     reason = lab_unavailable_reason()
     if reason:
         print(f"lab unavailable: {reason}", file=sys.stderr)
@@ -43,7 +49,8 @@ def main() -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     tmp = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    print(f"{args.loss}% loss on both sides, {args.size_mb} MB, deadline {args.deadline:g} s")
+    print(f"{args.loss}% loss on both sides, {args.size_mb} MB, deadline {args.deadline:g} s, "
+          f"methods {','.join(order)}")
     print(f"{'pair':22} {'in time':>8} {'median':>7}  methods, stalls")
     started = time.monotonic()
     for a, b in pairs:
@@ -55,7 +62,7 @@ def main() -> int:
             for _ in range(args.runs):
                 r = run_pair(lab, seed_side="s", leech_side="l", size=args.size_mb << 20,
                              timeout=args.deadline + 10, tmp_root=tmp,
-                             methods=("utp", "tcp", "relay") if args.turn else ("utp", "tcp"),
+                             methods=order,
                              turn=["s"] if args.turn else ())
                 stalls += sum(e.get("event") == "peer-stalled" for e in r.leech_events)
                 ready = next((e["t"] for e in r.leech_events if e.get("event") == "ready"),

@@ -28,7 +28,8 @@ import uuid
 INSIDE = "--inside"
 
 
-def inside(transport: str, loss: int, size_mb: int, seconds: float, rate: int) -> None:
+def inside(transport: str, loss: int, size_mb: int, seconds: float, rate: int,
+           extra: dict[str, object]) -> None:
     import libtorrent as lt
 
     tmp = tempfile.mkdtemp(prefix="utp-loss-", dir="/dev/shm")
@@ -44,7 +45,7 @@ def inside(transport: str, loss: int, size_mb: int, seconds: float, rate: int) -
             "enable_natpmp": False, "allow_multiple_connections_per_ip": True,
             "min_reconnect_time": 1, "enable_outgoing_tcp": not utp,
             "enable_incoming_tcp": not utp, "enable_outgoing_utp": utp,
-            "enable_incoming_utp": utp}
+            "enable_incoming_utp": utp, **extra}
     seed = lt.session({**base, "listen_interfaces": "127.0.0.1:6881"})
     leech = lt.session({**base, "listen_interfaces": "127.0.0.1:6882"})
     s = seed.add_torrent(_params(lt, info, tmp))
@@ -86,6 +87,24 @@ def _params(lt, info, save_path):  # type: ignore[no-untyped-def]
     return atp
 
 
+def _settings(pairs: list[str]) -> dict[str, object]:
+    """``NAME=VALUE`` pairs as libtorrent settings: integers, true/false, else strings."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set wants NAME=VALUE, got {pair!r}")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            out[name] = lowered == "true"
+        else:
+            try:
+                out[name] = int(value)
+            except ValueError:
+                out[name] = value
+    return out
+
+
 def one(transport: str, args: argparse.Namespace) -> dict[str, object]:
     ns = f"ltp-utploss-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -93,7 +112,8 @@ def one(transport: str, args: argparse.Namespace) -> dict[str, object]:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up", "mtu", "1500"], check=True)
         out = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, "-W", "ignore", __file__, INSIDE, transport,
-             str(args.loss), str(args.size_mb), str(args.seconds), str(args.rate)],
+             str(args.loss), str(args.size_mb), str(args.seconds), str(args.rate),
+             json.dumps(_settings(args.set))],
             capture_output=True, text=True, timeout=120, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
     finally:
@@ -102,8 +122,8 @@ def one(transport: str, args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == INSIDE:
-        transport, loss, size, seconds, rate = sys.argv[2:7]
-        inside(transport, int(loss), int(size), float(seconds), int(rate))
+        transport, loss, size, seconds, rate, extra = sys.argv[2:8]
+        inside(transport, int(loss), int(size), float(seconds), int(rate), json.loads(extra))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -113,11 +133,21 @@ def main() -> int:
                         help="how long the loss lasts before the run ends")
     parser.add_argument("--rate", type=int, default=8_000_000,
                         help="the seed's upload limit, bytes/s (0: none)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a libtorrent setting for both sessions (integers and "
+                             "true/false), e.g. utp_num_resends=10; repeatable")
+    parser.add_argument("--transport", action="append", choices=("utp", "tcp"),
+                        help="run only this transport (repeatable; default both)")
     args = parser.parse_args()
+    try:
+        _settings(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
     if os.geteuid() != 0:
         print("needs root (network namespaces, nftables)", file=sys.stderr)
         return 2
-    results: dict[str, list[dict[str, object]]] = {"utp": [], "tcp": []}
+    results: dict[str, list[dict[str, object]]] = {
+        t: [] for t in (args.transport or ("utp", "tcp"))}
     for run in range(1, args.runs + 1):
         for transport in results:
             r = one(transport, args)
@@ -126,7 +156,8 @@ def main() -> int:
                   f"{r['seconds']:5.1f} s of {args.loss}% loss"
                   + (" (finished)" if r["finished"] else ""), flush=True)
     print(f"\n{args.loss}% loss on input, {args.size_mb} MB, seed capped at "
-          f"{args.rate / 1e6:g} MB/s; medians of {args.runs}")
+          f"{args.rate / 1e6:g} MB/s; medians of {args.runs}"
+          + (f"; settings {', '.join(args.set)}" if args.set else ""))
     for transport, rows in results.items():
         rate = statistics.median(float(r["after_loss_mb"]) / float(r["seconds"])  # type: ignore[arg-type]
                                  for r in rows)

@@ -177,7 +177,9 @@ class Config:
     comes from the signaling server only (no traffic to third parties by default)."""
 
     connection_timeout: float = 10.0
-    """Seconds one punch may take before it is reported failed."""
+    """Seconds a punch attempt waits for its connection; a uTP or TCP attempt that
+    another one follows waits at most :data:`~lt_punch.punch.engine.HANDSHAKE_WAIT`
+    (3.5 s)."""
 
     keep_alive_interval: float = 25.0
     """Seconds between keep-alives; below the 30 s UDP timeout of many routers."""
@@ -195,7 +197,7 @@ class Config:
     """Peers only from the signaling room: no DHT bootstrap, LSD, UPnP or NAT-PMP
     (``ISOLATED_SETTINGS``; nothing leaves for the public BitTorrent network)."""
 
-    methods: tuple[str, ...] = ("utp", "tcp", "predict", "relay")
+    methods: tuple[str, ...] = ("tcp", "utp", "predict", "relay")
     """Punch methods, in order of preference (``predict`` only between a symmetric NAT
     and a cone NAT; ``relay`` is always tried last, and only when one side of the pair
     has a TURN server)."""

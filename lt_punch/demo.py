@@ -136,13 +136,13 @@ def run_lab(seed_nat: str, leech_nat: str, size: int, methods: tuple[str, ...],
 @click.option("--size-mb", default=16, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--method", "methods", multiple=True,
               type=click.Choice(["utp", "tcp", "predict", "relay"]),
-              help="Punch method(s) to allow, in order (default: utp, tcp; with --lab "
+              help="Punch method(s) to allow, in order (default: tcp, utp; with --lab "
                    "also predict and relay, through the lab's TURN server).")
 @click.option("--json", "as_json", is_flag=True, help="Print the merged stats as JSON.")
 def demo_command(use_lab: bool, seed_nat: str, leech_nat: str, size_mb: int,
                  methods: tuple[str, ...], as_json: bool) -> None:
     """Two peers meet by infohash, punch a path and download; the data is verified."""
-    methods = methods or (("utp", "tcp", "predict", "relay") if use_lab else ("utp", "tcp"))
+    methods = methods or (("tcp", "utp", "predict", "relay") if use_lab else ("tcp", "utp"))
     size = size_mb << 20
     try:
         if use_lab:

@@ -60,6 +60,15 @@ REPUNCH_RESPONDER_DELAY = 3.0
 OFFER_OVERTAKE_WAIT = 1.0
 """Seconds a responder waits for a room member whose offer came before its join."""
 
+HANDSHAKE_WAIT = 3.5
+"""Seconds a uTP or TCP attempt waits for its connection when another attempt follows
+(the last one waits ``connection_timeout``). Both handshakes take one round trip
+(0.02 s in the lab); a lost SYN is resent after 1 s (Linux TCP) or 3 s (libtorrent's
+uTP), so 3.5 s covers one resend. A lost uTP SYN-ACK is not recovered at all:
+libtorrent's responder keeps a half-open connection that ignores the resent SYN
+(10% loss in the lab: the punch waited its 10 s timeout), so the next method is
+better than more waiting."""
+
 S = PunchState
 _T = TypeVar("_T")
 
@@ -369,8 +378,10 @@ class PunchEngine:
 
     async def _initiate(self, rec: PunchRecord, me: PeerProfile, peer: PeerProfile) -> None:
         methods = plan.plan_methods(me, peer, self.config.methods)
-        # A method whose connection stalled goes last (sorted() keeps the order else).
-        methods.sort(key=lambda m: m in rec.stalled)
+        # A method whose connection stalled goes last (sorted() keeps the order else),
+        # except TCP: a TCP stall is a retransmission backoff under loss, which a new
+        # connection ends, and uTP under the same loss does worse (benchmarks/utp_loss.py).
+        methods.sort(key=lambda m: m in rec.stalled and m != "tcp")
         if not methods:
             reason = "no punch method fits this pair of NATs"
             self._fail(rec, "none", 0, reason)
@@ -382,20 +393,23 @@ class PunchEngine:
             self._fail(rec, methods[0], 0, reason)
             self._give_up(rec, reason)
             return
-        for attempt in range(1, self.config.punch_attempts + 1):
+        attempts = self.config.punch_attempts
+        for attempt in range(1, attempts + 1):
             delay = plan.retry_delay(attempt)
             if delay:
                 await asyncio.sleep(delay)
-            for method in methods:
-                why = await self._attempt(rec, peer, method, attempt)
+            for i, method in enumerate(methods):
+                last = attempt == attempts and i == len(methods) - 1
+                why = await self._attempt(rec, peer, method, attempt, last=last)
                 if why is None:
                     return
                 self._fail(rec, method, attempt, why)
         self._give_up(rec, rec.last_reason or "no attempt")
 
     async def _attempt(self, rec: PunchRecord, peer: PeerProfile, method: str,
-                       attempt: int) -> str | None:
-        """One offer and, when answered, one dial: None when connected, else why not."""
+                       attempt: int, *, last: bool = True) -> str | None:
+        """One offer and, when answered, one dial: None when connected, else why not.
+        Unless it is the ``last`` attempt, a handshake gets :data:`HANDSHAKE_WAIT`."""
         rec.attempts += 1
         if method == "relay":
             return await self._attempt_relay(rec, peer, attempt)
@@ -409,7 +423,9 @@ class PunchEngine:
             return answer
         watch = await self._dialer.dial(rec.infohash, method, endpoint)
         rec.immediate = watch.immediate
-        return await self._connected(rec, method, watch)
+        timeout = self.config.connection_timeout
+        return await self._connected(rec, method, watch,
+                                     within=timeout if last else min(timeout, HANDSHAKE_WAIT))
 
     async def _attempt_relay(self, rec: PunchRecord, peer: PeerProfile,
                              attempt: int) -> str | None:
@@ -505,8 +521,10 @@ class PunchEngine:
             return f"peer refused: {answer.reason}"
         return answer
 
-    async def _connected(self, rec: PunchRecord, method: str, watch: Watch) -> str | None:
-        timeout = self.config.connection_timeout
+    async def _connected(self, rec: PunchRecord, method: str, watch: Watch, *,
+                         within: float | None = None) -> str | None:
+        """Wait ``within`` seconds (default ``connection_timeout``) for the connection."""
+        timeout = self.config.connection_timeout if within is None else within
         try:
             async with asyncio.timeout(timeout):
                 endpoint = await watch.wait()

@@ -57,7 +57,7 @@ from ..errors import RemoteProtocolError
 from ..nat.info import NATInfo
 from ..types import Address
 
-METHODS = ("utp", "tcp", "predict", "relay")
+METHODS = ("tcp", "utp", "predict", "relay")
 
 # Harder NATs initiate. "unknown" is treated like a port-restricted cone.
 NAT_RANK: dict[str, int] = {

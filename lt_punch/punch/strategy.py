@@ -41,12 +41,14 @@ from .plan import CONE_NATS, FULL_CONE_TCP_RACE, NAT_RANK
 
 STRATEGY_METHODS: Final = (
     "direct",
-    "utp-punch",
     "tcp-simultaneous-open",
+    "utp-punch",
     "port-prediction",
     "relay",
 )
-"""Every method a strategy may list, in the order they are tried."""
+"""Every method a strategy may list, in the order they are tried (the default
+``Config.methods``: TCP before uTP, whose libtorrent implementation freezes under
+loss and carries less without it, docs/performance.md)."""
 
 # Endpoint-independent filtering towards the ports of a host we have sent to
 # (RFC 4787 section 5): a symmetric initiator's packets come from a port the responder
@@ -184,6 +186,7 @@ def recommend_strategy(
         methods.append("port-prediction")
 
     methods.append("relay")
+    methods.sort(key=STRATEGY_METHODS.index)
     punches = [m for m in methods if m not in ("direct", "relay")]
     if "direct" in methods:
         difficulty = "easy"

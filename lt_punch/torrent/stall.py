@@ -13,7 +13,8 @@ not delivered one block (16 KiB) for ``limit`` seconds is stalled, where ``limit
 is the time :data:`BLOCKS` blocks take at the connection's own recent rate, clamped
 to [:data:`STALL_MIN`, :data:`STALL_MAX`]; :data:`STALL_UNKNOWN` before its first
 block. A slow but moving peer is never stalled: bytes arriving at a pace that would
-complete a block within :data:`STALL_MAX` (0.8 KB/s) give it that long. The floor
+complete a block within :data:`STALL_MAX` (0.8 KB/s) give it that long, as long as
+they keep arriving (none for ``limit`` seconds: stalled). The floor
 is 5 s, not less, for TCP: under heavy loss it backs off for seconds (0.2, 0.4, 0.8,
 1.6 s ...) and then goes on, and closing it costs a new connection. uTP gets 3 s
 (:data:`UTP_STALL_MIN`, :data:`UTP_STALL_UNKNOWN`): libtorrent's uTP does not go on.
@@ -122,6 +123,10 @@ class _Track:
     mark: int
     mark_time: float
     rate: float | None = None
+    last: int = 0
+    """Bytes received at the last sample that brought any."""
+    last_time: float = 0.0
+    """When bytes last arrived."""
 
 
 @dataclass
@@ -149,8 +154,10 @@ class StallDetector:
             seen.add(key)
             track = self.tracks.get(key)
             if track is None or s.received < track.mark:
-                self.tracks[key] = _Track(s.received, now)
+                self.tracks[key] = _Track(s.received, now, last=s.received, last_time=now)
                 continue
+            if s.received > track.last:
+                track.last, track.last_time = s.received, now
             if s.choked or s.requests == 0:
                 track.mark, track.mark_time = s.received, now  # not waiting on it
                 continue
@@ -164,9 +171,12 @@ class StallDetector:
                 continue
             waited = now - track.mark_time
             # Bytes coming at a pace that completes a block within STALL_MAX: slow, not
-            # stalled (a rate-capped peer), whatever its earlier rate.
-            moving = got > 0 and waited > 0 and got / waited * STALL_MAX >= BLOCK
-            limit = STALL_MAX if moving else self.limit(track.rate, s.transport)
+            # stalled (a rate-capped peer), whatever its earlier rate; as long as they
+            # still come (a frozen uTP path's first few KB kept it "moving" for 12 s).
+            base = self.limit(track.rate, s.transport)
+            moving = (got > 0 and waited > 0 and got / waited * STALL_MAX >= BLOCK
+                      and now - track.last_time < base)
+            limit = STALL_MAX if moving else base
             if waited >= limit:
                 stalls.append(Stall(s, waited, limit))
                 del self.tracks[key]

@@ -112,7 +112,7 @@ async def test_nat_info_with_stun_matches_the_cli(tmp_path: Path) -> None:
 
 async def test_recommended_strategy(coordinator: P2PCoordinator) -> None:
     assert coordinator.get_recommended_strategy()["methods"] == [
-        "direct", "utp-punch", "tcp-simultaneous-open", "relay"
+        "direct", "tcp-simultaneous-open", "utp-punch", "relay"
     ]
     strategy = coordinator.get_recommended_strategy("symmetric")
     assert strategy["nat"] == "open" and strategy["peer_nat"] == "symmetric"

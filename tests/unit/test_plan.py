@@ -141,7 +141,8 @@ def test_plan_methods_same_both_ways(nat_a: str, nat_b: str) -> None:
 
 def test_plan_methods() -> None:
     a, b = _profile("a", "port"), _profile("b", "restricted")
-    assert plan.plan_methods(a, b, ("utp", "tcp")) == ["utp", "tcp"]
+    # The profiles' order (plan.METHODS: TCP first), whatever the order of ``wanted``.
+    assert plan.plan_methods(a, b, ("utp", "tcp")) == ["tcp", "utp"]
     assert plan.plan_methods(a, b, ("tcp",)) == ["tcp"]
     # TCP simultaneous open never crosses a symmetric NAT. Port prediction needs the
     # cone side's STUN discovery; against a port-restricted NAT it goes before uTP
@@ -160,9 +161,11 @@ def test_plan_methods() -> None:
     assert plan.plan_methods(a, _profile("n", udp=None), ("utp", "tcp")) == ["tcp"]
     assert plan.plan_methods(a, _profile("n", udp=None, tcp=None), ("utp", "tcp")) == []
     # Methods both support, in the initiator's order ("s" is the initiator).
-    tcp_first = _profile("s", "symmetric-firewall", methods=("tcp", "utp"))
-    assert plan.is_initiator(tcp_first, a) is False  # same rank, "a" < "s"
-    assert plan.plan_methods(tcp_first, a, ("utp", "tcp")) == ["utp", "tcp"]
+    utp_first = _profile("s", "symmetric-firewall", methods=("utp", "tcp"))
+    assert plan.is_initiator(utp_first, a) is False  # same rank, "a" < "s"
+    assert plan.plan_methods(utp_first, a, ("utp", "tcp")) == ["tcp", "utp"]
+    assert plan.plan_methods(_profile("0", "port", methods=("utp", "tcp")), utp_first,
+                             plan.METHODS) == ["utp", "tcp"]
     assert plan.plan_methods(a, _profile("b", methods=("tcp",)), ("utp", "tcp")) == ["tcp"]
 
 
@@ -331,12 +334,12 @@ def test_strategy_agrees_with_plan(ours: str, theirs: str) -> None:
 @pytest.mark.parametrize(
     ("ours", "theirs", "methods", "difficulty", "initiator"),
     [
-        ("open", "open", ["direct", "utp-punch", "tcp-simultaneous-open", "relay"],
+        ("open", "open", ["direct", "tcp-simultaneous-open", "utp-punch", "relay"],
          "easy", "either"),
-        ("port", "open", ["direct", "utp-punch", "tcp-simultaneous-open", "relay"],
+        ("port", "open", ["direct", "tcp-simultaneous-open", "utp-punch", "relay"],
          "easy", "us"),
-        ("port", "port", ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "either"),
-        ("restricted", "full", ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "us"),
+        ("port", "port", ["tcp-simultaneous-open", "utp-punch", "relay"], "medium", "either"),
+        ("restricted", "full", ["tcp-simultaneous-open", "utp-punch", "relay"], "medium", "us"),
         ("symmetric", "restricted", ["utp-punch", "port-prediction", "relay"], "hard", "us"),
         ("full", "symmetric", ["utp-punch", "port-prediction", "relay"], "hard", "peer"),
         ("symmetric", "port", ["port-prediction", "relay"], "hard", "us"),
@@ -345,7 +348,7 @@ def test_strategy_agrees_with_plan(ours: str, theirs: str) -> None:
         ("blocked", "port", ["relay"], "impossible-without-relay", "us"),
         ("blocked", "open", ["direct", "relay"], "easy", "us"),
         ("full", "full", ["utp-punch", "relay"], "medium", "either"),
-        (None, None, ["utp-punch", "tcp-simultaneous-open", "relay"], "medium", "either"),
+        (None, None, ["tcp-simultaneous-open", "utp-punch", "relay"], "medium", "either"),
     ],
 )
 def test_strategy_cases(

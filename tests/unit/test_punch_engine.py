@@ -304,8 +304,8 @@ def test_retry_schedule_follows_plan_retry_delay() -> None:
         await settle(init, peer_ids=(other.me.peer_id,))
         offers = net.offers(init.me.peer_id)
         assert [(d["attempt"], d["method"]) for _, _, d in offers] == [
-            (n, m) for n in (1, 2, 3) for m in ("utp", "tcp")]
-        firsts = [t - start for t, _, d in offers if d["method"] == "utp"]
+            (n, m) for n in (1, 2, 3) for m in ("tcp", "utp")]
+        firsts = [t - start for t, _, d in offers if d["method"] == "tcp"]
         expected, total = [], 0.0
         for n in (1, 2, 3):
             total += plan.retry_delay(n)
@@ -315,6 +315,33 @@ def test_retry_schedule_follows_plan_retry_delay() -> None:
             assert [e.reason for e in a.failed()] == ["libtorrent: connection refused"]
             attempts = [e for e in a.events if isinstance(e, PunchAttemptFailed)]
             assert len(attempts) == 6
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_handshake_that_does_not_come_gives_way_after_handshake_wait() -> None:
+    """A dial that never connects: each attempt with another after it waits
+    HANDSHAKE_WAIT (a lost uTP SYN-ACK is never recovered: more waiting is wasted),
+    the very last one the whole connection_timeout."""
+    async def main() -> None:
+        net = FakeNetwork()
+        hang = FakeDialer(lambda *x: "hang")
+        a = side(net, profile("peer-a", "port", 1), hang)
+        b = side(net, profile("peer-b", "port", 2), FakeDialer(lambda *x: "hang"))
+        meet(a, b)
+        init, other = (a, b) if plan.is_initiator(a.me, b.me) else (b, a)
+        start = asyncio.get_running_loop().time()
+        await settle(init, peer_ids=(other.me.peer_id,))
+        wait = engine_module.HANDSHAKE_WAIT
+        reasons = [(f["method"], f["reason"]) for f in init.record(other.me.peer_id).failures]
+        first, second = CONFIG.methods[:2]
+        assert reasons == [(m, f"no connection within {wait:g} s")
+                           for _ in (1, 2) for m in (first, second)] + [
+            (first, f"no connection within {wait:g} s"), (second, "no connection within 10 s")]
+        took = asyncio.get_running_loop().time() - start
+        assert took == pytest.approx(
+            5 * wait + 10 + plan.retry_delay(2) + plan.retry_delay(3), abs=1e-6)
         await close(a, b)
 
     run(main())
@@ -508,8 +535,11 @@ def test_a_stalled_utp_punch_is_punched_again_over_tcp(who: str) -> None:
     again at once (as responder too), the stalled method last."""
     async def main() -> None:
         net = FakeNetwork()
-        a = side(net, profile("peer-a", "port", 1))
-        b = side(net, profile("peer-b", "port", 2))
+        config = CONFIG.replace(methods=("utp", "tcp"))
+        a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=config.methods),
+                 config=config)
+        b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=config.methods),
+                 config=config)
         meet(a, b)
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
         init = a if a.record("peer-b").role == "initiator" else b
@@ -536,6 +566,30 @@ def test_a_stalled_utp_punch_is_punched_again_over_tcp(who: str) -> None:
         assert offer_at - stalled_at == pytest.approx(0.0, abs=1e-6)
         # Not a punched endpoint: left to the caller.
         assert not staller.engine.stalled(IH, ("192.0.2.9", 1), "utp")
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_stalled_tcp_punch_is_punched_again_over_tcp_first() -> None:
+    """A TCP stall is a retransmission backoff under loss: a new TCP connection ends it,
+    so TCP stays first (uTP does worse under the same loss)."""
+    async def main() -> None:
+        net = FakeNetwork()
+        config = CONFIG.replace(methods=("tcp", "utp"))
+        a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=config.methods),
+                 config=config)
+        b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=config.methods),
+                 config=config)
+        meet(a, b)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        rec = a.record("peer-b")
+        assert rec.method == "tcp"
+        before = len(net.offers())
+        assert a.engine.stalled(IH, rec.endpoint, "tcp")
+        await a.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+        assert rec.method == "tcp" and rec.stalled == {"tcp"}
+        assert [d["method"] for _, _, d in net.offers()[before:]] == ["tcp"]
         await close(a, b)
 
     run(main())
@@ -678,7 +732,7 @@ def test_without_a_turn_server_the_relay_is_not_tried() -> None:
 
 
 def test_the_relay_comes_after_the_direct_methods_fail() -> None:
-    """port/port: uTP and TCP are tried first (both hang here), then the relay, even
+    """port/port: TCP and uTP are tried first (both hang here), then the relay, even
     when the configured order puts it first."""
     async def main() -> None:
         net = FakeNetwork()
@@ -687,9 +741,9 @@ def test_the_relay_comes_after_the_direct_methods_fail() -> None:
         a.engine.config = CONFIG.replace(methods=("relay", "utp", "tcp"))
         meet(a, b)
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
-        assert offered(net) == ["utp", "tcp", "relay"]
+        assert offered(net) == ["tcp", "utp", "relay"]
         assert [(f["method"], f["reason"]) for f in a.record("peer-b").failures] == [
-            ("utp", "no connection within 10 s"), ("tcp", "no connection within 10 s")]
+            ("tcp", "no connection within 3.5 s"), ("utp", "no connection within 3.5 s")]
         assert a.failed() == []
         assert a.record("peer-b").method == "relay"
         await close(a, b)

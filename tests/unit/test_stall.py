@@ -69,6 +69,24 @@ def test_a_new_connection_without_a_whole_block_is_stalled() -> None:
     assert run(d, timeline) == [STALL_UNKNOWN, 2 * STALL_UNKNOWN + 1, 3 * STALL_UNKNOWN + 2]
 
 
+def test_a_few_bytes_then_nothing_is_a_stall_counted_from_the_last_byte() -> None:
+    # A punched uTP path under 10% loss: 10 KB in its first second (no whole block),
+    # then nothing. The pace since the mark looked "moving" (10 KB / 12 s * 20 s
+    # >= 16 KiB) for 12 s; bytes that stopped coming are not a pace.
+    d = StallDetector()
+    timeline = [(0.0, [peer(0, transport="utp")]), (1.0, [peer(10_000, transport="utp")])]
+    timeline += [(1.0 + t, [peer(10_000, transport="utp")]) for t in range(1, 20)]
+    assert run(d, timeline)[0] == 1.0 + UTP_STALL_UNKNOWN
+
+
+def test_a_dribble_that_goes_on_is_slow_not_stalled() -> None:
+    # 2.5 KB every 2 s over uTP (a block every 13 s, within STALL_MAX): each arrival is
+    # within the 5 s limit of the one before.
+    d = StallDetector()
+    timeline = [(float(t), [peer(2500 * (t // 2), transport="utp")]) for t in range(60)]
+    assert run(d, timeline) == []
+
+
 def test_choked_or_idle_connections_are_not_waiting() -> None:
     d = StallDetector()
     assert run(d, [(float(t), [peer(0, choked=True)]) for t in range(60)]) == []
