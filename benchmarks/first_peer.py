@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lt_punch.config import Config
 from lt_punch.errors import ConfigError, LabError, LtTimeoutError
 from lt_punch.netlab import NatLab, lab_unavailable_reason
 from lt_punch.netlab.scenario import (
@@ -123,11 +124,12 @@ def one_run(lab: NatLab, stun: tuple[str, int], url: str, base: Path, torrent: P
     # Same-kind pairs: the lower peer id initiates.
     ids = {"seed": "a-seed", "leech": "b-leech"} if initiator == "seed" else \
           {"seed": "b-seed", "leech": "a-leech"}
-    extra = ["--udp-port", str(SIGNAL_PORT), "--timeout", "60"]
+    # The library's methods and order (Config's default; the relay needs --turn).
+    extra = ["--udp-port", str(SIGNAL_PORT), "--timeout", "60",
+             "--methods", ",".join(Config().methods)]
     env = None
-    if turn is not None:  # both sides: every method, the relay last
-        extra += ["--methods", "utp,tcp,predict,relay", "--turn", f"{turn[0]}:{turn[1]}",
-                  "--turn-user", TURN_USER]
+    if turn is not None:  # both sides have the TURN server
+        extra += ["--turn", f"{turn[0]}:{turn[1]}", "--turn-user", TURN_USER]
         env = {**os.environ, "LTP_TURN_PASSWORD": TURN_PASSWORD}
     seed = start_agent(lab, "s", "seed", url=url, stun=stun, torrent=torrent,
                        save=torrent.parent / "seed", peer_id=ids["seed"], extra=extra,
@@ -191,8 +193,8 @@ def main() -> int:
     parser.add_argument("--magnet", action="store_true",
                         help="the leech adds a magnet link (metadata from the seed)")
     parser.add_argument("--turn", action="store_true",
-                        help="both sides have the lab's TURN server and all four methods "
-                             "(port prediction, the relay): every pair connects")
+                        help="both sides have the lab's TURN server (the relay): every "
+                             "pair connects")
     args = parser.parse_args()
     reason = lab_unavailable_reason()
     if reason:

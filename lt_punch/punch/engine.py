@@ -52,7 +52,14 @@ from .strategy import recommend_strategy
 logger = logging.getLogger(__name__)
 
 MAX_REPUNCHES = 5
-"""Punches again to one peer after its punched TCP connection was lost."""
+"""Punches again to one peer after its punched connection was lost or stalled, in a
+row: a connection that lasted :data:`REPUNCH_FORGIVE` starts the count over."""
+
+REPUNCH_FORGIVE = 30.0
+"""Seconds a punched connection must have lasted for its loss not to count towards
+:data:`MAX_REPUNCHES`: the cap ends loops of connections that die at once, not a long
+download over a lossy path that stalls now and then (10% loss in the lab: a TCP stall
+every 5-20 s)."""
 
 REPUNCH_RESPONDER_DELAY = 3.0
 """Seconds a responder waits for the initiator to punch again before it does."""
@@ -71,6 +78,21 @@ better than more waiting."""
 
 S = PunchState
 _T = TypeVar("_T")
+
+
+UTP_CARRIED = frozenset({"utp", "predict"})
+"""Methods whose path carries libtorrent's uTP (a prediction bridges it)."""
+
+
+def _stalled_before(method: str, stalled: set[str]) -> bool:
+    """Whether ``method`` goes last because a connection stalled (sorted() keeps the
+    order else): a method that stalled, and after a uTP stall anything that carries
+    uTP, since libtorrent's uTP freezes under loss whatever the path; never TCP: a TCP
+    stall is a retransmission backoff under loss, which a new connection ends, and uTP
+    under the same loss does worse (benchmarks/utp_loss.py)."""
+    if method == "tcp":
+        return False
+    return method in stalled or (method in UTP_CARRIED and bool(stalled & UTP_CARRIED))
 
 
 class DialFailed(Exception):
@@ -268,7 +290,7 @@ class PunchEngine:
                     and r.endpoint == endpoint), None)
         if rec is None:
             return
-        self._move(rec, S.DROPPED, reason=reason)
+        self._drop(rec, reason)
         key = (infohash, rec.peer_id, "punch")
         task = self._tasks.get(key)
         if task is None or task.done():
@@ -286,7 +308,7 @@ class PunchEngine:
         if rec is None or rec.method is None:
             return False
         rec.stalled.add(rec.method)
-        self._move(rec, S.DROPPED, reason=f"{rec.method} connection stalled")
+        self._drop(rec, f"{rec.method} connection stalled")
         key = (infohash, rec.peer_id, "punch")
         task = self._tasks.get(key)
         if task is None or task.done():
@@ -348,6 +370,13 @@ class PunchEngine:
             self._emit(event)
         self._touch(rec.infohash)
 
+    def _drop(self, rec: PunchRecord, reason: str) -> None:
+        """A punched connection is gone: DROPPED (the re-punch count starts over when it
+        had lasted :data:`REPUNCH_FORGIVE`)."""
+        if rec.connected_at is not None and self._now() - rec.connected_at >= REPUNCH_FORGIVE:
+            rec.repunches = 0
+        self._move(rec, S.DROPPED, reason=reason)
+
     def _give_up(self, rec: PunchRecord, reason: str) -> None:
         """FAILED, unless another path (an answer to the peer's own offer) connected."""
         if rec.state != S.CONNECTED:
@@ -378,10 +407,7 @@ class PunchEngine:
 
     async def _initiate(self, rec: PunchRecord, me: PeerProfile, peer: PeerProfile) -> None:
         methods = plan.plan_methods(me, peer, self.config.methods)
-        # A method whose connection stalled goes last (sorted() keeps the order else),
-        # except TCP: a TCP stall is a retransmission backoff under loss, which a new
-        # connection ends, and uTP under the same loss does worse (benchmarks/utp_loss.py).
-        methods.sort(key=lambda m: m in rec.stalled and m != "tcp")
+        methods.sort(key=lambda m: _stalled_before(m, rec.stalled))
         if not methods:
             reason = "no punch method fits this pair of NATs"
             self._fail(rec, "none", 0, reason)

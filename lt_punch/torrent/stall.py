@@ -21,7 +21,7 @@ is 5 s, not less, for TCP: under heavy loss it backs off for seconds (0.2, 0.4, 
 
 Recovery (:class:`PeerWatch`): the connection is closed and dialled again on the
 other transport (TCP for a uTP connection and the reverse), a punched one punched
-again; at most :data:`MAX_RECOVERIES` times per peer. A
+again; at most :data:`MAX_RECOVERIES` times per peer in a row. A
 :class:`~lt_punch.torrent.events.PeerStalled` event says why. A connection the peer
 made to us is only closed: the peer dials again (we cannot: its port is its own).
 """
@@ -77,7 +77,14 @@ SEEDING_EVERY = 8
 """A finished torrent's peers are looked at every this many ticks (2 s)."""
 
 MAX_RECOVERIES = 8
-"""Stall recoveries per peer and torrent; then its connections are left alone."""
+"""Stall recoveries per peer and torrent in a row; then its connections are left
+alone. A connection that delivered :data:`PRODUCTIVE` bytes before it stalled starts
+the count over: the cap ends loops of connections that deliver nothing, not a long
+download over a lossy path that stalls now and then."""
+
+PRODUCTIVE = 4 << 20
+"""Bytes (4 MiB) a stalled connection must have delivered for its stall not to count
+towards :data:`MAX_RECOVERIES`."""
 
 REDIALS = 4
 """Dials of the other transport after a stall before libtorrent's own redial is left."""
@@ -240,6 +247,9 @@ class PeerWatch:
         self.stalled: dict[tuple[str, Address], list[str]] = {}
         """The transports of the connections that stalled, in order, by (infohash,
         endpoint)."""
+        self.in_a_row: dict[tuple[str, Address], int] = {}
+        """Recoveries since the last productive connection (:data:`PRODUCTIVE`), by
+        (infohash, endpoint)."""
         self._looks = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -321,8 +331,12 @@ class PeerWatch:
     def recover(self, infohash: str, stall: Stall) -> None:
         s = stall.sample
         history = self.stalled.setdefault((infohash, s.endpoint), [])
-        if len(history) >= MAX_RECOVERIES:
+        if s.received >= PRODUCTIVE:
+            self.in_a_row.pop((infohash, s.endpoint), None)
+        in_a_row = self.in_a_row.get((infohash, s.endpoint), 0)
+        if in_a_row >= MAX_RECOVERIES:
             return  # this peer stalls whatever we do: leave it to libtorrent
+        self.in_a_row[(infohash, s.endpoint)] = in_a_row + 1
         history.append(s.transport)
         repunch = self._punched(infohash, s.endpoint, s.transport)
         redial = None if repunch else self.next_transport(s)

@@ -65,4 +65,4 @@ async def test_p2p_integration_example_punches_and_is_healthy() -> None:
             await proc.wait()
     assert proc.returncode == 0, err.decode()
     text = out.decode()
-    assert "punched via utp" in text and "health: ok" in text
+    assert "punched via tcp" in text and "health: ok" in text  # the default: TCP first

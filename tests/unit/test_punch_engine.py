@@ -515,6 +515,39 @@ def test_the_repunch_cap_ends_in_one_punch_failed() -> None:
     run(main())
 
 
+def test_a_connection_that_lasted_starts_the_repunch_count_over() -> None:
+    """The cap ends loops of connections that die at once; one that lasted
+    REPUNCH_FORGIVE before it was lost does not count."""
+    async def main() -> None:
+        net = FakeNetwork()
+        config = CONFIG.replace(methods=("tcp",))
+        a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=("tcp",)),
+                 config=config)
+        b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=("tcp",)),
+                 config=config)
+        meet(a, b)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        rec = a.record("peer-b")
+        for _ in range(MAX_REPUNCHES + 3):
+            await asyncio.sleep(engine_module.REPUNCH_FORGIVE)
+            assert rec.state == PunchState.CONNECTED
+            a.engine.connection_lost(IH, rec.endpoint, "timed out")
+            await a.engine.wait_for(lambda: rec.state in (PunchState.CONNECTED,
+                                                          PunchState.FAILED))
+        assert rec.state == PunchState.CONNECTED and rec.repunches == 1
+        # Lost at once, again and again: the cap.
+        for _ in range(MAX_REPUNCHES + 1):
+            if rec.state != PunchState.CONNECTED:
+                break
+            a.engine.connection_lost(IH, rec.endpoint, "timed out")
+            await a.engine.wait_for(lambda: rec.state in (PunchState.CONNECTED,
+                                                          PunchState.FAILED))
+        assert rec.state == PunchState.FAILED and rec.repunches == MAX_REPUNCHES
+        await close(a, b)
+
+    run(main())
+
+
 def test_a_lost_utp_connection_is_left_to_libtorrent() -> None:
     async def main() -> None:
         net = FakeNetwork()
@@ -808,6 +841,29 @@ def test_a_symmetric_nat_meets_a_port_restricted_one_by_prediction_first() -> No
         assert hard.dialer.predicted == [("hard", (offer["secret"], ("198.51.100.2", 50123)))]
         for s in (hard, easy):
             assert [e.method for e in s.events if isinstance(e, PeerPunched)] == ["predict"]
+        await close(hard, easy)
+
+    run(main())
+
+
+def test_after_a_utp_stall_prediction_goes_after_the_relay() -> None:
+    """A prediction's bridges carry libtorrent's uTP, which froze under loss: after a uTP
+    stall the relay comes before it (full cone vs symmetric: uTP, then prediction)."""
+    async def main() -> None:
+        net = FakeNetwork()
+        hard = side(net, dataclasses.replace(profile("peer-a", "symmetric", 1), turn=True),
+                    FakeDialer(relay=RELAYED))
+        easy = side(net, dataclasses.replace(profile("peer-b", "full", 2),
+                                             nat_summary={"nat_type": "full"}))
+        meet(hard, easy)
+        await settle(hard, easy, peer_ids=("peer-b", "peer-a"))
+        rec = hard.record("peer-b")
+        assert rec.method == "utp"
+        before = len(net.offers())
+        assert hard.engine.stalled(IH, rec.endpoint, "utp")
+        await hard.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+        assert [d["method"] for _, _, d in net.offers()[before:]] == ["relay"]
+        assert rec.method == "relay"
         await close(hard, easy)
 
     run(main())

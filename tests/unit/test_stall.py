@@ -166,6 +166,39 @@ def test_recovery_alternates_transports_and_is_bounded() -> None:
     asyncio.run(main())
 
 
+def test_a_productive_connection_starts_the_count_over() -> None:
+    """A long download over a lossy path stalls now and then: a connection that had
+    delivered PRODUCTIVE bytes before it stalled does not count towards the cap."""
+    import asyncio
+
+    import libtorrent as lt
+
+    from lt_punch.torrent.stall import MAX_RECOVERIES, PRODUCTIVE, PeerWatch, Stall
+
+    async def main() -> None:
+        session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False,
+                              "enable_lsd": False, "enable_upnp": False,
+                              "enable_natpmp": False})
+        dials: list[str] = []
+
+        async def dial(infohash: str, transport: str, endpoint: tuple[str, int]) -> None:
+            dials.append(transport)
+
+        watch = PeerWatch(session, {}, dial, lambda e: None, started=0.0)
+        for n in range(3 * MAX_RECOVERIES):
+            received = PRODUCTIVE if n % 4 == 3 else 0  # every 4th one had delivered
+            watch.recover(IH, Stall(peer(received, transport="tcp"), 5.0, 5.0))
+            await asyncio.sleep(0)
+        assert len(dials) == 3 * MAX_RECOVERIES
+        # Without productive ones in between, the cap holds.
+        for _ in range(MAX_RECOVERIES + 1):
+            watch.recover(IH, Stall(peer(0, transport="tcp"), 5.0, 5.0))
+            await asyncio.sleep(0)
+        assert len(dials) == 3 * MAX_RECOVERIES + MAX_RECOVERIES - 1
+
+    asyncio.run(main())
+
+
 def test_utp_has_lower_floors() -> None:
     # libtorrent's uTP freezes under loss where TCP backs off and resumes
     # (benchmarks/utp_loss.py): it is given less time.
