@@ -322,6 +322,10 @@ class P2PCoordinator:
             )
         wait = self.config.connection_timeout if timeout is None else timeout
         t, rec = records[0]
+        if rec.state == PunchState.DROPPED:
+            # Its punched connection was lost and nobody punches again (our torrent
+            # is complete): the caller asks for a connection, so punch.
+            self.session.reconnect(t.infohash, peer_id)
         done = await _wait_settled(t, rec, wait)
         if rec.state == PunchState.CONNECTED:
             return _punch_result(t, rec)

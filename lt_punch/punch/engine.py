@@ -280,21 +280,38 @@ class PunchEngine:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
-    def connection_lost(self, infohash: str, endpoint: Address, reason: str) -> None:
+    def connection_lost(self, infohash: str, endpoint: Address, reason: str, *,
+                        repunch: bool = True) -> None:
         """libtorrent lost the connection to ``endpoint``: a punched TCP path, a
         predicted one (its bridge's mappings may be gone) or a relayed one is punched
         again (plain uTP survives: our keep-alives hold the NAT mappings open and
-        libtorrent redials)."""
+        libtorrent redials). Not with ``repunch`` False (our torrent is complete: the
+        end that still downloads punches again if it needs us; two seeds' connection
+        is closed by libtorrent anyway)."""
         rec = next((r for r in self.records.get(infohash, {}).values()
                     if r.state == S.CONNECTED and r.method in ("tcp", "predict", "relay")
                     and r.endpoint == endpoint), None)
         if rec is None:
             return
         self._drop(rec, reason)
+        if repunch:
+            self.reconnect(infohash, rec.peer_id, wait=True)
+
+    def reconnect(self, infohash: str, peer_id: str, *, wait: bool = False) -> bool:
+        """Punch again to a peer whose punched connection was lost (DROPPED), unless a
+        punch to it runs already; ``wait``: as responder, give the initiator
+        :data:`REPUNCH_RESPONDER_DELAY` first. Returns whether a punch runs now."""
+        rec = self.records.get(infohash, {}).get(peer_id)
+        if rec is None:
+            return False
         key = (infohash, rec.peer_id, "punch")
         task = self._tasks.get(key)
-        if task is None or task.done():
-            self._start(key, self._repunch(rec), f"repunch-{rec.peer_id}")
+        if task is not None and not task.done():
+            return True
+        if rec.state != S.DROPPED:
+            return False
+        self._start(key, self._repunch(rec, wait=wait), f"repunch-{rec.peer_id}")
+        return True
 
     def stalled(self, infohash: str, endpoint: Address, transport: str) -> bool:
         """Our connection to ``endpoint`` stalled (:mod:`lt_punch.torrent.stall`): if it

@@ -87,7 +87,8 @@ class AlertDispatch:
             if ep is not None:
                 self._peers.disconnected(t.infohash, ep, reason)
             if ep is not None and reason not in DONE_MESSAGES:
-                self._engine.connection_lost(t.infohash, ep, reason)
+                self._engine.connection_lost(t.infohash, ep, reason,
+                                             repunch=not t.finished.is_set())
         elif t.error is None:  # torrent_error_alert | file_error_alert
             # A full disk is a file_error_alert only: libtorrent then puts the
             # torrent in upload mode and retries much later, which looks like a stall.

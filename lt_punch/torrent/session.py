@@ -305,6 +305,12 @@ class EnhancedTorrentSession:
         """Why signaling is not connected (None while it is, or when disabled)."""
         return self._rooms.error if self._rooms is not None else self._signaling_error
 
+    def reconnect(self, infohash: str, peer_id: str) -> bool:
+        """Punch again to a room peer whose punched connection was lost; returns
+        whether a punch to it runs now (:meth:`PunchEngine.reconnect
+        <lt_punch.punch.engine.PunchEngine.reconnect>`)."""
+        return self._engine is not None and self._engine.reconnect(infohash, peer_id)
+
     @property
     def punch_tally(self) -> dict[tuple[str, str], int]:
         """Punch attempts since the session started, by (method, "connected"|"failed")."""

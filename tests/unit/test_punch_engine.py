@@ -478,6 +478,29 @@ def test_a_lost_tcp_connection_is_punched_again(who: str) -> None:
     run(main())
 
 
+def test_a_complete_torrent_does_not_punch_again_until_asked() -> None:
+    """connection_lost(repunch=False) (our torrent is complete: two seeds' connection is
+    closed by libtorrent, and a peer that still downloads punches again itself): the
+    record is DROPPED and nothing is sent; reconnect() punches when asked."""
+    async def main() -> None:
+        a, b, net = _connected_pair()
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        rec = a.record("peer-b")
+        before = len(net.offers())
+        a.engine.connection_lost(IH, b.me.tcp, "End of file", repunch=False)
+        assert rec.state == PunchState.DROPPED
+        await asyncio.sleep(2 * REPUNCH_RESPONDER_DELAY)
+        assert len(net.offers()) == before and rec.state == PunchState.DROPPED
+        assert not a.engine.reconnect(IH, "nobody")
+        assert a.engine.reconnect(IH, "peer-b")
+        await a.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+        assert len(net.offers()) == before + 1 and rec.repunches == 1
+        assert not a.engine.reconnect(IH, "peer-b")  # connected: nothing to do
+        await close(a, b)
+
+    run(main())
+
+
 def test_a_responder_does_not_repunch_when_the_initiator_did() -> None:
     async def main() -> None:
         a, b, net = _connected_pair()
