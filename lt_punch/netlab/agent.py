@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signal", required=True, help="ws:// URL of the signaling server")
     parser.add_argument("--udp-port", type=int, default=None, help="reflector UDP port")
     parser.add_argument("--stun", default="", help="host:port[,host:port]")
-    parser.add_argument("--methods", default="utp,tcp,relay")
+    parser.add_argument("--methods", default=",".join(Config().methods),
+                        help="punch methods in order (default: the library's)")
     parser.add_argument("--turn", default="", metavar="HOST:PORT[,...]",
                         help="TURN servers (password or secret: LTP_TURN_PASSWORD, "
                              "LTP_TURN_SECRET in the environment)")
