@@ -284,9 +284,10 @@ class P2PCoordinator:
     ) -> dict[str, Any]:
         """Connect to ``peer_id`` on ``infohash`` (None: every torrent).
 
-        A peer punched through signaling: its punch record (``method`` ``utp`` or
-        ``tcp``); a punch still in progress is awaited up to ``timeout`` seconds
-        (default: the config's ``connection_timeout``). A registered peer: its
+        A peer punched through signaling: its punch record (``method`` ``tcp``,
+        ``utp``, ``predict`` or ``relay``); a punch still in progress is awaited up to
+        ``timeout`` seconds (default: the config's ``connection_timeout``), and a peer
+        whose punched connection was lost is punched again. A registered peer: its
         endpoint is given to libtorrent (``connect_peer``) and ``method`` is
         ``direct``.
 
