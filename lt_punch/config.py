@@ -199,8 +199,9 @@ class Config:
 
     methods: tuple[str, ...] = ("tcp", "utp", "predict", "relay")
     """Punch methods, in order of preference (``predict`` only between a symmetric NAT
-    and a cone NAT; ``relay`` is always tried last, and only when one side of the pair
-    has a TURN server)."""
+    and a cone NAT; ``relay`` only when one side of the pair has a TURN server, last,
+    except after a uTP stall, when it goes before uTP and ``predict``). TCP first:
+    libtorrent's uTP carries less and freezes under loss (docs/performance.md)."""
 
     turn_servers: tuple[Address, ...] = ()
     """TURN servers (``host:port``) for the relay, tried in order; TCP allocations

@@ -287,7 +287,9 @@ class P2PCoordinator:
         A peer punched through signaling: its punch record (``method`` ``tcp``,
         ``utp``, ``predict`` or ``relay``); a punch still in progress is awaited up to
         ``timeout`` seconds (default: the config's ``connection_timeout``), and a peer
-        whose punched connection was lost is punched again. A registered peer: its
+        whose punched connection was lost is punched again (a punch through several
+        methods may outlast ``timeout``: it goes on after the LtTimeoutError). A
+        registered peer: its
         endpoint is given to libtorrent (``connect_peer``) and ``method`` is
         ``direct``.
 

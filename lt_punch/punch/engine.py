@@ -58,8 +58,8 @@ row: a connection that lasted :data:`REPUNCH_FORGIVE` starts the count over."""
 REPUNCH_FORGIVE = 30.0
 """Seconds a punched connection must have lasted for its loss not to count towards
 :data:`MAX_REPUNCHES`: the cap ends loops of connections that die at once, not a long
-download over a lossy path that stalls now and then (10% loss in the lab: a TCP stall
-every 5-20 s)."""
+download over a lossy path. (A stalled one is forgiven by what it delivered: 10% loss
+in the lab stalls TCP every 5-20 s.)"""
 
 REPUNCH_RESPONDER_DELAY = 3.0
 """Seconds a responder waits for the initiator to punch again before it does."""
@@ -294,7 +294,9 @@ class PunchEngine:
         if rec is None:
             return
         self._drop(rec, reason)
-        if repunch:
+        if repunch or (rec.method == "predict" and self._me().nat == "symmetric"):
+            # Only the symmetric side can start a prediction: it punches again even
+            # when complete, or a peer that still downloads could not get it back.
             self.reconnect(infohash, rec.peer_id, wait=True)
 
     def reconnect(self, infohash: str, peer_id: str, *, wait: bool = False) -> bool:
@@ -313,11 +315,14 @@ class PunchEngine:
         self._start(key, self._repunch(rec, wait=wait), f"repunch-{rec.peer_id}")
         return True
 
-    def stalled(self, infohash: str, endpoint: Address, transport: str) -> bool:
+    def stalled(self, infohash: str, endpoint: Address, transport: str,
+                productive: bool = False) -> bool:
         """Our connection to ``endpoint`` stalled (:mod:`lt_punch.torrent.stall`): if it
-        is a punched one, punch again, the stalled method last. Returns whether it
-        was (the caller then only closes the connection: a plain redial would not
-        cross the NATs)."""
+        is a punched one, punch again, the stalled method last. ``productive``: it had
+        delivered enough before (:data:`~lt_punch.torrent.stall.PRODUCTIVE`) for this
+        not to count towards :data:`MAX_REPUNCHES`. Returns whether it was punched (the
+        caller then only closes the connection: a plain redial would not cross the
+        NATs)."""
         rec = next((r for r in self.records.get(infohash, {}).values()
                     if r.state == S.CONNECTED and r.endpoint is not None
                     and r.endpoint[0] == endpoint[0]
@@ -325,6 +330,8 @@ class PunchEngine:
         if rec is None or rec.method is None:
             return False
         rec.stalled.add(rec.method)
+        if productive:
+            rec.repunches = 0
         self._drop(rec, f"{rec.method} connection stalled")
         key = (infohash, rec.peer_id, "punch")
         task = self._tasks.get(key)

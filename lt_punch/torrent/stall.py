@@ -222,9 +222,10 @@ class PeerWatch:
         torrents: the session's torrents by infohash.
         dial: ``await dial(infohash, transport, endpoint)`` dials one peer on one
             transport (the punch dialer's, which can force TCP).
-        punched: ``punched(infohash, endpoint, transport)`` hands a stalled punched
-            connection to the punch engine (which punches again, the stalled method
-            last); True when it took it: the connection is then only closed.
+        punched: ``punched(infohash, endpoint, transport, productive)`` hands a
+            stalled punched connection to the punch engine (which punches again, the
+            stalled method last; ``productive``: it had delivered :data:`PRODUCTIVE`
+            bytes); True when it took it: the connection is then only closed.
         emit: the session's event sink.
         started: ``time.monotonic()`` of the session start (events say seconds since).
     """
@@ -232,7 +233,8 @@ class PeerWatch:
     def __init__(self, session: lt.session, torrents: Mapping[str, Torrent],
                  dial: Callable[[str, str, Address], Awaitable[Any]],
                  emit: Callable[[Event], None], started: float,
-                 punched: Callable[[str, Address, str], bool] = lambda *a: False) -> None:
+                 punched: Callable[[str, Address, str, bool], bool] = lambda *a: False
+                 ) -> None:
         self._session = session
         self._punched = punched
         self._torrents = torrents
@@ -312,6 +314,8 @@ class PeerWatch:
     def forget(self, infohash: str) -> None:
         self.connected.pop(infohash, None)
         self.detector.forget(infohash)
+        for key in [k for k in self.in_a_row if k[0] == infohash]:
+            del self.in_a_row[key]
 
     @staticmethod
     def next_transport(s: PeerSample) -> str | None:
@@ -331,14 +335,15 @@ class PeerWatch:
     def recover(self, infohash: str, stall: Stall) -> None:
         s = stall.sample
         history = self.stalled.setdefault((infohash, s.endpoint), [])
-        if s.received >= PRODUCTIVE:
+        productive = s.received >= PRODUCTIVE
+        if productive:
             self.in_a_row.pop((infohash, s.endpoint), None)
         in_a_row = self.in_a_row.get((infohash, s.endpoint), 0)
         if in_a_row >= MAX_RECOVERIES:
             return  # this peer stalls whatever we do: leave it to libtorrent
         self.in_a_row[(infohash, s.endpoint)] = in_a_row + 1
         history.append(s.transport)
-        repunch = self._punched(infohash, s.endpoint, s.transport)
+        repunch = self._punched(infohash, s.endpoint, s.transport, productive)
         redial = None if repunch else self.next_transport(s)
         self._emit(PeerStalled(
             infohash=infohash, endpoint=s.endpoint, transport=s.transport,

@@ -571,6 +571,58 @@ def test_a_connection_that_lasted_starts_the_repunch_count_over() -> None:
     run(main())
 
 
+def test_a_productive_stall_does_not_count_towards_the_repunch_cap() -> None:
+    """At 10% loss TCP stalls every 5-20 s: a stalled connection that had delivered
+    enough (the stall watch says ``productive``) does not bring the cap nearer."""
+    async def main() -> None:
+        net = FakeNetwork()
+        config = CONFIG.replace(methods=("tcp",))
+        a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=("tcp",)),
+                 config=config)
+        b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=("tcp",)),
+                 config=config)
+        meet(a, b)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        rec = a.record("peer-b")
+        for _ in range(MAX_REPUNCHES + 3):
+            assert a.engine.stalled(IH, rec.endpoint, "tcp", True)
+            await a.engine.wait_for(lambda: rec.state in (PunchState.CONNECTED,
+                                                          PunchState.FAILED))
+            assert rec.state == PunchState.CONNECTED
+        assert rec.repunches == 1
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_complete_symmetric_side_still_punches_a_lost_prediction_again() -> None:
+    """Only the symmetric side can start a prediction: complete or not, it punches a
+    lost predicted connection again (the cone side, still downloading, cannot)."""
+    async def main() -> None:
+        net = FakeNetwork()
+        hard = side(net, profile("peer-a", "symmetric", 1))
+        easy = side(net, dataclasses.replace(profile("peer-b", "port", 2),
+                                             nat_summary={"nat_type": "port"}))
+        meet(hard, easy)
+        await settle(hard, easy, peer_ids=("peer-b", "peer-a"))
+        rec = hard.record("peer-b")
+        assert rec.method == "predict"
+        before = len(net.offers())
+        hard.engine.connection_lost(IH, rec.endpoint, "timed out", repunch=False)
+        await hard.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+        assert [d["method"] for _, _, d in net.offers()[before:]] == ["predict"]
+        # The cone side, complete, leaves it to the symmetric side.
+        crec = easy.record("peer-a")
+        before = len(net.offers())
+        easy.engine.connection_lost(IH, crec.endpoint, "timed out", repunch=False)
+        assert crec.state == PunchState.DROPPED
+        await asyncio.sleep(2 * REPUNCH_RESPONDER_DELAY)
+        assert len(net.offers()) == before
+        await close(hard, easy)
+
+    run(main())
+
+
 def test_a_lost_utp_connection_is_left_to_libtorrent() -> None:
     async def main() -> None:
         net = FakeNetwork()

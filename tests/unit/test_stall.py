@@ -180,16 +180,22 @@ def test_a_productive_connection_starts_the_count_over() -> None:
                               "enable_lsd": False, "enable_upnp": False,
                               "enable_natpmp": False})
         dials: list[str] = []
+        productive: list[bool] = []
 
         async def dial(infohash: str, transport: str, endpoint: tuple[str, int]) -> None:
             dials.append(transport)
 
-        watch = PeerWatch(session, {}, dial, lambda e: None, started=0.0)
+        def punched(ih: str, endpoint: tuple[str, int], transport: str, enough: bool) -> bool:
+            productive.append(enough)
+            return False  # not a punched peer: redialled
+
+        watch = PeerWatch(session, {}, dial, lambda e: None, started=0.0, punched=punched)
         for n in range(3 * MAX_RECOVERIES):
             received = PRODUCTIVE if n % 4 == 3 else 0  # every 4th one had delivered
             watch.recover(IH, Stall(peer(received, transport="tcp"), 5.0, 5.0))
             await asyncio.sleep(0)
         assert len(dials) == 3 * MAX_RECOVERIES
+        assert productive == [n % 4 == 3 for n in range(3 * MAX_RECOVERIES)]
         # Without productive ones in between, the cap holds.
         for _ in range(MAX_RECOVERIES + 1):
             watch.recover(IH, Stall(peer(0, transport="tcp"), 5.0, 5.0))
