@@ -449,6 +449,28 @@ def _connected_pair() -> tuple[Side, Side, FakeNetwork]:
     return a, b, net
 
 
+def _port_pair(methods: tuple[str, ...]) -> tuple[Side, Side, FakeNetwork]:
+    """Two port-restricted peers that punch with ``methods`` (profiles and config), met."""
+    net = FakeNetwork()
+    config = CONFIG.replace(methods=methods)
+    a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=methods),
+             config=config)
+    b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=methods),
+             config=config)
+    meet(a, b)
+    return a, b, net
+
+
+def _prediction_pair() -> tuple[Side, Side, FakeNetwork]:
+    """A symmetric peer (peer-a) and a port-restricted one with STUN discovery, met."""
+    net = FakeNetwork()
+    hard = side(net, profile("peer-a", "symmetric", 1))
+    easy = side(net, dataclasses.replace(profile("peer-b", "port", 2),
+                                         nat_summary={"nat_type": "port"}))
+    meet(hard, easy)
+    return hard, easy, net
+
+
 @pytest.mark.parametrize("who", ["initiator", "responder"])
 def test_a_lost_tcp_connection_is_punched_again(who: str) -> None:
     """The initiator punches again at once; a responder after REPUNCH_RESPONDER_DELAY,
@@ -542,13 +564,7 @@ def test_a_connection_that_lasted_starts_the_repunch_count_over() -> None:
     """The cap ends loops of connections that die at once; one that lasted
     REPUNCH_FORGIVE before it was lost does not count."""
     async def main() -> None:
-        net = FakeNetwork()
-        config = CONFIG.replace(methods=("tcp",))
-        a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=("tcp",)),
-                 config=config)
-        b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=("tcp",)),
-                 config=config)
-        meet(a, b)
+        a, b, net = _port_pair(("tcp",))
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
         rec = a.record("peer-b")
         for _ in range(MAX_REPUNCHES + 3):
@@ -575,13 +591,7 @@ def test_a_productive_stall_does_not_count_towards_the_repunch_cap() -> None:
     """At 10% loss TCP stalls every 5-20 s: a stalled connection that had delivered
     enough (the stall watch says ``productive``) does not bring the cap nearer."""
     async def main() -> None:
-        net = FakeNetwork()
-        config = CONFIG.replace(methods=("tcp",))
-        a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=("tcp",)),
-                 config=config)
-        b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=("tcp",)),
-                 config=config)
-        meet(a, b)
+        a, b, net = _port_pair(("tcp",))
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
         rec = a.record("peer-b")
         for _ in range(MAX_REPUNCHES + 3):
@@ -599,11 +609,7 @@ def test_a_complete_symmetric_side_still_punches_a_lost_prediction_again() -> No
     """Only the symmetric side can start a prediction: complete or not, it punches a
     lost predicted connection again (the cone side, still downloading, cannot)."""
     async def main() -> None:
-        net = FakeNetwork()
-        hard = side(net, profile("peer-a", "symmetric", 1))
-        easy = side(net, dataclasses.replace(profile("peer-b", "port", 2),
-                                             nat_summary={"nat_type": "port"}))
-        meet(hard, easy)
+        hard, easy, net = _prediction_pair()
         await settle(hard, easy, peer_ids=("peer-b", "peer-a"))
         rec = hard.record("peer-b")
         assert rec.method == "predict"
@@ -642,13 +648,7 @@ def test_a_stalled_utp_punch_is_punched_again_over_tcp(who: str) -> None:
     """The stall watch hands a stalled punched connection to the engine: it punches
     again at once (as responder too), the stalled method last."""
     async def main() -> None:
-        net = FakeNetwork()
-        config = CONFIG.replace(methods=("utp", "tcp"))
-        a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=config.methods),
-                 config=config)
-        b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=config.methods),
-                 config=config)
-        meet(a, b)
+        a, b, net = _port_pair(("utp", "tcp"))
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
         init = a if a.record("peer-b").role == "initiator" else b
         resp = b if init is a else a
@@ -683,13 +683,7 @@ def test_a_stalled_tcp_punch_is_punched_again_over_tcp_first() -> None:
     """A TCP stall is a retransmission backoff under loss: a new TCP connection ends it,
     so TCP stays first (uTP does worse under the same loss)."""
     async def main() -> None:
-        net = FakeNetwork()
-        config = CONFIG.replace(methods=("tcp", "utp"))
-        a = side(net, dataclasses.replace(profile("peer-a", "port", 1), methods=config.methods),
-                 config=config)
-        b = side(net, dataclasses.replace(profile("peer-b", "port", 2), methods=config.methods),
-                 config=config)
-        meet(a, b)
+        a, b, net = _port_pair(("tcp", "utp"))
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
         rec = a.record("peer-b")
         assert rec.method == "tcp"
@@ -904,11 +898,7 @@ def test_a_symmetric_nat_meets_a_port_restricted_one_by_prediction_first() -> No
     """The symmetric side initiates with a secret; the cone side answers with its probe
     socket's mapping and probes the symmetric side's address; uTP is not tried first."""
     async def main() -> None:
-        net = FakeNetwork()
-        hard = side(net, profile("peer-a", "symmetric", 1))
-        easy = side(net, dataclasses.replace(profile("peer-b", "port", 2),
-                                             nat_summary={"nat_type": "port"}))
-        meet(hard, easy)
+        hard, easy, net = _prediction_pair()
         await settle(hard, easy, peer_ids=("peer-b", "peer-a"))
         (offer,) = [d for _, _, d in net.offers("peer-a")]
         assert offer["method"] == "predict" and len(offer["secret"]) == 32
