@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lt_punch.config import Config
+from lt_punch.config import METHODS
 from lt_punch.errors import ConfigError, LabError, LtTimeoutError
 from lt_punch.netlab import NatLab, lab_unavailable_reason
 from lt_punch.netlab.scenario import (
@@ -126,7 +126,7 @@ def one_run(lab: NatLab, stun: tuple[str, int], url: str, base: Path, torrent: P
           {"seed": "b-seed", "leech": "a-leech"}
     # The library's methods and order (Config's default; the relay needs --turn).
     extra = ["--udp-port", str(SIGNAL_PORT), "--timeout", "60",
-             "--methods", ",".join(Config().methods)]
+             "--methods", ",".join(METHODS)]
     env = None
     if turn is not None:  # both sides have the TURN server
         extra += ["--turn", f"{turn[0]}:{turn[1]}", "--turn-user", TURN_USER]

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 
-from lt_punch.config import Config
+from lt_punch.config import METHODS
 from lt_punch.errors import ConfigError
 from lt_punch.netlab import NatLab, lab_unavailable_reason
 from lt_punch.netlab.scenario import nat_pairs, run_pair
@@ -39,7 +39,7 @@ def main() -> int:
                              "tcp,utp,predict, and relay with --turn)")
     args = parser.parse_args()
     order = (tuple(args.methods.split(",")) if args.methods
-             else tuple(m for m in Config().methods if args.turn or m != "relay"))
+             else tuple(m for m in METHODS if args.turn or m != "relay"))
     reason = lab_unavailable_reason()
     if reason:
         print(f"lab unavailable: {reason}", file=sys.stderr)

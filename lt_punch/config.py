@@ -39,6 +39,9 @@ from typing import Any
 from .errors import ConfigError
 from .types import Address
 
+METHODS: tuple[str, ...] = ("tcp", "utp", "predict", "relay")
+"""Every punch method, in the default order of preference (:attr:`Config.methods`)."""
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -197,7 +200,7 @@ class Config:
     """Peers only from the signaling room: no DHT bootstrap, LSD, UPnP or NAT-PMP
     (``ISOLATED_SETTINGS``; nothing leaves for the public BitTorrent network)."""
 
-    methods: tuple[str, ...] = ("tcp", "utp", "predict", "relay")
+    methods: tuple[str, ...] = METHODS
     """Punch methods, in order of preference (``predict`` only between a symmetric NAT
     and a cone NAT; ``relay`` only when one side of the pair has a TURN server, last,
     except after a uTP stall, when it goes before uTP and ``predict``). TCP first:
@@ -246,9 +249,9 @@ class Config:
         if not self.methods:
             raise ConfigError("methods: at least one punch method is required")
         for m in self.methods:
-            if m not in ("utp", "tcp", "predict", "relay"):
+            if m not in METHODS:
                 raise ConfigError(f"methods: unknown method {m!r} "
-                                  "(known: utp, tcp, predict, relay)")
+                                  f"(known: {', '.join(METHODS)})")
         for name in ("turn_username", "turn_password", "turn_secret"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}: expected a string")

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .config import Config
+from .config import METHODS, Config
 from .errors import LtPunchError
 
 
@@ -135,14 +135,14 @@ def run_lab(seed_nat: str, leech_nat: str, size: int, methods: tuple[str, ...],
               type=click.Choice(["open", "full", "restricted", "port", "symmetric"]))
 @click.option("--size-mb", default=16, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--method", "methods", multiple=True,
-              type=click.Choice(["utp", "tcp", "predict", "relay"]),
+              type=click.Choice(METHODS),
               help="Punch method(s) to allow, in order (default: tcp, utp; with --lab "
                    "also predict and relay, through the lab's TURN server).")
 @click.option("--json", "as_json", is_flag=True, help="Print the merged stats as JSON.")
 def demo_command(use_lab: bool, seed_nat: str, leech_nat: str, size_mb: int,
                  methods: tuple[str, ...], as_json: bool) -> None:
     """Two peers meet by infohash, punch a path and download; the data is verified."""
-    methods = methods or (("tcp", "utp", "predict", "relay") if use_lab else ("tcp", "utp"))
+    methods = methods or (METHODS if use_lab else ("tcp", "utp"))
     size = size_mb << 20
     try:
         if use_lab:

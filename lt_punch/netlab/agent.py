@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, parse_hostports
+from ..config import METHODS, Config, parse_hostports
 from ..errors import LtPunchError
 
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signal", required=True, help="ws:// URL of the signaling server")
     parser.add_argument("--udp-port", type=int, default=None, help="reflector UDP port")
     parser.add_argument("--stun", default="", help="host:port[,host:port]")
-    parser.add_argument("--methods", default=",".join(Config().methods),
+    parser.add_argument("--methods", default=",".join(METHODS),
                         help="punch methods in order (default: the library's)")
     parser.add_argument("--turn", default="", metavar="HOST:PORT[,...]",
                         help="TURN servers (password or secret: LTP_TURN_PASSWORD, "

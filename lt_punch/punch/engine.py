@@ -330,15 +330,10 @@ class PunchEngine:
         if rec is None or rec.method is None:
             return False
         rec.stalled.add(rec.method)
-        if productive:
-            rec.repunches = 0
-        self._drop(rec, f"{rec.method} connection stalled")
-        key = (infohash, rec.peer_id, "punch")
-        task = self._tasks.get(key)
-        if task is None or task.done():
-            # At once, whatever our role: only the downloading end sees a stall, so the
-            # initiator may never punch again by itself.
-            self._start(key, self._repunch(rec, wait=False), f"repunch-{rec.peer_id}")
+        self._drop(rec, f"{rec.method} connection stalled", productive=productive)
+        # At once, whatever our role: only the downloading end sees a stall, so the
+        # initiator may never punch again by itself.
+        self.reconnect(infohash, rec.peer_id)
         return True
 
     async def wait_for(self, predicate: Callable[[], Any]) -> Any:
@@ -394,10 +389,11 @@ class PunchEngine:
             self._emit(event)
         self._touch(rec.infohash)
 
-    def _drop(self, rec: PunchRecord, reason: str) -> None:
+    def _drop(self, rec: PunchRecord, reason: str, *, productive: bool = False) -> None:
         """A punched connection is gone: DROPPED (the re-punch count starts over when it
-        had lasted :data:`REPUNCH_FORGIVE`)."""
-        if rec.connected_at is not None and self._now() - rec.connected_at >= REPUNCH_FORGIVE:
+        was ``productive`` or had lasted :data:`REPUNCH_FORGIVE`)."""
+        lasted = 0.0 if rec.connected_at is None else self._now() - rec.connected_at
+        if productive or lasted >= REPUNCH_FORGIVE:
             rec.repunches = 0
         self._move(rec, S.DROPPED, reason=reason)
 

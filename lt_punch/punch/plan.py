@@ -53,11 +53,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import METHODS
 from ..errors import RemoteProtocolError
 from ..nat.info import NATInfo
 from ..types import Address
-
-METHODS = ("tcp", "utp", "predict", "relay")
 
 # Harder NATs initiate. "unknown" is treated like a port-restricted cone.
 NAT_RANK: dict[str, int] = {

@@ -461,6 +461,15 @@ def _port_pair(methods: tuple[str, ...]) -> tuple[Side, Side, FakeNetwork]:
     return a, b, net
 
 
+async def _stall_offers(s: Side, rec: Any, transport: str, net: FakeNetwork) -> list[str]:
+    """``s`` reports ``rec``'s connection stalled; the methods offered until it is
+    connected again."""
+    before = len(net.offers())
+    assert s.engine.stalled(IH, rec.endpoint, transport)
+    await s.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+    return [d["method"] for _, _, d in net.offers()[before:]]
+
+
 def _prediction_pair() -> tuple[Side, Side, FakeNetwork]:
     """A symmetric peer (peer-a) and a port-restricted one with STUN discovery, met."""
     net = FakeNetwork()
@@ -687,11 +696,8 @@ def test_a_stalled_tcp_punch_is_punched_again_over_tcp_first() -> None:
         await settle(a, b, peer_ids=("peer-b", "peer-a"))
         rec = a.record("peer-b")
         assert rec.method == "tcp"
-        before = len(net.offers())
-        assert a.engine.stalled(IH, rec.endpoint, "tcp")
-        await a.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
+        assert await _stall_offers(a, rec, "tcp", net) == ["tcp"]
         assert rec.method == "tcp" and rec.stalled == {"tcp"}
-        assert [d["method"] for _, _, d in net.offers()[before:]] == ["tcp"]
         await close(a, b)
 
     run(main())
@@ -924,10 +930,7 @@ def test_after_a_utp_stall_prediction_goes_after_the_relay() -> None:
         await settle(hard, easy, peer_ids=("peer-b", "peer-a"))
         rec = hard.record("peer-b")
         assert rec.method == "utp"
-        before = len(net.offers())
-        assert hard.engine.stalled(IH, rec.endpoint, "utp")
-        await hard.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
-        assert [d["method"] for _, _, d in net.offers()[before:]] == ["relay"]
+        assert await _stall_offers(hard, rec, "utp", net) == ["relay"]
         assert rec.method == "relay"
         await close(hard, easy)
 
