@@ -41,6 +41,7 @@ def inside(transport: str, loss: int, size_mb: int, seconds: float, rate: int,
     lt.set_piece_hashes(ct, tmp)
     info = lt.torrent_info(ct.generate())
     utp = transport == "utp"
+    arq = transport == "arq"
     base = {"enable_dht": False, "enable_lsd": False, "enable_upnp": False,
             "enable_natpmp": False, "allow_multiple_connections_per_ip": True,
             "min_reconnect_time": 1, "enable_outgoing_tcp": not utp,
@@ -52,16 +53,22 @@ def inside(transport: str, loss: int, size_mb: int, seconds: float, rate: int,
     s.set_upload_limit(rate)
     os.makedirs(f"{tmp}/leech")
     h = leech.add_torrent(_params(lt, lt.torrent_info(info), f"{tmp}/leech"))
+    while not s.status().is_seeding:  # a checking seed closes connections at once
+        time.sleep(0.05)
+    dial = ("127.0.0.1", 6881)
+    if arq:
+        dial = _arq_tunnel(("127.0.0.1", 6881))
     started = time.monotonic()
     loss_at = None
     done_at = None
     while time.monotonic() - started < 60:
         st = h.status()
         if st.num_peers == 0:
-            h.connect_peer(("127.0.0.1", 6881))
+            h.connect_peer(dial)
         if loss_at is None and st.total_wanted_done >= 1 << 20:
             rule = (f"table inet loss {{\n chain in {{\n  type filter hook input priority 0;\n"
-                    f"  meta l4proto {'udp' if utp else 'tcp'} numgen random mod 100 < {loss}"
+                    f"  meta l4proto {'udp' if utp or arq else 'tcp'} numgen random mod 100"
+                    f" < {loss}"
                     f" drop\n }}\n}}\n")
             subprocess.run(["nft", "-f", "-"], input=rule, text=True, check=True)
             loss_at, loss_bytes = time.monotonic(), st.total_wanted_done
@@ -78,6 +85,48 @@ def inside(transport: str, loss: int, size_mb: int, seconds: float, rate: int,
         "seconds": (done_at or time.monotonic()) - (loss_at or started),
     }))
     subprocess.run(["rm", "-rf", tmp], check=False)
+
+
+def _arq_tunnel(seed: tuple[str, int]) -> tuple[str, int]:
+    """lt_punch's loss-tolerant stream between two UDP sockets on loopback, in a thread:
+    a TCP connection to the returned endpoint (the leech's) is carried to ``seed``."""
+    import asyncio
+    import random
+    import threading
+
+    from lt_punch.punch.arq import ArqSocket
+
+    ready: list[tuple[str, int]] = []
+    started = threading.Event()
+
+    async def run() -> None:
+        sid = random.getrandbits(32)
+        near = await ArqSocket.open(sid, ("127.0.0.1", 0))
+        far = await ArqSocket.open(sid, ("127.0.0.1", 0))
+        near.peer, far.peer = far.local, near.local
+
+        joined = asyncio.Event()
+
+        async def entry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if server.is_serving():  # one connection a tunnel
+                server.close()
+                joined.set()
+                await near.stream.join(reader, writer)
+            else:
+                writer.close()
+
+        server = await asyncio.start_server(entry, "127.0.0.1", 0)
+        ready.append(server.sockets[0].getsockname()[:2])
+        started.set()
+        # The far end dials the seed once the leech is in (as the relay does: a
+        # session that has only just started closes a connection at once).
+        await joined.wait()
+        reader, writer = await asyncio.open_connection(*seed)
+        await far.stream.join(reader, writer)
+
+    threading.Thread(target=lambda: asyncio.run(run()), daemon=True).start()
+    started.wait(10)
+    return ready[0]
 
 
 def _params(lt, info, save_path):  # type: ignore[no-untyped-def]
@@ -136,8 +185,10 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a libtorrent setting for both sessions (integers and "
                              "true/false), e.g. utp_num_resends=10; repeatable")
-    parser.add_argument("--transport", action="append", choices=("utp", "tcp"),
-                        help="run only this transport (repeatable; default both)")
+    parser.add_argument("--transport", action="append", choices=("utp", "tcp", "arq"),
+                        help="run only this transport (repeatable; default all three; "
+                             "arq: TCP sessions joined by lt_punch's loss-tolerant stream "
+                             "over UDP, the loss on the UDP)")
     args = parser.parse_args()
     try:
         _settings(args.set)
@@ -147,7 +198,7 @@ def main() -> int:
         print("needs root (network namespaces, nftables)", file=sys.stderr)
         return 2
     results: dict[str, list[dict[str, object]]] = {
-        t: [] for t in (args.transport or ("utp", "tcp"))}
+        t: [] for t in (args.transport or ("utp", "tcp", "arq"))}
     for run in range(1, args.runs + 1):
         for transport in results:
             r = one(transport, args)
