@@ -80,19 +80,15 @@ S = PunchState
 _T = TypeVar("_T")
 
 
-UTP_CARRIED = frozenset({"utp", "predict"})
-"""Methods whose path carries libtorrent's uTP (a prediction bridges it)."""
-
-
 def _stalled_before(method: str, stalled: set[str]) -> bool:
     """Whether ``method`` goes last because a connection stalled (sorted() keeps the
-    order else): a method that stalled, and after a uTP stall anything that carries
-    uTP, since libtorrent's uTP freezes under loss whatever the path; never TCP: a TCP
-    stall is a retransmission backoff under loss, which a new connection ends, and uTP
-    under the same loss does worse (benchmarks/utp_loss.py)."""
+    order else): a method that stalled; never TCP: a TCP stall is a retransmission
+    backoff under loss, which a new connection ends, and uTP under the same loss does
+    worse (benchmarks/utp_loss.py). A prediction's path carries our loss-tolerant
+    stream (:mod:`.arq`), so a uTP stall does not demote it."""
     if method == "tcp":
         return False
-    return method in stalled or (method in UTP_CARRIED and bool(stalled & UTP_CARRIED))
+    return method in stalled
 
 
 class DialFailed(Exception):

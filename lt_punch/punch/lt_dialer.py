@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+import socket
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import libtorrent as lt
 
 from ..torrent import native
 from ..types import Address
+from .arq import StreamError
 from .engine import DialFailed
 
 if TYPE_CHECKING:
@@ -38,6 +41,11 @@ KICK_MIN_INTERVAL = 30.0
 
 DIAL_START_WAIT = 1.5
 """Seconds a TCP dial keeps outgoing uTP off while waiting for libtorrent to dial."""
+
+logger = logging.getLogger(__name__)
+
+CARRY_CONNECT_TIMEOUT = 5.0
+"""Seconds to connect a stream's local socket to libtorrent's listen port."""
 
 # A failure in one of these operations is about the dial itself.
 _CONNECT_OPS = {
@@ -232,11 +240,17 @@ class PredictWatch:
         self._connected = False
 
     def found(self, bridge: UdpBridge) -> None:
-        """The hard side's pair: libtorrent will see the connection from the bridge."""
+        """The hard side's pair: the bridge's stream goes into libtorrent as an
+        incoming TCP connection from a local socket of ours."""
         self.bridge = bridge
         self._dialer.keep(bridge)
-        self._inner = self._dialer.expect(self._infohash, self._dialer.via(bridge),
-                                          any_port=False)
+        try:
+            local = self._dialer.carry_in(bridge)
+        except OSError as exc:
+            logger.warning("predict: no local socket for the stream: %s", exc)
+            bridge.close()
+            return
+        self._inner = self._dialer.expect(self._infohash, local, any_port=False)
 
     async def wait(self) -> Address:
         assert self.task is not None
@@ -248,7 +262,8 @@ class PredictWatch:
             raise DialFailed(f"birthday punch: {exc.strerror or exc}") from None
         if isinstance(result, ConnectionWatch):  # the cone side dialled its bridge
             self._inner = result
-        assert self._inner is not None
+        if self._inner is None:
+            raise DialFailed("the stream's path into libtorrent failed")
         endpoint = await self._inner.wait()
         self._connected = True
         return endpoint
@@ -349,19 +364,16 @@ class LtDialer:
             raise DialFailed("no listen endpoint to bridge to")
         return self._listen()
 
-    def via(self, bridge: UdpBridge) -> Address:
-        """Where libtorrent sees (and dials) a bridge: its port on libtorrent's host."""
-        return self._libtorrent()[0], bridge.local[1]
-
     async def predict_hard(self, infohash: str, secret: str, easy: Address,
                            within: float) -> PredictWatch:
         """The symmetric side of a birthday punch towards the cone side's probe
         mapping ``easy``; returns at once (the watch covers the punch)."""
         from .predict import hard_side
 
+        self._libtorrent()  # the stream will need it
         watch = PredictWatch(self, infohash)
         watch.task = asyncio.ensure_future(hard_side(
-            secret, easy, self._libtorrent(), timeout=within, on_found=watch.found))
+            secret, easy, timeout=within, on_found=watch.found))
         return watch
 
     async def predict_easy(self, infohash: str, secret: str, hard_ip: str,
@@ -376,8 +388,9 @@ class LtDialer:
 
         if self.stun is None:
             raise DialFailed("no STUN server to map a probe socket")
+        self._libtorrent()  # the stream will need it
         try:
-            bridge = await open_bridge(secret, self._libtorrent())
+            bridge = await open_bridge(secret)
         except OSError as exc:
             raise DialFailed(f"no probe socket: {exc.strerror or exc}") from None
         try:
@@ -396,10 +409,89 @@ class LtDialer:
 
         async def probe_then_dial() -> ConnectionWatch:
             await easy_side(bridge, hard_ip, timeout=within)
-            return await self.dial(infohash, "utp", self.via(bridge))
+            return await self.dial(infohash, "tcp", await self.carry_out(bridge))
 
         watch.task = asyncio.ensure_future(probe_then_dial())
         return mapping, watch
+
+    def _local_host(self) -> str:
+        return self._libtorrent()[0]
+
+    def carry_in(self, bridge: UdpBridge) -> Address:
+        """Carry ``bridge``'s stream into libtorrent as an incoming TCP connection;
+        returns the local endpoint libtorrent will see it from (bound before the
+        connection is made, so the watch is in place first).
+
+        Raises:
+            OSError: no local socket.
+        """
+        stream = bridge.carry()
+        host = self._local_host()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            sock.setblocking(False)
+            sock.bind((host, 0))
+            local: Address = sock.getsockname()[:2]
+        except BaseException:
+            sock.close()
+            raise
+
+        async def run() -> None:
+            try:
+                async with asyncio.timeout(CARRY_CONNECT_TIMEOUT):
+                    await asyncio.get_running_loop().sock_connect(sock, self._libtorrent())
+                reader, writer = await asyncio.open_connection(sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+            await stream.join(reader, writer)
+
+        self._carried(bridge, run())
+        return local
+
+    async def carry_out(self, bridge: UdpBridge) -> Address:
+        """Carry ``bridge``'s stream out of libtorrent: a one-connection TCP listener
+        for libtorrent to dial (returned); the first connection is joined to it."""
+        stream = bridge.carry()
+        joined: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.get_running_loop().create_future())
+
+        async def entry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if joined.done():
+                writer.close()  # one connection a stream
+            else:
+                joined.set_result((reader, writer))
+
+        server = await asyncio.start_server(entry, self._local_host(), 0)
+        endpoint: Address = server.sockets[0].getsockname()[:2]
+
+        async def run() -> None:
+            try:
+                reader, writer = await joined
+            finally:
+                server.close()
+            await stream.join(reader, writer)
+
+        self._carried(bridge, run())
+        return endpoint
+
+    def _carried(self, bridge: UdpBridge, run: Coroutine[Any, Any, None]) -> None:
+        """Run ``run`` (a stream joined to libtorrent) until it ends or the bridge
+        closes; either way the bridge closes after it."""
+        async def guarded() -> None:
+            try:
+                await run
+            except StreamError as exc:
+                logger.info("predict stream %s: %s", bridge.local, exc)
+            except OSError as exc:
+                logger.info("predict stream %s: libtorrent: %s", bridge.local, exc)
+            finally:
+                bridge.close()
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        bridge.closed.add_done_callback(lambda _: task.cancel())
 
     async def _after_dial(self, watch: ConnectionWatch) -> None:
         try:

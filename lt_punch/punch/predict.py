@@ -1,5 +1,5 @@
 """Port prediction for a symmetric NAT with random ports: the "birthday" punch, and the
-UDP bridge that carries libtorrent's uTP over the path it finds.
+UDP bridge whose path carries a loss-tolerant stream into libtorrent.
 
 The pair: a *hard* side behind an endpoint-dependent (symmetric) NAT that picks a random
 port for every new flow, and an *easy* side whose NAT maps endpoint-independently
@@ -28,12 +28,12 @@ these sockets is ignored, so a stray or spoofed packet cannot pick the path, and
 easy side only probes the address signaling named.
 
 The pair of sockets is not libtorrent's, so each side keeps its socket as a
-:class:`UdpBridge`: datagrams from libtorrent (on loopback) go to the peer's endpoint,
-datagrams from the peer go to libtorrent. The easy side's libtorrent dials its bridge
-(uTP ``connect_peer`` to the bridge's loopback endpoint); the hard side's libtorrent
-takes the connection as an incoming one from its bridge. A bridge sends a keep-alive
-every :data:`KEEPALIVE` seconds of silence (the NAT mappings of the path) and closes
-after :data:`IDLE_TIMEOUT` seconds without traffic.
+:class:`UdpBridge`, and the path carries a loss-tolerant stream of ours
+(:mod:`lt_punch.punch.arq`) that libtorrent reaches over loopback TCP: the easy side's
+libtorrent dials a one-connection listener, the hard side's stream connects to
+libtorrent's listen port (:mod:`lt_punch.punch.lt_dialer`). (The bridges carried
+libtorrent's uTP until 2026-12-02: it froze under 10% loss, 1 of 3 runs in 30 s; the
+stream finished 4 of 4 in about 2 s.)
 """
 
 from __future__ import annotations
@@ -45,16 +45,18 @@ import hmac
 import logging
 import secrets
 import socket
-import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..types import Address
+
+if TYPE_CHECKING:
+    from .arq import ArqStream
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"LTPB"
-OPEN, PROBE, ACK, KEEPALIVE_KIND = 1, 2, 3, 4
+OPEN, PROBE, ACK = 1, 2, 3
 _NONCE = 8
 _MAC = 16
 PACKET_SIZE = len(MAGIC) + 1 + _NONCE + _MAC
@@ -72,12 +74,6 @@ budget goes out in about a second)."""
 
 PORT_RANGE = (1024, 65535)
 """Where a NAT's random ports fall (Linux masquerade ``fully-random``; most routers)."""
-
-KEEPALIVE = 20.0
-"""Seconds of silence after which a bridge refreshes its path's NAT mappings."""
-
-IDLE_TIMEOUT = 180.0
-"""Seconds without data through it after which a bridge closes."""
 
 ACK_REPEATS = (0.1, 0.3, 0.7, 1.5)
 """Seconds after finding the pair at which the ack goes again while no data came."""
@@ -107,33 +103,29 @@ def verify(data: bytes, secret: str) -> int | None:
 
 
 class UdpBridge(asyncio.DatagramProtocol):
-    """One UDP socket between libtorrent (on loopback) and a peer's public endpoint.
+    """One UDP socket towards a peer's public endpoint.
 
     Before the path is known (``peer`` None) only verified control packets count; they
-    go to ``on_control(kind, source, bridge)``. Afterwards, datagrams from ``libtorrent``
-    go to ``peer`` and datagrams from ``peer`` to ``libtorrent``; control packets from
-    the peer are answered or dropped, never passed on.
+    go to ``on_control(kind, source, bridge)``. Afterwards the path carries one
+    :class:`~lt_punch.punch.arq.ArqStream` (:meth:`carry`): datagrams from ``peer`` go
+    to it; control packets from the peer are answered or dropped, never passed on.
     """
 
-    def __init__(self, secret: str, libtorrent: Address,
+    def __init__(self, secret: str,
                  on_control: Callable[[int, Address, UdpBridge], None] | None = None) -> None:
         self.secret = secret
-        self.libtorrent = libtorrent
         self.peer: Address | None = None
         self.peer_ip: str | None = None
         """Only this address may take part (the one signaling named), when set."""
         self.on_control = on_control
         self.transport: asyncio.DatagramTransport | None = None
         self.packets = [0, 0]
-        """Datagrams forwarded libtorrent -> peer and peer -> libtorrent."""
+        """Stream datagrams sent to and received from the peer."""
         self.ignored = 0
-        self.last = time.monotonic()
-        """When data last crossed (control packets and keep-alives do not count: a path
-        libtorrent no longer uses must close)."""
-        self.last_sent = time.monotonic()
         self.closed = asyncio.get_running_loop().create_future()
-        self._keepalive: asyncio.Task[None] | None = None
         self._follow = False
+        self.stream: ArqStream | None = None
+        """The loss-tolerant stream the path carries (:meth:`carry`)."""
 
     # -- asyncio ----------------------------------------------------------------------
 
@@ -143,21 +135,12 @@ class UdpBridge(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
-        if self._keepalive is not None:
-            self._keepalive.cancel()
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("bridge %s: %s", self.local, exc)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
         source = (str(addr[0]), int(addr[1]))
-        assert self.transport is not None
-        if source == self.libtorrent:
-            if self.peer is not None:
-                self.transport.sendto(data, self.peer)
-                self.packets[0] += 1
-                self.last = self.last_sent = time.monotonic()
-            return
         if self.peer_ip is not None and source[0] != self.peer_ip:
             self.ignored += 1
             return
@@ -169,10 +152,9 @@ class UdpBridge(asyncio.DatagramProtocol):
             if self.on_control is not None:
                 self.on_control(kind, source, self)
             return
-        if self.peer is not None and source == self.peer:
-            self.transport.sendto(data, self.libtorrent)
+        if self.stream is not None and source == self.peer:
             self.packets[1] += 1
-            self.last = time.monotonic()
+            self.stream.datagram(data)
         else:
             self.ignored += 1
 
@@ -187,20 +169,15 @@ class UdpBridge(asyncio.DatagramProtocol):
     def send_control(self, kind: int, to: Address) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(packet(kind, self.secret), to)
-            self.last_sent = time.monotonic()
 
     def connect(self, peer: Address, *, follow: bool = False) -> None:
-        """The path is ``peer``: forward from now on, keep its mappings alive. Until
-        data comes back, the ack is sent again (it may be lost), and with ``follow``
-        (the cone side) a verified ack from another port of the peer's address moves
-        the path there: the symmetric side keeps one socket and may have found a
-        different probe first."""
+        """The path is ``peer``. Until data comes back, the ack is sent again (it may be
+        lost), and with ``follow`` (the cone side) a verified ack from another port of
+        the peer's address moves the path there: the symmetric side keeps one socket
+        and may have found a different probe first."""
         self.peer = peer
-        self.last = time.monotonic()
         self._follow = follow
         self.on_control = self._answer_only
-        if self._keepalive is None:
-            self._keepalive = asyncio.ensure_future(self._keep())
         loop = asyncio.get_running_loop()
         for delay in ACK_REPEATS:
             loop.call_later(delay, self._ack_while_silent)
@@ -217,36 +194,47 @@ class UdpBridge(asyncio.DatagramProtocol):
         if kind in (OPEN, PROBE) and source == self.peer:
             self.send_control(ACK, source)  # our ack was lost: the other end asks again
 
-    async def _keep(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            while self.transport is not None and not self.transport.is_closing():
-                await asyncio.sleep(KEEPALIVE / 4)
-                now = time.monotonic()
-                if now - self.last > IDLE_TIMEOUT:
-                    logger.info("bridge %s: idle %.0f s, closing", self.local, now - self.last)
-                    self.close()
-                    return
-                if self.peer is not None and now - self.last_sent > KEEPALIVE:
-                    self.send_control(KEEPALIVE_KIND, self.peer)
+    def carry(self) -> ArqStream:
+        """The loss-tolerant stream (:mod:`.arq`) over the path; its id comes from the
+        attempt's secret, so both ends agree. The caller joins it to a TCP connection
+        with libtorrent; the stream keeps the path's mappings alive (an ACK every
+        second of silence) and ends when the peer is silent for 15 s."""
+        from .arq import ArqStream, tune
+
+        if self.stream is None:
+            sid = int.from_bytes(
+                hashlib.sha256(b"arq" + self.secret.encode()).digest()[:4], "big")
+            self.stream = ArqStream(sid, self._send_stream)
+            assert self.transport is not None
+            tune(self.transport.get_extra_info("socket"))
+        return self.stream
+
+    def _send_stream(self, data: bytes) -> None:
+        if self.peer is not None and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.sendto(data, self.peer)
+            self.packets[0] += 1
 
     def close(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        if self.stream is not None:
+            if not self.stream.done.done():
+                self.stream.abort("bridge closed")
+            self.stream.close()
         if self.transport is not None:
             self.transport.close()
 
 
-async def open_bridge(secret: str, libtorrent: Address,
+async def open_bridge(secret: str,
                       on_control: Callable[[int, Address, UdpBridge], None] | None = None,
                       ) -> UdpBridge:
     loop = asyncio.get_running_loop()
     _, bridge = await loop.create_datagram_endpoint(
-        lambda: UdpBridge(secret, libtorrent, on_control), local_addr=("0.0.0.0", 0),
+        lambda: UdpBridge(secret, on_control), local_addr=("0.0.0.0", 0),
         family=socket.AF_INET)
     return bridge
 
 
-async def hard_side(secret: str, easy: Address, libtorrent: Address, *,
+async def hard_side(secret: str, easy: Address, *,
                     timeout: float,  # noqa: ASYNC109
                     sockets: int = HARD_SOCKETS,
                     on_found: Callable[[UdpBridge], None] | None = None) -> UdpBridge:
@@ -275,7 +263,7 @@ async def hard_side(secret: str, easy: Address, libtorrent: Address, *,
     bridges: list[UdpBridge] = []
     try:
         for _ in range(sockets):
-            bridge = await open_bridge(secret, libtorrent, control)
+            bridge = await open_bridge(secret, control)
             bridge.peer_ip = easy[0]
             bridges.append(bridge)
             bridge.send_control(OPEN, easy)

@@ -1,6 +1,6 @@
 """The UDP bridge of port prediction on real loopback sockets: control packets without
 the attempt's HMAC, or from another address than the peer's, are ignored; once the path
-is set, datagrams cross both ways. (The birthday exchange itself needs NATs: the lab's
+is set, it carries a stream both ways. (The birthday exchange itself needs NATs: the lab's
 tests/lab/test_predict.py.)"""
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ async def endpoint(host: str = "127.0.0.1") -> Endpoint:
     return proto
 
 
-async def test_the_bridge_ignores_what_is_not_the_attempt_and_forwards_once_set() -> None:
+async def test_the_bridge_ignores_what_is_not_the_attempt_and_carries_a_stream() -> None:
     secret = predict.new_secret()
-    libtorrent, peer, stranger = await endpoint(), await endpoint(), await endpoint("127.0.0.2")
+    peer, stranger = await endpoint(), await endpoint("127.0.0.2")
     controls: asyncio.Queue[int] = asyncio.Queue()
-    bridge = await predict.open_bridge(secret, libtorrent.address,
-                                       lambda kind, source, b: controls.put_nowait(kind))
+    bridge = await predict.open_bridge(secret, lambda kind, source, b: controls.put_nowait(kind))
+    other = await predict.open_bridge(secret)
     target = ("127.0.0.1", bridge.local[1])
     try:
         bridge.peer_ip = "127.0.0.1"
@@ -52,21 +52,29 @@ async def test_the_bridge_ignores_what_is_not_the_attempt_and_forwards_once_set(
         peer.transport.sendto(predict.packet(predict.PROBE, "0" * 32), target)  # wrong key
         peer.transport.sendto(b"LTPB" + bytes(25), target)  # our magic, no valid mac
         stranger.transport.sendto(predict.packet(predict.PROBE, secret), target)  # elsewhere
+        peer.transport.sendto(b"A" * 40, target)  # no stream yet: dropped
         peer.transport.sendto(predict.packet(predict.PROBE, secret), target)
         async with asyncio.timeout(5):
             assert await controls.get() == predict.PROBE
-        assert controls.empty()  # the three before it were ignored, in order
-        assert bridge.ignored == 3
-        # The path: libtorrent's datagrams go to the peer, the peer's to libtorrent.
-        bridge.connect(peer.address)
-        assert libtorrent.transport is not None
-        libtorrent.transport.sendto(b"utp syn", target)
-        assert await peer.receive() == (b"utp syn", target)
-        peer.transport.sendto(b"utp state", target)
-        assert await libtorrent.receive() == (b"utp state", target)
-        assert bridge.packets == [1, 1]
+        assert controls.empty()  # the four before it were ignored, in order
+        assert bridge.ignored == 4
+        # The path: both ends carry a stream with the same id (from the secret).
+        bridge.connect(("127.0.0.1", other.local[1]))
+        other.connect(target)
+        near, far = bridge.carry(), other.carry()
+        assert near.sid == far.sid
+        near.write(b"handshake")
+        async with asyncio.timeout(5):
+            assert await far.read() == b"handshake"
+        peer.transport.sendto(b"A" * 40, target)  # not the path's endpoint: dropped
+        far.write(b"reply")
+        async with asyncio.timeout(5):
+            assert await near.read() == b"reply"
+        assert bridge.ignored == 5
+        assert bridge.packets[0] >= 1 and bridge.packets[1] >= 1
     finally:
         bridge.close()
-        for e in (libtorrent, peer, stranger):
+        other.close()
+        for e in (peer, stranger):
             assert e.transport is not None
             e.transport.close()

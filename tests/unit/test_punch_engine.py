@@ -917,9 +917,10 @@ def test_a_symmetric_nat_meets_a_port_restricted_one_by_prediction_first() -> No
     run(main())
 
 
-def test_after_a_utp_stall_prediction_goes_after_the_relay() -> None:
-    """A prediction's bridges carry libtorrent's uTP, which froze under loss: after a uTP
-    stall the relay comes before it (full cone vs symmetric: uTP, then prediction)."""
+def test_after_a_utp_stall_prediction_comes_before_the_relay() -> None:
+    """A prediction's path carries our loss-tolerant stream, not libtorrent's uTP, which
+    froze under loss: after a uTP stall it is next, before the relay (full cone vs
+    symmetric: uTP first)."""
     async def main() -> None:
         net = FakeNetwork()
         hard = side(net, dataclasses.replace(profile("peer-a", "symmetric", 1), turn=True),
@@ -930,8 +931,8 @@ def test_after_a_utp_stall_prediction_goes_after_the_relay() -> None:
         await settle(hard, easy, peer_ids=("peer-b", "peer-a"))
         rec = hard.record("peer-b")
         assert rec.method == "utp"
-        assert await _stall_offers(hard, rec, "utp", net) == ["relay"]
-        assert rec.method == "relay"
+        assert await _stall_offers(hard, rec, "utp", net) == ["predict"]
+        assert rec.method == "predict"
         await close(hard, easy)
 
     run(main())
