@@ -36,7 +36,7 @@ def main() -> int:
                              "method): the way out for pairs without TCP")
     parser.add_argument("--methods", default=None, metavar="M,M",
                         help="punch methods in order (default: the library's, "
-                             "tcp,utp,predict, and relay with --turn)")
+                             "tcp,utp,udp,predict, and relay with --turn)")
     args = parser.parse_args()
     order = (tuple(args.methods.split(",")) if args.methods
              else tuple(m for m in METHODS if args.turn or m != "relay"))

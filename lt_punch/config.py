@@ -39,7 +39,7 @@ from typing import Any
 from .errors import ConfigError
 from .types import Address
 
-METHODS: tuple[str, ...] = ("tcp", "utp", "predict", "relay")
+METHODS: tuple[str, ...] = ("tcp", "utp", "udp", "predict", "relay")
 """Every punch method, in the default order of preference (:attr:`Config.methods`)."""
 
 _TRUE = {"1", "true", "yes", "on"}

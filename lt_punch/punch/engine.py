@@ -80,15 +80,22 @@ S = PunchState
 _T = TypeVar("_T")
 
 
-def _stalled_before(method: str, stalled: set[str]) -> bool:
-    """Whether ``method`` goes last because a connection stalled (sorted() keeps the
-    order else): a method that stalled; never TCP: a TCP stall is a retransmission
-    backoff under loss, which a new connection ends, and uTP under the same loss does
-    worse (benchmarks/utp_loss.py). A prediction's path carries our loss-tolerant
-    stream (:mod:`.arq`), so a uTP stall does not demote it."""
-    if method == "tcp":
-        return False
-    return method in stalled
+LOSSY = frozenset({"tcp", "utp"})
+"""Methods whose stall says the path loses packets: libtorrent's TCP and uTP back off
+on random loss (benchmarks/utp_loss.py); our stream (``udp``, ``predict``) does not."""
+
+
+def _after_stalls(method: str, stalled: set[str]) -> int:
+    """Sort key of ``method`` once connections stalled (sorted() keeps the order within
+    a rank): ``udp`` first after a TCP or uTP stall (at 19% loss its stream carried 8x
+    TCP's rate); a method that stalled last, but never TCP (a TCP stall is a
+    retransmission backoff, which a new connection ends, and uTP under the same loss
+    does worse)."""
+    if method in stalled and method != "tcp":
+        return 2
+    if method == "udp" and stalled & LOSSY:
+        return 0
+    return 1
 
 
 class DialFailed(Exception):
@@ -117,6 +124,10 @@ class Watch(Protocol):
 
     def cancel(self) -> None:
         """Stop watching."""
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
 
 
 class Dialer(Protocol):
@@ -149,6 +160,16 @@ class Dialer(Protocol):
         """The cone side: the public mapping of a new probe socket (for the answer) and
         a watch on the probing, then on the connection. Raises :class:`DialFailed`."""
 
+    async def udp_socket(self, secret: str) -> tuple[Address, Closable]:
+        """A new socket of ours for a ``udp`` punch with ``secret``, and its public
+        mapping (STUN). Raises :class:`DialFailed`."""
+
+    def udp_punch(self, infohash: str, sock: Closable, peer: Address, within: float, *,
+                  carry_out: bool) -> Watch:
+        """Punch from ``sock`` to the peer's mapping; the watch covers the punch and
+        then the connection of libtorrent to the path's stream (it dials it with
+        ``carry_out``, else takes it in). The watch owns ``sock`` from here."""
+
     async def open_relay(self, infohash: str, peer_ips: tuple[str, ...]
                          ) -> tuple[Address, Watch]:
         """Our relayed address for a peer seen from ``peer_ips`` (allocated when needed,
@@ -163,7 +184,7 @@ def endpoint_for(method: str, peer: PeerProfile) -> Address | None:
     peer's outgoing port (simultaneous open) unless the peer is directly
     reachable, whose TCP listen port has the number of its UDP one.
     """
-    if method in ("utp", "predict"):
+    if method in ("utp", "udp", "predict"):
         return peer.udp
     if method == "relay":  # not dialled: the address the relay lets in
         return peer.tcp or peer.udp
@@ -279,13 +300,13 @@ class PunchEngine:
     def connection_lost(self, infohash: str, endpoint: Address, reason: str, *,
                         repunch: bool = True) -> None:
         """libtorrent lost the connection to ``endpoint``: a punched TCP path, a
-        predicted one (its bridge's mappings may be gone) or a relayed one is punched
+        stream's (its path may be gone) or a relayed one is punched
         again (plain uTP survives: our keep-alives hold the NAT mappings open and
         libtorrent redials). Not with ``repunch`` False (our torrent is complete: the
         end that still downloads punches again if it needs us; two seeds' connection
         is closed by libtorrent anyway)."""
         rec = next((r for r in self.records.get(infohash, {}).values()
-                    if r.state == S.CONNECTED and r.method in ("tcp", "predict", "relay")
+                    if r.state == S.CONNECTED and r.method in ("tcp", "udp", "predict", "relay")
                     and r.endpoint == endpoint), None)
         if rec is None:
             return
@@ -423,7 +444,7 @@ class PunchEngine:
 
     async def _initiate(self, rec: PunchRecord, me: PeerProfile, peer: PeerProfile) -> None:
         methods = plan.plan_methods(me, peer, self.config.methods)
-        methods.sort(key=lambda m: _stalled_before(m, rec.stalled))
+        methods.sort(key=lambda m: _after_stalls(m, rec.stalled))
         if not methods:
             reason = "no punch method fits this pair of NATs"
             self._fail(rec, "none", 0, reason)
@@ -457,6 +478,8 @@ class PunchEngine:
             return await self._attempt_relay(rec, peer, attempt)
         if method == "predict":
             return await self._attempt_predict(rec, peer, attempt)
+        if method == "udp":
+            return await self._attempt_udp(rec, peer, attempt)
         endpoint = endpoint_for(method, peer)
         assert endpoint is not None  # plan.usable() checked it
         answer = await self._exchange(rec, peer, PunchMessage(
@@ -527,6 +550,36 @@ class PunchEngine:
         watch = await self._dialer.predict_hard(rec.infohash, secret, answer.probe,
                                                 within=self.config.connection_timeout)
         return await self._connected(rec, "predict", watch)
+
+    async def _attempt_udp(self, rec: PunchRecord, peer: PeerProfile,
+                           attempt: int) -> str | None:
+        """Offer a secret and our new socket's mapping; punch to the mapping the peer
+        answers with, and take its stream into libtorrent."""
+        secret = new_secret()
+        try:
+            mapping, sock = await self._dialer.udp_socket(secret)
+        except DialFailed as exc:
+            return f"udp: {exc}"
+        try:
+            answer = await self._exchange(rec, peer, PunchMessage(
+                plan.OFFER, rec.infohash, "udp", attempt, self._punch_id(), secret=secret,
+                probe=mapping))
+        except BaseException:
+            sock.close()
+            raise
+        why = None
+        if isinstance(answer, str):
+            why = answer
+        elif answer.probe is None:
+            why = "peer answered without its mapping"
+        elif answer.probe[0] not in peer.ips():
+            why = f"mapping {answer.probe[0]} is not the peer's address"
+        if why is not None or isinstance(answer, str) or answer.probe is None:
+            sock.close()
+            return why
+        watch = self._dialer.udp_punch(rec.infohash, sock, answer.probe,
+                                       within=self.config.connection_timeout, carry_out=False)
+        return await self._connected(rec, "udp", watch)
 
     @staticmethod
     async def _watched(watch: Watch, coro: Coroutine[Any, Any, _T]) -> _T:
@@ -628,6 +681,8 @@ class PunchEngine:
             return await self._answer_relay(rec, peer, offer)
         if offer.method == "predict":
             return await self._answer_predict(rec, peer, offer)
+        if offer.method == "udp":
+            return await self._answer_udp(rec, peer, offer)
         if offer.method == "utp" or self._me().nat == "open":
             if offer.method == "utp":
                 # Open our NAT towards the initiator from libtorrent's UDP socket,
@@ -677,6 +732,28 @@ class PunchEngine:
             return reason
         return await self._watched(watch, self._answer_then_wait(
             rec, peer, offer.reply(plan.ANSWER, probe=probe), watch))
+
+    async def _answer_udp(self, rec: PunchRecord, peer: PeerProfile,
+                          offer: PunchMessage) -> str | None:
+        """Answer with a new socket's mapping, having started to probe the initiator's
+        (our probes open our NAT for its own)."""
+        reason = None
+        if offer.secret is None or offer.probe is None:
+            reason = "udp offer without a secret or a mapping"
+        elif offer.probe[0] not in peer.ips():
+            reason = f"mapping {offer.probe[0]} is not the peer's address"
+        else:
+            try:
+                mapping, sock = await self._dialer.udp_socket(offer.secret)
+            except DialFailed as exc:
+                reason = f"udp: {exc}"
+        if reason is not None or offer.probe is None:
+            await self._reply(peer.peer_id, offer.infohash, offer.reply(plan.FAILED, reason))
+            return reason
+        watch = self._dialer.udp_punch(rec.infohash, sock, offer.probe,
+                                       within=self.config.connection_timeout, carry_out=True)
+        return await self._watched(watch, self._answer_then_wait(
+            rec, peer, offer.reply(plan.ANSWER, probe=mapping), watch))
 
     async def _answer_relay(self, rec: PunchRecord, peer: PeerProfile,
                             offer: PunchMessage) -> str | None:

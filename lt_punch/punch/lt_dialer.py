@@ -28,7 +28,7 @@ import libtorrent as lt
 from ..torrent import native
 from ..types import Address
 from .arq import StreamError
-from .engine import DialFailed
+from .engine import Closable, DialFailed
 
 if TYPE_CHECKING:
     from ..torrent.alerts import AlertPump
@@ -238,6 +238,8 @@ class PredictWatch:
         self.bridge: UdpBridge | None = None
         self._inner: ConnectionWatch | None = None
         self._connected = False
+        self.missed = "no port pair found (birthday punch)"
+        """Why the punch failed when it timed out."""
 
     def found(self, bridge: UdpBridge) -> None:
         """The hard side's pair: the bridge's stream goes into libtorrent as an
@@ -257,7 +259,7 @@ class PredictWatch:
         try:
             result = await self.task
         except TimeoutError:
-            raise DialFailed("no port pair found (birthday punch)") from None
+            raise DialFailed(self.missed) from None
         except OSError as exc:  # 256 sockets: EMFILE, say
             raise DialFailed(f"birthday punch: {exc.strerror or exc}") from None
         if isinstance(result, ConnectionWatch):  # the cone side dialled its bridge
@@ -376,15 +378,14 @@ class LtDialer:
             secret, easy, timeout=within, on_found=watch.found))
         return watch
 
-    async def predict_easy(self, infohash: str, secret: str, hard_ip: str,
-                           within: float) -> tuple[Address, PredictWatch]:
-        """The cone side: a probe socket and its public mapping (for the answer), and a
-        watch on the probing and then on libtorrent's dial through the bridge.
+    async def udp_socket(self, secret: str) -> tuple[Address, UdpBridge]:
+        """The public mapping of a new socket of ours for a punch with ``secret``, and
+        the socket.
 
         Raises:
             DialFailed: no STUN server, or it did not answer.
         """
-        from .predict import easy_side, open_bridge, stun_mapping
+        from .predict import open_bridge, stun_mapping
 
         if self.stun is None:
             raise DialFailed("no STUN server to map a probe socket")
@@ -403,16 +404,56 @@ class LtDialer:
             if isinstance(exc, OSError):
                 raise DialFailed(f"probe socket: {exc.strerror or exc}") from None
             raise
+        return mapping, bridge
+
+    async def predict_easy(self, infohash: str, secret: str, hard_ip: str,
+                           within: float) -> tuple[Address, PredictWatch]:
+        """The cone side: a probe socket and its public mapping (for the answer), and a
+        watch on the probing and then on libtorrent's dial through the bridge.
+
+        Raises:
+            DialFailed: no STUN server, or it did not answer.
+        """
+        from .predict import easy_side
+
+        mapping, bridge = await self.udp_socket(secret)
+
+        def probe() -> Coroutine[Any, Any, object]:
+            return easy_side(bridge, hard_ip, timeout=within)
+
+        return mapping, self._punched(infohash, bridge, probe, carry_out=True)
+
+    def udp_punch(self, infohash: str, sock: Closable, peer: Address, within: float,
+                  *, carry_out: bool) -> PredictWatch:
+        """Punch from ``sock`` (:meth:`udp_socket`) to the peer's mapping ``peer``; the
+        path's stream then goes out of libtorrent (``carry_out``: libtorrent dials it)
+        or into it."""
+        from .predict import UdpBridge, punch
+
+        assert isinstance(sock, UdpBridge)
+        bridge = sock
+
+        watch = self._punched(infohash, bridge, lambda: punch(bridge, peer, timeout=within),
+                              carry_out=carry_out)
+        watch.missed = "no packet from the peer's mapping (udp punch)"
+        return watch
+
+    def _punched(self, infohash: str, bridge: UdpBridge,
+                 punching: Callable[[], Coroutine[Any, Any, object]], *,
+                 carry_out: bool) -> PredictWatch:
         watch = PredictWatch(self, infohash)
         watch.bridge = bridge
         self.keep(bridge)
 
-        async def probe_then_dial() -> ConnectionWatch:
-            await easy_side(bridge, hard_ip, timeout=within)
-            return await self.dial(infohash, "tcp", await self.carry_out(bridge))
+        async def then_carry() -> ConnectionWatch | None:
+            await punching()
+            if carry_out:
+                return await self.dial(infohash, "tcp", await self.carry_out(bridge))
+            watch.found(bridge)
+            return None
 
-        watch.task = asyncio.ensure_future(probe_then_dial())
-        return mapping, watch
+        watch.task = asyncio.ensure_future(then_carry())
+        return watch
 
     def _local_host(self) -> str:
         return self._libtorrent()[0]

@@ -31,8 +31,16 @@ round trip is needed to agree on roles:
   NAT, the "birthday" punch (:mod:`lt_punch.punch.predict`): the symmetric side
   (initiator) offers a secret; the cone side answers with the public mapping of a new
   probe socket and probes random ports of the symmetric side's address, which opens
-  256 flows towards that mapping; the pair of sockets that meet carries libtorrent's
-  uTP through a bridge on each side.
+  256 flows towards that mapping; the pair of sockets that meet carries a
+  loss-tolerant stream of ours (:mod:`lt_punch.punch.arq`) that each libtorrent
+  reaches over loopback TCP.
+* ``udp``: the same path between two endpoint-independent mappings (cone NATs or an
+  open host), where no prediction is needed: the initiator offers a secret and the
+  STUN mapping of a new socket of ours, the responder answers with its own; both send
+  probes to the other's mapping until one gets through, and the pair carries the
+  stream. Slower than libtorrent's own sockets without loss (the data crosses
+  Python), far faster under random loss (TCP and uTP back off): it comes after
+  ``tcp`` and ``utp``, and first after a stall of either.
 * ``relay``: a TURN relay (RFC 6062 TCP allocation, :mod:`lt_punch.punch.turn`), for
   the pairs no punch connects, tried last. The side that has a TURN server allocates
   (the responder when both have one): its relayed address travels in the offer (the
@@ -246,6 +254,8 @@ def usable(method: str, me: PeerProfile, peer: PeerProfile) -> str | None:
         return "no TURN server on either side"
     if method == "predict":
         return _predict_unusable(me, peer)
+    if method == "udp":
+        return _udp_unusable(me, peer)
     return None
 
 
@@ -262,6 +272,14 @@ def _predict_unusable(me: PeerProfile, peer: PeerProfile) -> str | None:
         return "port prediction needs a cone NAT (endpoint-independent mapping) opposite"
     if easy.nat_summary is None:
         return "the cone side has no STUN server to map its probe socket"
+    return None
+
+
+def _udp_unusable(me: PeerProfile, peer: PeerProfile) -> str | None:
+    if "symmetric" in (me.nat, peer.nat):
+        return "a symmetric NAT has no mapping to aim at (port prediction instead)"
+    if me.nat_summary is None or peer.nat_summary is None:
+        return "a side has no STUN server to map its socket"
     return None
 
 
@@ -292,9 +310,10 @@ class PunchMessage:
     """``relay``: the relayed address to dial (in the offer or the answer, from the side
     that allocated)."""
     secret: str | None = None
-    """``predict`` offer: the key of this attempt's probe HMACs."""
+    """``predict`` and ``udp`` offer: the key of this attempt's probe HMACs."""
     probe: Address | None = None
-    """``predict`` answer: the public mapping of the cone side's probe socket."""
+    """``predict`` answer: the public mapping of the cone side's probe socket; ``udp``
+    offer and answer: the public mapping of the sender's socket."""
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -346,7 +365,7 @@ class PunchMessage:
         if secret is not None and (not isinstance(secret, str) or len(secret) != 32
                                    or any(c not in "0123456789abcdef" for c in secret)):
             raise RemoteProtocolError("punch message: bad secret (32 lowercase hex digits)")
-        if (probe is not None or secret is not None) and method != "predict":
+        if (probe is not None or secret is not None) and method not in ("predict", "udp"):
             raise RemoteProtocolError(f"punch message: prediction fields for {method}")
         return cls(kind, infohash.lower(), method, attempt, punch_id, reason, relayed,
                    secret, probe)

@@ -327,6 +327,51 @@ async def easy_side(bridge: UdpBridge, hard_ip: str, *,
     return peer
 
 
+PUNCH_INTERVAL = 0.05
+"""Seconds between the probes of a punch between two known mappings (:func:`punch`)."""
+
+
+async def punch(bridge: UdpBridge, peer: Address, *, timeout: float,  # noqa: ASYNC109
+                interval: float = PUNCH_INTERVAL) -> None:
+    """Either end of a punch between two endpoint-independent mappings (the ``udp``
+    method): probe ``peer`` (its socket's public mapping) every ``interval`` seconds
+    until a verified packet comes back from it; the path is then set. The first probes
+    open our NAT; the peer's get in once they do (and ours once the peer's NAT is
+    open), so both ends find the path within a round trip of the later one's start.
+
+    Raises:
+        TimeoutError: nothing from ``peer`` within ``timeout`` seconds.
+    """
+    found: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    bridge.peer_ip = peer[0]
+
+    def control(kind: int, source: Address, b: UdpBridge) -> None:
+        if source != peer:
+            b.ignored += 1
+            return
+        if kind in (OPEN, PROBE):
+            b.send_control(ACK, source)
+        if not found.done():
+            found.set_result(None)
+
+    bridge.on_control = control
+
+    async def send() -> None:
+        while not found.done():
+            bridge.send_control(PROBE, peer)
+            await asyncio.sleep(interval)
+
+    sender = asyncio.ensure_future(send())
+    try:
+        async with asyncio.timeout(timeout):
+            await found
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    bridge.connect(peer)
+    logger.info("udp punch: path found, local %s:%d <-> %s:%d", *bridge.local, *peer)
+
+
 async def stun_mapping(bridge: UdpBridge, server: Address, *,
                        timeout: float = 2.0) -> Address:  # noqa: ASYNC109
     """The public mapping of the bridge's socket, from a STUN Binding request (answers
@@ -367,5 +412,5 @@ async def stun_mapping(bridge: UdpBridge, server: Address, *,
         found.cancel()
 
 
-__all__ = ["HARD_SOCKETS", "PROBES", "PROBE_RATE", "UdpBridge", "easy_side", "hard_side",
+__all__ = ["HARD_SOCKETS", "PROBES", "PROBE_RATE", "UdpBridge", "easy_side", "hard_side", "punch",
            "new_secret", "open_bridge", "packet", "stun_mapping", "verify"]

@@ -18,6 +18,10 @@ The roles follow :mod:`lt_punch.punch.plan`: the side behind the harder NAT
 * ``tcp-simultaneous-open``: neither side symmetric (the peer cannot know the port of a
   new TCP mapping) nor blocked (nothing measured), and not both full cones (the first
   SYN is let in before the other host has a socket for it: RST).
+* ``udp-stream``: neither side symmetric nor blocked, and both sides' NATs known (each
+  maps a socket of its own with STUN): a UDP punch between those sockets carries
+  lt_punch's loss-tolerant stream (:mod:`lt_punch.punch.arq`); after ``utp-punch``,
+  and what a pair turns to once a TCP or uTP connection stalled (a sign of loss).
 * ``port-prediction``: one symmetric side against a cone (full, restricted, port): the
   birthday punch (:mod:`lt_punch.punch.predict`) finds a pair of ports whatever the
   symmetric NAT's allocation (random or sequential); it needs the cone side's STUN
@@ -43,6 +47,7 @@ STRATEGY_METHODS: Final = (
     "direct",
     "tcp-simultaneous-open",
     "utp-punch",
+    "udp-stream",
     "port-prediction",
     "relay",
 )
@@ -83,7 +88,7 @@ by ``benchmarks/pair_matrix.py --runs 5`` (2026-11-25); ``predict`` and ``relay`
 MEASUREMENT_SOURCE: Final = "NAT lab, benchmarks/pair_matrix.py --runs 5 (docs/performance.md)"
 
 _LAB_ORDER = ("open", "full", "restricted", "port", "symmetric")
-_ENGINE_METHOD = {"utp-punch": "utp", "tcp-simultaneous-open": "tcp",
+_ENGINE_METHOD = {"utp-punch": "utp", "tcp-simultaneous-open": "tcp", "udp-stream": "udp",
                   "port-prediction": "predict", "relay": "relay"}
 
 
@@ -172,6 +177,15 @@ def recommend_strategy(
         excluded["tcp-simultaneous-open"] = FULL_CONE_TCP_RACE
     else:
         methods.append("tcp-simultaneous-open")
+
+    if "blocked" in pair:
+        excluded["udp-stream"] = "UDP is blocked"
+    elif "symmetric" in pair:
+        excluded["udp-stream"] = "a symmetric NAT has no mapping to aim at"
+    elif "unknown" in pair:
+        excluded["udp-stream"] = "needs both sides' NATs discovered (a STUN mapping each)"
+    else:
+        methods.append("udp-stream")
 
     symmetric = [nat for nat in (a, b) if nat == "symmetric"]
     if not symmetric:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -329,17 +330,23 @@ def test_strategy_agrees_with_plan(ours: str, theirs: str) -> None:
         assert plan.usable("tcp", me, peer) is None
     if plan.usable("tcp", me, peer) is not None:
         assert "tcp-simultaneous-open" not in strategy["methods"]
+    if "udp-stream" in strategy["methods"]:  # a NAT kind known means discovery ran
+        mapped = {"nat_type": ours}, {"nat_type": theirs}
+        assert plan.usable("udp", dataclasses.replace(me, nat_summary=mapped[0]),
+                           dataclasses.replace(peer, nat_summary=mapped[1])) is None
 
 
 @pytest.mark.parametrize(
     ("ours", "theirs", "methods", "difficulty", "initiator"),
     [
-        ("open", "open", ["direct", "tcp-simultaneous-open", "utp-punch", "relay"],
+        ("open", "open", ["direct", "tcp-simultaneous-open", "utp-punch", "udp-stream", "relay"],
          "easy", "either"),
-        ("port", "open", ["direct", "tcp-simultaneous-open", "utp-punch", "relay"],
+        ("port", "open", ["direct", "tcp-simultaneous-open", "utp-punch", "udp-stream", "relay"],
          "easy", "us"),
-        ("port", "port", ["tcp-simultaneous-open", "utp-punch", "relay"], "medium", "either"),
-        ("restricted", "full", ["tcp-simultaneous-open", "utp-punch", "relay"], "medium", "us"),
+        ("port", "port", ["tcp-simultaneous-open", "utp-punch", "udp-stream", "relay"], "medium",
+         "either"),
+        ("restricted", "full", ["tcp-simultaneous-open", "utp-punch", "udp-stream", "relay"],
+         "medium", "us"),
         ("symmetric", "restricted", ["utp-punch", "port-prediction", "relay"], "hard", "us"),
         ("full", "symmetric", ["utp-punch", "port-prediction", "relay"], "hard", "peer"),
         ("symmetric", "port", ["port-prediction", "relay"], "hard", "us"),
@@ -347,7 +354,7 @@ def test_strategy_agrees_with_plan(ours: str, theirs: str) -> None:
         ("symmetric", "symmetric", ["relay"], "impossible-without-relay", "either"),
         ("blocked", "port", ["relay"], "impossible-without-relay", "us"),
         ("blocked", "open", ["direct", "relay"], "easy", "us"),
-        ("full", "full", ["utp-punch", "relay"], "medium", "either"),
+        ("full", "full", ["utp-punch", "udp-stream", "relay"], "medium", "either"),
         (None, None, ["tcp-simultaneous-open", "utp-punch", "relay"], "medium", "either"),
     ],
 )

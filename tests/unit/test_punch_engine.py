@@ -133,6 +133,15 @@ class FakeWatch:
 
 
 @dataclass
+class FakeSocket:
+    secret: str
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
 class FakeDialer:
     """``outcome(kind, method, endpoint)``: "connect", "hang" or a DialFailed."""
 
@@ -175,6 +184,21 @@ class FakeDialer:
         self.predicted.append(("easy", (secret, hard_ip)))
         return (self.probe or ("198.51.100.2", 50123),
                 FakeWatch(("127.0.0.1", 41002), self.outcome("predict", "predict", ("", 0))))
+
+    udp_mapping: Address = ("198.51.100.250", 50200)
+    """What ``udp_socket`` maps a new socket to."""
+    punched: list[tuple[Address, bool]] = field(default_factory=list)
+    """``udp_punch`` calls: (the peer's mapping, carry_out)."""
+    sockets: list[FakeSocket] = field(default_factory=list)
+
+    async def udp_socket(self, secret: str) -> tuple[Address, FakeSocket]:
+        self.sockets.append(FakeSocket(secret))
+        return self.udp_mapping, self.sockets[-1]
+
+    def udp_punch(self, infohash: str, sock: Any, peer: Address, within: float, *,
+                  carry_out: bool) -> FakeWatch:
+        self.punched.append((peer, carry_out))
+        return FakeWatch(("127.0.0.1", 41003), self.outcome("udp", "udp", peer))
 
     relay: Address | Exception | None = None
     """What ``open_relay`` gives: our relayed address, or the DialFailed it raises
@@ -468,6 +492,76 @@ async def _stall_offers(s: Side, rec: Any, transport: str, net: FakeNetwork) -> 
     assert s.engine.stalled(IH, rec.endpoint, transport)
     await s.engine.wait_for(lambda: rec.state == PunchState.CONNECTED)
     return [d["method"] for _, _, d in net.offers()[before:]]
+
+
+def _udp_pair(methods: tuple[str, ...] = ("udp",)) -> tuple[Side, Side, FakeNetwork]:
+    """Two port-restricted peers with STUN discovery that punch with ``methods``; each
+    maps its new sockets to its own address."""
+    net = FakeNetwork()
+    config = CONFIG.replace(methods=methods)
+    sides = []
+    for name, n in (("peer-a", 1), ("peer-b", 2)):
+        me = dataclasses.replace(profile(name, "port", n), methods=methods,
+                                 nat_summary={"nat_type": "port"})
+        sides.append(side(net, me, FakeDialer(udp_mapping=(f"198.51.100.{n}", 50200 + n)),
+                          config=config))
+    meet(*sides)
+    return sides[0], sides[1], net
+
+
+def test_a_udp_punch_trades_socket_mappings() -> None:
+    """The initiator offers a secret and its socket's mapping, the responder answers
+    with its own; each punches to the other's, and the responder's libtorrent dials
+    the stream (carry_out) while the initiator's takes it in."""
+    async def main() -> None:
+        a, b, net = _udp_pair()
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        init = a if a.record("peer-b").role == "initiator" else b
+        resp = b if init is a else a
+        (offer,) = [d for _, _, d in net.offers()]
+        assert offer["method"] == "udp" and len(offer["secret"]) == 32
+        assert tuple(offer["probe"]) == init.dialer.udp_mapping
+        assert init.dialer.punched == [(resp.dialer.udp_mapping, False)]
+        assert resp.dialer.punched == [(init.dialer.udp_mapping, True)]
+        assert [k.secret for k in resp.dialer.sockets] == [offer["secret"]]
+        for s in (a, b):
+            assert [e.method for e in s.events if isinstance(e, PeerPunched)] == ["udp"]
+        await close(a, b)
+
+    run(main())
+
+
+def test_a_udp_mapping_away_from_the_peer_is_refused() -> None:
+    """Our probes go only where signaling saw the peer: an answer naming another
+    address fails the attempt, and the socket is closed."""
+    async def main() -> None:
+        a, b, net = _udp_pair()
+        for s in (a, b):
+            s.dialer.udp_mapping = ("203.0.113.66", 50000)
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        failed = a.failed() + b.failed()
+        assert failed and all("is not the peer's address" in f.reason for f in failed)
+        assert not a.dialer.punched and not b.dialer.punched
+        assert all(k.closed for s in (a, b) for k in s.dialer.sockets)
+        await close(a, b)
+
+    run(main())
+
+
+@pytest.mark.parametrize("transport", ["tcp", "utp"])
+def test_a_tcp_or_utp_stall_turns_to_the_udp_stream(transport: str) -> None:
+    """A stall of libtorrent's TCP or uTP is a sign of loss, which they back off on and
+    our stream does not: the re-punch offers ``udp`` first."""
+    async def main() -> None:
+        a, b, net = _udp_pair((transport, "udp"))
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        rec = a.record("peer-b")
+        assert rec.method == transport
+        assert await _stall_offers(a, rec, transport, net) == ["udp"]
+        assert rec.method == "udp"
+        await close(a, b)
+
+    run(main())
 
 
 def _prediction_pair() -> tuple[Side, Side, FakeNetwork]:
