@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import secrets
 import ssl
 import time
@@ -35,6 +36,7 @@ from ..punch.lt_dialer import LtDialer
 from ..punch.metrics import PunchMetrics
 from ..punch.plan import PeerProfile
 from ..punch.record import PunchRecord
+from ..signaling.retry import FATAL_CODES
 from ..types import Address
 from . import requests, settings
 from .alerts import AlertPump
@@ -152,11 +154,16 @@ class EnhancedTorrentSession:
                             began - self._started_at, discovered - began,
                             time.monotonic() - discovered)
             except (SignalingError, LtTimeoutError, OSError) as exc:
-                # Other peer sources keep working; say so once, clearly.
+                # Other peer sources keep working; say so once, clearly, and try again
+                # in the background unless the server refused us for good.
                 self._signaling_error = (f"cannot connect to {cfg.signaling_url}: "
                                          f"{str(exc) or type(exc).__name__}")
-                logger.warning("signaling unavailable (%s): continuing without it",
-                               self._signaling_error)
+                fatal = isinstance(exc, SignalingError) and exc.code in FATAL_CODES
+                logger.warning("signaling unavailable (%s): %s", self._signaling_error,
+                               "continuing without it" if fatal
+                               else "continuing, and trying again in the background")
+                if not fatal:
+                    self._spawn(self._connect_signaling_later(), "signaling-retry")
         if self.relay is not None:
             self._spawn(self.relay.check(), "relay-check")
         if cfg.hole_punching_enabled and reflector_of(cfg) is not None:
@@ -321,15 +328,44 @@ class EnhancedTorrentSession:
         from ..signaling.client import SignalingClient
         from .rooms import RoomLink
 
-        self.client = SignalingClient(
+        client = SignalingClient(
             self.config.signaling_url, self.peer_id, self.profile.to_metadata(),
             timeout=min(10.0, self.config.connection_timeout),
             token=self.config.signaling_token, reconnect=True, ssl=self._tls_context(),
         )
-        await self.client.connect()
-        self._engine.relay = self.client
-        self._rooms = RoomLink(self.client, self._engine, self.torrents, self._spawn)
+        self.client = client  # (closed with the session, also while connecting)
+        await client.connect()
+        self._engine.relay = client
+        self._rooms = RoomLink(client, self._engine, self.torrents, self._spawn)
         self._spawn(self._rooms.run(), "signaling")
+
+    async def _connect_signaling_later(self) -> None:
+        """The first connection failed for a reason that may pass (a lossy or busy
+        network, a server restarting): try again with the client's backoff (full
+        jitter, 0.5 s doubling up to 30 s) until connected, refused for good
+        (:data:`~lt_punch.signaling.retry.FATAL_CODES`) or closed. Once connected, the
+        rooms of the torrents added meanwhile are joined (the client's ``connected``
+        event)."""
+        from ..signaling.retry import backoff_delay
+
+        rng = random.Random()
+        attempt = 0
+        while not self._closed:
+            attempt += 1
+            await asyncio.sleep(backoff_delay(attempt, 0.5, 30.0, rng))
+            try:
+                await self._connect_signaling()
+            except (SignalingError, LtTimeoutError, OSError) as exc:
+                self._signaling_error = (f"cannot connect to {self.config.signaling_url}: "
+                                         f"{str(exc) or type(exc).__name__}")
+                if isinstance(exc, SignalingError) and exc.code in FATAL_CODES:
+                    logger.warning("signaling refused (%s): giving up", self._signaling_error)
+                    return
+                logger.info("signaling attempt %d failed: %s", attempt, self._signaling_error)
+                continue
+            self._signaling_error = None
+            logger.info("signaling connected after %d more attempt(s)", attempt)
+            return
 
     # -- torrents ----------------------------------------------------------------
 

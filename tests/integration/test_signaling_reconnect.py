@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -512,3 +513,33 @@ def test_token_from_the_environment() -> None:
     config = Config.from_env({"P2P_SIGNALING_TOKEN": " v1.1.abc "})
     assert config.signaling_token == "v1.1.abc"
     assert "v1.1.abc" not in repr(config)
+
+
+async def test_a_server_down_at_start_is_joined_once_it_is_up(tmp_path: Path) -> None:
+    """The first connection fails (nothing listens yet): the session goes on, says why,
+    and keeps trying in the background; once the server is up it registers and joins
+    the room of the torrent added meanwhile (a lossy network at start-up must not leave
+    a session without signaling for good)."""
+    payload = tmp_path / "seed" / "clip.bin"
+    write_random_file(payload, (1 << 16) + 7, seed=6)
+    torrent = make_torrent(payload, piece_size=1 << 16)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = Config(signaling_url=f"ws://127.0.0.1:{port}", listen_host="127.0.0.1",
+                    connection_timeout=2.0)
+    session = EnhancedTorrentSession(config, peer_id="late", lt_settings=LT,
+                                     save_path=payload.parent)
+    server: SignalingServer | None = None
+    try:
+        await session.start()
+        assert session.signaling_error and "cannot connect" in session.signaling_error
+        ih = (await session.add(torrent)).infohash
+        server = await _start(port)
+        await _poll(lambda: session.signaling_error is None, 20)
+        assert session.stats()["signaling"]["connected"]
+        await _poll(lambda: {m.peer_id for m in server.rooms.members(InfoHash(ih))} == {"late"})
+    finally:
+        await session.close()
+        if server is not None:
+            await server.close()
