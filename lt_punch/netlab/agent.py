@@ -51,9 +51,11 @@ async def run(args: argparse.Namespace) -> int:
     async with EnhancedTorrentSession(
         config, peer_id=args.peer_id, lt_settings=settings, save_path=args.save
     ) as session:
-        if session.signaling_error:
+        if session.signaling_error and not session.signaling_retrying:
             emit("error", message=f"signaling: {session.signaling_error}")
             return 1
+        if session.signaling_error:  # (10% loss can lose the first connect)
+            emit("signaling-retrying", message=session.signaling_error)
         source: Any = Path(args.torrent)
         if args.magnet:  # the leech of a magnet link: metadata from the peer
             import libtorrent as lt

@@ -340,10 +340,7 @@ class PunchEngine:
         not to count towards :data:`MAX_REPUNCHES`. Returns whether it was punched (the
         caller then only closes the connection: a plain redial would not cross the
         NATs)."""
-        rec = next((r for r in self.records.get(infohash, {}).values()
-                    if r.state == S.CONNECTED and r.endpoint is not None
-                    and r.endpoint[0] == endpoint[0]
-                    and (r.endpoint == endpoint or r.method == transport)), None)
+        rec = self._punched_at(infohash, endpoint, transport)
         if rec is None or rec.method is None:
             return False
         rec.stalled.add(rec.method)
@@ -352,6 +349,25 @@ class PunchEngine:
         # initiator may never punch again by itself.
         self.reconnect(infohash, rec.peer_id)
         return True
+
+    def has_stream_alternative(self, infohash: str, endpoint: Address, transport: str) -> bool:
+        """Whether the connection to ``endpoint`` is a punched one on libtorrent's TCP or
+        uTP whose pair can punch the ``udp`` stream instead (a crawl under loss is then
+        worth a re-punch: :data:`~lt_punch.torrent.stall.DEGRADED`)."""
+        rec = self._punched_at(infohash, endpoint, transport)
+        if rec is None or rec.method not in LOSSY or "udp" in rec.stalled:
+            return False
+        peer = self._profiles.get(rec.peer_id)
+        return peer is not None and "udp" in plan.plan_methods(self._me(), peer,
+                                                                self.config.methods)
+
+    def _punched_at(self, infohash: str, endpoint: Address,
+                    transport: str) -> PunchRecord | None:
+        """The connected punch record of the connection ``endpoint`` over ``transport``."""
+        return next((r for r in self.records.get(infohash, {}).values()
+                     if r.state == S.CONNECTED and r.endpoint is not None
+                     and r.endpoint[0] == endpoint[0]
+                     and (r.endpoint == endpoint or r.method == transport)), None)
 
     async def wait_for(self, predicate: Callable[[], Any]) -> Any:
         """Wait until ``predicate()`` is truthy (checked at each change); returns it.

@@ -145,6 +145,9 @@ class PeerStalled(_Event):
     redial: str | None
     repunch: bool
     since_start: float
+    degraded: bool = False
+    """Not silent but crawling: a punched TCP or uTP connection whose rate fell to a
+    tenth of its best, handed to the engine, which punches the loss-tolerant stream."""
 
 
 @dataclass(frozen=True)

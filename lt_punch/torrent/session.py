@@ -109,6 +109,7 @@ class EnhancedTorrentSession:
         self._started_at = time.monotonic()
         self._closed = False
         self._signaling_error: str | None = None
+        self._signaling_retry: asyncio.Task[Any] | None = None
         self._tls: ssl.SSLContext | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -139,7 +140,8 @@ class EnhancedTorrentSession:
         self._engine = PunchEngine(cfg, lambda: self.profile, None, self._dialer,
                                    self._engine_event, changed=self._on_punch_change)
         self._peers = PeerWatch(self.session, self.torrents, self._redial, self._hub.emit,
-                                self._started_at, punched=self._engine.stalled)
+                                self._started_at, punched=self._engine.stalled,
+                                degradable=self._engine.has_stream_alternative)
         self._spawn(self._peers.run(), "peers")
         self._pump.subscribe(AlertDispatch(self.torrents, self._engine, self._peers,
                                            self._hub.emit, self.port_mappings,
@@ -163,7 +165,8 @@ class EnhancedTorrentSession:
                                "continuing without it" if fatal
                                else "continuing, and trying again in the background")
                 if not fatal:
-                    self._spawn(self._connect_signaling_later(), "signaling-retry")
+                    self._signaling_retry = self._spawn(self._connect_signaling_later(),
+                                                        "signaling-retry")
         if self.relay is not None:
             self._spawn(self.relay.check(), "relay-check")
         if cfg.hole_punching_enabled and reflector_of(cfg) is not None:
@@ -311,6 +314,12 @@ class EnhancedTorrentSession:
     def signaling_error(self) -> str | None:
         """Why signaling is not connected (None while it is, or when disabled)."""
         return self._rooms.error if self._rooms is not None else self._signaling_error
+
+    @property
+    def signaling_retrying(self) -> bool:
+        """Whether the first connection to the signaling server failed and the session
+        is still trying again in the background."""
+        return self._signaling_retry is not None and not self._signaling_retry.done()
 
     def reconnect(self, infohash: str, peer_id: str) -> bool:
         """Punch again to a room peer whose punched connection was lost; returns

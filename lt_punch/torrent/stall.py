@@ -29,6 +29,7 @@ made to us is only closed: the peer dials again (we cannot: its port is its own)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -82,6 +83,17 @@ alone. A connection that delivered :data:`PRODUCTIVE` bytes before it stalled st
 the count over: the cap ends loops of connections that deliver nothing, not a long
 download over a lossy path that stalls now and then."""
 
+DEGRADED = 0.1
+"""A degradable connection (:attr:`PeerSample.degradable`) whose recent rate fell below
+this fraction of its best, while we wait on it, is handed over as stalled: libtorrent's
+TCP under random loss does not stall but crawls (a block every few seconds for 20 s and
+more, while its recent rate, and so its stall limit, adapts to the crawl), and our
+stream over the same path does not back off (benchmarks/utp_loss.py)."""
+
+DEGRADED_PEAK = 1 << 20
+"""B/s (1 MiB/s) a connection must have reached for its fall to count: a slow peer
+never "degrades"."""
+
 PRODUCTIVE = 4 << 20
 """Bytes (4 MiB) a stalled connection must have delivered for its stall not to count
 towards :data:`MAX_RECOVERIES`."""
@@ -112,6 +124,9 @@ class PeerSample:
     """Blocks requested and not received yet."""
     choked: bool
     """The peer chokes us."""
+    degradable: bool = False
+    """A punched TCP or uTP connection whose pair can punch our loss-tolerant stream
+    instead: :data:`DEGRADED` applies to it."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,8 @@ class Stall:
     """Seconds without a block while waiting."""
     limit: float
     """The limit it crossed (seconds)."""
+    degraded: bool = False
+    """Not silent but crawling: its rate fell below :data:`DEGRADED` of its best."""
 
 
 @dataclass
@@ -134,6 +151,8 @@ class _Track:
     """Bytes received at the last sample that brought any."""
     last_time: float = 0.0
     """When bytes last arrived."""
+    peak: float = 0.0
+    """The best recent rate it had (B/s)."""
 
 
 @dataclass
@@ -174,7 +193,13 @@ class StallDetector:
                 if elapsed > 0:
                     rate = got / elapsed
                     track.rate = rate if track.rate is None else 0.5 * track.rate + 0.5 * rate
+                    track.peak = max(track.peak, track.rate)
                 track.mark, track.mark_time = s.received, now
+                if (s.degradable and track.rate is not None and track.peak >= DEGRADED_PEAK
+                        and track.rate < DEGRADED * track.peak):
+                    stalls.append(Stall(s, elapsed, self.limit(track.rate, s.transport),
+                                        degraded=True))
+                    del self.tracks[key]
                 continue
             waited = now - track.mark_time
             # Bytes coming at a pace that completes a block within STALL_MAX: slow, not
@@ -226,6 +251,10 @@ class PeerWatch:
             stalled punched connection to the punch engine (which punches again, the
             stalled method last; ``productive``: it had delivered :data:`PRODUCTIVE`
             bytes); True when it took it: the connection is then only closed.
+        degradable: ``degradable(infohash, endpoint, transport)``: whether a
+            connection may be handed over for crawling (:data:`DEGRADED`), not only
+            for silence (the punch engine: a punched TCP or uTP connection whose pair
+            can punch the ``udp`` stream).
         emit: the session's event sink.
         started: ``time.monotonic()`` of the session start (events say seconds since).
     """
@@ -233,10 +262,12 @@ class PeerWatch:
     def __init__(self, session: lt.session, torrents: Mapping[str, Torrent],
                  dial: Callable[[str, str, Address], Awaitable[Any]],
                  emit: Callable[[Event], None], started: float,
-                 punched: Callable[[str, Address, str, bool], bool] = lambda *a: False
+                 punched: Callable[[str, Address, str, bool], bool] = lambda *a: False,
+                 degradable: Callable[[str, Address, str], bool] = lambda *a: False,
                  ) -> None:
         self._session = session
         self._punched = punched
+        self._degradable = degradable
         self._torrents = torrents
         self._dial = dial
         self._emit = emit
@@ -282,6 +313,9 @@ class PeerWatch:
             except RuntimeError:  # removed meanwhile
                 continue
             samples = [sample(p) for p in peers]
+            samples = [dataclasses.replace(s, degradable=True)
+                       if self._degradable(infohash, s.endpoint, s.transport) else s
+                       for s in samples]
             self._connections(infohash, samples)
             if torrent.finished.is_set() or not torrent.ready.is_set():
                 self.detector.forget(infohash)
@@ -348,11 +382,13 @@ class PeerWatch:
         self._emit(PeerStalled(
             infohash=infohash, endpoint=s.endpoint, transport=s.transport,
             waited=round(stall.waited, 2), limit=round(stall.limit, 2),
-            redial=redial, repunch=repunch, since_start=self.since_start()))
+            redial=redial, repunch=repunch, since_start=self.since_start(),
+            degraded=stall.degraded))
         action = ("punching again" if repunch else
                   f"redialling over {redial}" if redial else "dropping it")
-        logger.info("%s: %s connection to %s:%d stalled (%.1f s without a block); %s",
-                    infohash[:8], s.transport, *s.endpoint, stall.waited, action)
+        logger.info("%s: %s connection to %s:%d %s; %s", infohash[:8], s.transport,
+                    *s.endpoint, "crawling (a tenth of its best rate)" if stall.degraded
+                    else f"stalled ({stall.waited:.1f} s without a block)", action)
         # Closing goes by IP: the other outgoing connections to that IP are dialled
         # again on their own transport.
         others = [(ih, o) for ih, conns in self.connected.items() for o in conns.values()

@@ -534,10 +534,11 @@ async def test_a_server_down_at_start_is_joined_once_it_is_up(tmp_path: Path) ->
     try:
         await session.start()
         assert session.signaling_error and "cannot connect" in session.signaling_error
+        assert session.signaling_retrying
         ih = (await session.add(torrent)).infohash
         server = await _start(port)
         await _poll(lambda: session.signaling_error is None, 20)
-        assert session.stats()["signaling"]["connected"]
+        assert session.stats()["signaling"]["connected"] and not session.signaling_retrying
         await _poll(lambda: {m.peer_id for m in server.rooms.members(InfoHash(ih))} == {"late"})
     finally:
         await session.close()

@@ -564,6 +564,30 @@ def test_a_tcp_or_utp_stall_turns_to_the_udp_stream(transport: str) -> None:
     run(main())
 
 
+def test_a_punched_tcp_connection_has_a_stream_alternative_while_udp_fits() -> None:
+    """What the stall watch asks before it hands over a crawling connection: a punched
+    TCP (or uTP) one whose pair can punch ``udp``; not the stream itself, and not
+    without ``udp`` in the pair's methods."""
+    async def main() -> None:
+        a, b, net = _udp_pair(("tcp", "udp"))
+        await settle(a, b, peer_ids=("peer-b", "peer-a"))
+        rec = a.record("peer-b")
+        assert rec.method == "tcp"
+        assert a.engine.has_stream_alternative(IH, rec.endpoint, "tcp")
+        assert not a.engine.has_stream_alternative(IH, ("192.0.2.9", 1), "tcp")
+        await _stall_offers(a, rec, "tcp", net)
+        assert rec.method == "udp"
+        assert not a.engine.has_stream_alternative(IH, rec.endpoint, "tcp")
+        await close(a, b)
+        c, d, _ = _udp_pair(("tcp",))
+        await settle(c, d, peer_ids=("peer-b", "peer-a"))
+        rec = c.record("peer-b")
+        assert not c.engine.has_stream_alternative(IH, rec.endpoint, "tcp")
+        await close(c, d)
+
+    run(main())
+
+
 def _prediction_pair() -> tuple[Side, Side, FakeNetwork]:
     """A symmetric peer (peer-a) and a port-restricted one with STUN discovery, met."""
     net = FakeNetwork()

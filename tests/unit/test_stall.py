@@ -7,6 +7,7 @@ import pytest
 from lt_punch.torrent.stall import (
     BLOCK,
     BLOCKS,
+    DEGRADED_PEAK,
     STALL_MAX,
     STALL_MIN,
     STALL_UNKNOWN,
@@ -21,8 +22,9 @@ EP = ("10.0.0.2", 6881)
 
 
 def peer(received: int, *, requests: int = 16, choked: bool = False,
-         transport: str = "tcp", endpoint: tuple[str, int] = EP) -> PeerSample:
-    return PeerSample(endpoint, transport, True, received, requests, choked)
+         transport: str = "tcp", endpoint: tuple[str, int] = EP,
+         degradable: bool = False) -> PeerSample:
+    return PeerSample(endpoint, transport, True, received, requests, choked, degradable)
 
 
 def run(detector: StallDetector, samples: list[tuple[float, list[PeerSample]]]) -> list[float]:
@@ -215,3 +217,35 @@ def test_utp_has_lower_floors() -> None:
     timeline = [(0.0, [peer(0, transport="utp")]), (1.0, [peer(19_000_000, transport="utp")])]
     timeline += [(1.0 + t / 2, [peer(19_000_000, transport="utp")]) for t in range(1, 20)]
     assert run(d, timeline)[0] == 1.0 + UTP_STALL_MIN
+
+
+def _crawl(degradable: bool, fast: int) -> list[tuple[float, list[PeerSample]]]:
+    """``fast`` B/s for 4 s, then a block every 2 s (TCP backing off under loss),
+    sampled every 0.25 s."""
+    timeline = []
+    for i in range(16):
+        timeline.append((i * 0.25, [peer(fast * i // 4, degradable=degradable)]))
+    base = fast * 4
+    for i in range(1, 160):
+        t = 4.0 + i * 0.25
+        timeline.append((t, [peer(base + BLOCK * int(i * 0.25 // 2), degradable=degradable)]))
+    return timeline
+
+
+def test_a_degradable_connection_that_crawls_is_handed_over() -> None:
+    """A punched TCP connection with a stream alternative: 8 MB/s, then a block every
+    2 s (never silent for its limit): reported, degraded, within seconds."""
+    d = StallDetector()
+    reported = []
+    for t, samples in _crawl(True, 8 << 20):
+        for stall in d.observe(t, IH, samples):
+            reported.append((t, stall.degraded))
+    assert len(reported) == 1 and reported[0][1] is True
+    assert reported[0][0] < 4.0 + 12.0
+
+
+def test_a_crawl_is_left_alone_without_an_alternative_or_a_fast_start() -> None:
+    """Not degradable: the crawl is a slow peer's business (the silence rule only).
+    Degradable but never fast (below DEGRADED_PEAK): a slow peer, not a degraded path."""
+    assert run(StallDetector(), _crawl(False, 8 << 20)) == []
+    assert run(StallDetector(), _crawl(True, DEGRADED_PEAK // 4)) == []
