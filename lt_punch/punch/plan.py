@@ -276,7 +276,10 @@ def _predict_unusable(me: PeerProfile, peer: PeerProfile) -> str | None:
 
 
 def _udp_unusable(me: PeerProfile, peer: PeerProfile) -> str | None:
-    if "symmetric" in (me.nat, peer.nat):
+    nats = {me.nat, peer.nat}
+    if "symmetric" in nats and "open" not in nats:
+        # (An open host takes the symmetric side's probes from whatever port they
+        # come, and answers there.)
         return "a symmetric NAT has no mapping to aim at (port prediction instead)"
     if me.nat_summary is None or peer.nat_summary is None:
         return "a side has no STUN server to map its socket"

@@ -335,24 +335,23 @@ async def punch(bridge: UdpBridge, peer: Address, *, timeout: float,  # noqa: AS
                 interval: float = PUNCH_INTERVAL) -> None:
     """Either end of a punch between two endpoint-independent mappings (the ``udp``
     method): probe ``peer`` (its socket's public mapping) every ``interval`` seconds
-    until a verified packet comes back from it; the path is then set. The first probes
-    open our NAT; the peer's get in once they do (and ours once the peer's NAT is
-    open), so both ends find the path within a round trip of the later one's start.
+    until a verified packet comes back from its address; the path is then set, to the
+    port it came from (a symmetric NAT opposite an open host sends from a new port,
+    not the mapping it offered). The first probes open our NAT; the peer's get in once
+    they do (and ours once the peer's NAT is open), so both ends find the path within
+    a round trip of the later one's start.
 
     Raises:
         TimeoutError: nothing from ``peer`` within ``timeout`` seconds.
     """
-    found: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    bridge.peer_ip = peer[0]
+    found: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
+    bridge.peer_ip = peer[0]  # (other addresses are dropped before this)
 
     def control(kind: int, source: Address, b: UdpBridge) -> None:
-        if source != peer:
-            b.ignored += 1
-            return
         if kind in (OPEN, PROBE):
             b.send_control(ACK, source)
         if not found.done():
-            found.set_result(None)
+            found.set_result(source)
 
     bridge.on_control = control
 
@@ -364,12 +363,12 @@ async def punch(bridge: UdpBridge, peer: Address, *, timeout: float,  # noqa: AS
     sender = asyncio.ensure_future(send())
     try:
         async with asyncio.timeout(timeout):
-            await found
+            source = await found
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
-    bridge.connect(peer)
-    logger.info("udp punch: path found, local %s:%d <-> %s:%d", *bridge.local, *peer)
+    bridge.connect(source)
+    logger.info("udp punch: path found, local %s:%d <-> %s:%d", *bridge.local, *source)
 
 
 async def stun_mapping(bridge: UdpBridge, server: Address, *,

@@ -18,10 +18,11 @@ The roles follow :mod:`lt_punch.punch.plan`: the side behind the harder NAT
 * ``tcp-simultaneous-open``: neither side symmetric (the peer cannot know the port of a
   new TCP mapping) nor blocked (nothing measured), and not both full cones (the first
   SYN is let in before the other host has a socket for it: RST).
-* ``udp-stream``: neither side symmetric nor blocked, and both sides' NATs known (each
-  maps a socket of its own with STUN): a UDP punch between those sockets carries
-  lt_punch's loss-tolerant stream (:mod:`lt_punch.punch.arq`); after ``utp-punch``,
-  and what a pair turns to once a TCP or uTP connection stalled (a sign of loss).
+* ``udp-stream``: neither side symmetric (unless the other is open) nor blocked, and
+  both sides' NATs known (each maps a socket of its own with STUN): a UDP punch between
+  those sockets carries lt_punch's loss-tolerant stream (:mod:`lt_punch.punch.arq`);
+  after ``utp-punch``, and what a pair turns to once a TCP or uTP connection stalled
+  or crawled (a sign of loss).
 * ``port-prediction``: one symmetric side against a cone (full, restricted, port): the
   birthday punch (:mod:`lt_punch.punch.predict`) finds a pair of ports whatever the
   symmetric NAT's allocation (random or sequential); it needs the cone side's STUN
@@ -180,7 +181,7 @@ def recommend_strategy(
 
     if "blocked" in pair:
         excluded["udp-stream"] = "UDP is blocked"
-    elif "symmetric" in pair:
+    elif "symmetric" in pair and "open" not in pair:
         excluded["udp-stream"] = "a symmetric NAT has no mapping to aim at"
     elif "unknown" in pair:
         excluded["udp-stream"] = "needs both sides' NATs discovered (a STUN mapping each)"

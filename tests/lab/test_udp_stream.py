@@ -1,5 +1,5 @@
 """The ``udp`` method across real NATs (root): a UDP punch between sockets of
-lt_punch's own on two cone NATs carries the loss-tolerant stream into both libtorrents
+lt_punch's own on two cone NATs (or an open host and a symmetric NAT) carries the loss-tolerant stream into both libtorrents
 (benchmarks/loss_matrix.py has the figures under loss)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from lt_punch.netlab.scenario import run_pair
 SIZE = 8 << 20
 
 
-@pytest.mark.parametrize(("seed_kind", "leech_kind"), [("port", "port"), ("full", "restricted")])
+@pytest.mark.parametrize(("seed_kind", "leech_kind"),
+                         [("port", "port"), ("full", "restricted"), ("open", "symmetric")])
 def test_two_cone_nats_meet_by_a_udp_punch(nat_lab, seed_kind: str, leech_kind: str) -> None:
     lab = nat_lab({"s": seed_kind, "l": leech_kind})
     result = run_pair(lab, seed_side="s", leech_side="l", size=SIZE, methods=("udp",),
