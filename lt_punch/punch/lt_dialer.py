@@ -487,7 +487,7 @@ class LtDialer:
                 raise
             await stream.join(reader, writer)
 
-        self._carried(bridge, run())
+        self._carried(bridge, run)
         return local
 
     async def carry_out(self, bridge: UdpBridge) -> Address:
@@ -513,15 +513,16 @@ class LtDialer:
                 server.close()
             await stream.join(reader, writer)
 
-        self._carried(bridge, run())
+        self._carried(bridge, run)
         return endpoint
 
-    def _carried(self, bridge: UdpBridge, run: Coroutine[Any, Any, None]) -> None:
-        """Run ``run`` (a stream joined to libtorrent) until it ends or the bridge
-        closes; either way the bridge closes after it."""
+    def _carried(self, bridge: UdpBridge, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``run()`` (a stream joined to libtorrent) until it ends or the bridge
+        closes; either way the bridge closes after it. (A function, not a coroutine:
+        a bridge closed before the task starts leaves no coroutine never awaited.)"""
         async def guarded() -> None:
             try:
-                await run
+                await run()
             except StreamError as exc:
                 logger.info("predict stream %s: %s", bridge.local, exc)
             except OSError as exc:
