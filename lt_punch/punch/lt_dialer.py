@@ -299,6 +299,8 @@ class LtDialer:
         """A STUN server, to map the probe socket of a birthday punch."""
         self._listen = listen
         self.bridges: set[UdpBridge] = set()
+        self.streams: dict[Address, UdpBridge] = {}
+        """The bridge of each stream by the endpoint libtorrent sees it at."""
         self._pump = pump
         self._torrent = torrent
         self._utp = utp
@@ -313,7 +315,19 @@ class LtDialer:
         native.open_udp(self._session, endpoint)
 
     def disconnect(self, infohash: str, endpoint: Address) -> None:
-        close_connections(self._session, endpoint[0])
+        if not self.close_stream(endpoint):
+            close_connections(self._session, endpoint[0])
+
+    def close_stream(self, endpoint: Address) -> bool:
+        """Close the stream libtorrent sees at ``endpoint`` (a loopback connection of
+        ours), which closes that connection only; False when it is not one. (Closing by
+        address would close every stream and relayed connection: all come from
+        loopback.)"""
+        bridge = self.streams.pop(endpoint, None)
+        if bridge is None:
+            return False
+        bridge.close()
+        return True
 
     def expect(self, infohash: str, endpoint: Address, *, any_port: bool) -> ConnectionWatch:
         return self._watch(infohash, endpoint, incoming=True, any_port=any_port)
@@ -487,7 +501,7 @@ class LtDialer:
                 raise
             await stream.join(reader, writer)
 
-        self._carried(bridge, run)
+        self._carried(bridge, run, local)
         return local
 
     async def carry_out(self, bridge: UdpBridge) -> Address:
@@ -513,13 +527,21 @@ class LtDialer:
                 server.close()
             await stream.join(reader, writer)
 
-        self._carried(bridge, run)
+        self._carried(bridge, run, endpoint)
         return endpoint
 
-    def _carried(self, bridge: UdpBridge, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``run()`` (a stream joined to libtorrent) until it ends or the bridge
-        closes; either way the bridge closes after it. (A function, not a coroutine:
-        a bridge closed before the task starts leaves no coroutine never awaited.)"""
+    def _carried(self, bridge: UdpBridge, run: Callable[[], Coroutine[Any, Any, None]],
+                 seen_at: Address) -> None:
+        """Run ``run()`` (a stream joined to libtorrent, which sees it at ``seen_at``)
+        until it ends or the bridge closes; either way the bridge closes after it. (A
+        function, not a coroutine: a bridge closed before the task starts leaves no
+        coroutine never awaited.)"""
+        self.streams[seen_at] = bridge
+
+        def forget(_: object) -> None:
+            if self.streams.get(seen_at) is bridge:
+                del self.streams[seen_at]
+
         async def guarded() -> None:
             try:
                 await run()
@@ -534,6 +556,7 @@ class LtDialer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         bridge.closed.add_done_callback(lambda _: task.cancel())
+        bridge.closed.add_done_callback(forget)
 
     async def _after_dial(self, watch: ConnectionWatch) -> None:
         try:

@@ -141,7 +141,8 @@ class EnhancedTorrentSession:
                                    self._engine_event, changed=self._on_punch_change)
         self._peers = PeerWatch(self.session, self.torrents, self._redial, self._hub.emit,
                                 self._started_at, punched=self._engine.stalled,
-                                degradable=self._engine.has_stream_alternative)
+                                degradable=self._engine.has_stream_alternative,
+                                close_one=self._dialer.close_stream)
         self._spawn(self._peers.run(), "peers")
         self._pump.subscribe(AlertDispatch(self.torrents, self._engine, self._peers,
                                            self._hub.emit, self.port_mappings,

@@ -255,6 +255,9 @@ class PeerWatch:
             connection may be handed over for crawling (:data:`DEGRADED`), not only
             for silence (the punch engine: a punched TCP or uTP connection whose pair
             can punch the ``udp`` stream).
+        close_one: ``close_one(endpoint)`` closes that one connection when it can (a
+            stream of ours on loopback) and says so; else every connection to the
+            endpoint's address is closed (libtorrent has no call for one).
         emit: the session's event sink.
         started: ``time.monotonic()`` of the session start (events say seconds since).
     """
@@ -264,10 +267,12 @@ class PeerWatch:
                  emit: Callable[[Event], None], started: float,
                  punched: Callable[[str, Address, str, bool], bool] = lambda *a: False,
                  degradable: Callable[[str, Address, str], bool] = lambda *a: False,
+                 close_one: Callable[[Address], bool] = lambda endpoint: False,
                  ) -> None:
         self._session = session
         self._punched = punched
         self._degradable = degradable
+        self._close_one = close_one
         self._torrents = torrents
         self._dial = dial
         self._emit = emit
@@ -389,12 +394,15 @@ class PeerWatch:
         logger.info("%s: %s connection to %s:%d %s; %s", infohash[:8], s.transport,
                     *s.endpoint, "crawling (a tenth of its best rate)" if stall.degraded
                     else f"stalled ({stall.waited:.1f} s without a block)", action)
-        # Closing goes by IP: the other outgoing connections to that IP are dialled
-        # again on their own transport.
-        others = [(ih, o) for ih, conns in self.connected.items() for o in conns.values()
-                  if o.endpoint[0] == s.endpoint[0] and o.outgoing
-                  and (ih, o.endpoint) != (infohash, s.endpoint)]
-        self.drop(s.endpoint[0])
+        # Closing goes by IP (unless the connection is a stream of ours): the other
+        # outgoing connections to that IP are dialled again on their own transport.
+        others: list[tuple[str, PeerSample]] = []
+        if not self._close_one(s.endpoint):
+            others = [(ih, o) for ih, conns in self.connected.items()
+                      for o in conns.values()
+                      if o.endpoint[0] == s.endpoint[0] and o.outgoing
+                      and (ih, o.endpoint) != (infohash, s.endpoint)]
+            self.drop(s.endpoint[0])
         dials = [(ih, o.transport, o.endpoint) for ih, o in others]
         if redial is not None:
             dials.insert(0, (infohash, redial, s.endpoint))

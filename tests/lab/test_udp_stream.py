@@ -1,6 +1,7 @@
 """The ``udp`` method across real NATs (root): a UDP punch between sockets of
-lt_punch's own on two cone NATs (or an open host and a symmetric NAT) carries the loss-tolerant stream into both libtorrents
-(benchmarks/loss_matrix.py has the figures under loss)."""
+lt_punch's own on two cone NATs (or an open host and a symmetric NAT) carries the
+loss-tolerant stream into both libtorrents (benchmarks/loss_matrix.py has the figures
+under loss)."""
 
 from __future__ import annotations
 

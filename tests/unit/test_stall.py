@@ -249,3 +249,44 @@ def test_a_crawl_is_left_alone_without_an_alternative_or_a_fast_start() -> None:
     Degradable but never fast (below DEGRADED_PEAK): a slow peer, not a degraded path."""
     assert run(StallDetector(), _crawl(False, 8 << 20)) == []
     assert run(StallDetector(), _crawl(True, DEGRADED_PEAK // 4)) == []
+
+
+def test_a_stalled_stream_is_closed_alone() -> None:
+    """A stream of ours (loopback) is closed by itself: closing by address would also
+    close every other stream and relayed connection, all on loopback. Any other
+    connection is closed by address, and the other outgoing connections there are
+    dialled again."""
+    import asyncio
+
+    import libtorrent as lt
+
+    from lt_punch.torrent.stall import PeerWatch, Stall
+
+    async def main() -> None:
+        session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False,
+                              "enable_lsd": False, "enable_upnp": False,
+                              "enable_natpmp": False})
+        dials: list[tuple[str, str, tuple[str, int]]] = []
+        closed: list[tuple[str, int]] = []
+        dropped: list[str] = []
+        stream, other, plain = ("127.0.0.1", 40001), ("127.0.0.1", 40002), ("127.0.0.1", 40003)
+
+        async def dial(infohash: str, transport: str, endpoint: tuple[str, int]) -> None:
+            dials.append((infohash, transport, endpoint))
+
+        def close_one(endpoint: tuple[str, int]) -> bool:
+            closed.append(endpoint)
+            return endpoint == stream
+
+        watch = PeerWatch(session, {}, dial, lambda e: None, started=0.0,
+                          punched=lambda *a: True, close_one=close_one)
+        watch.drop = dropped.append  # type: ignore[method-assign]
+        watch.connected[IH] = {other: PeerSample(other, "tcp", True, 0, 0, False)}
+        watch.recover(IH, Stall(peer(0, endpoint=stream), 5.0, 5.0))
+        await asyncio.sleep(0)
+        assert closed == [stream] and dropped == [] and dials == []
+        watch.recover(IH, Stall(peer(0, endpoint=plain), 5.0, 5.0))
+        await asyncio.sleep(0)
+        assert dropped == ["127.0.0.1"] and dials == [(IH, "tcp", other)]
+
+    asyncio.run(main())
