@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import logging
 import socket
 import struct
@@ -80,6 +81,10 @@ BETA = 0.8
 
 DELAY_TARGET = 0.05
 """Queueing delay (RTT above the lowest seen), seconds, read as congestion."""
+
+MIN_RTT_WINDOW = 10.0
+"""Seconds after which the lowest RTT seen is measured afresh (a path whose base delay
+rose must not read as queued for good)."""
 
 RECEIVE_WINDOW = 4096
 """Segments the receiver holds out of order or unwritten (about 4.9 MB)."""
@@ -129,7 +134,8 @@ class ArqStream:
         loop = asyncio.get_running_loop()
         # sender
         self._unacked: dict[int, _Segment] = {}
-        self._queue: collections.deque[_Segment] = collections.deque()  # to send (again)
+        self._queue: collections.deque[_Segment] = collections.deque()  # to send
+        self._lost: list[int] = []  # heap: stream numbers to send again, oldest first
         self._sends: collections.deque[tuple[int, _Segment]] = collections.deque()
         self._next_seq = 0
         self._next_send = 0
@@ -146,6 +152,7 @@ class ArqStream:
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.min_rtt = float("inf")
+        self._min_rtt_at = 0.0
         # receiver
         self._expected = 0
         self._held: dict[int, bytes | None] = {}
@@ -198,13 +205,14 @@ class ArqStream:
             raise ValueError("oversized segment")
         self.stats["received"] += 1
         self._echo = stamp
-        self._arrived.append((seq, send))
         self._schedule_ack()
+        if seq >= self._expected + RECEIVE_WINDOW:
+            # Beyond what we can hold: not acknowledged, so the sender sends it again.
+            return
+        self._arrived.append((seq, send))
         if seq < self._expected or seq in self._held:
             self.stats["duplicate"] += 1
             return
-        if seq >= self._expected + RECEIVE_WINDOW:
-            return  # beyond the window we offered: the sender will send it again
         self._held[seq] = None if kind == FIN else payload
         run: list[bytes] = []
         while self._expected in self._held:
@@ -227,17 +235,16 @@ class ArqStream:
         _, _, cum, window, echo, n = _ACK.unpack_from(data)
         if len(data) != _ACK.size + n * _PAIR.size:
             raise ValueError("bad ack length")
-        self._peer_window = window
         now = time.monotonic()
-        if echo:
-            self._sample(((_stamp() - echo) & 0xFFFFFFFF) / 1_000_000)
+        self._peer_window = window
+        rtt = self._sample(((_stamp() - echo) & 0xFFFFFFFF) / 1_000_000, now) if echo else None
         newest = -1
         if cum > self._next_seq:
             raise ValueError("acknowledges what was never sent")
+        # (Only the named arrivals tell which send arrived: a cumulative ack may be for
+        # an earlier copy of a segment sent again since.)
         for seq in range(self._acked_to, cum):
-            segment = self._unacked.get(seq)
-            if segment is not None:
-                newest = max(newest, segment.send)
+            if seq in self._unacked:
                 self._acked(seq)
         self._acked_to = max(self._acked_to, cum)
         for i in range(n):
@@ -248,6 +255,8 @@ class ArqStream:
                 self._acked(seq)
         if newest >= 0:
             self._detect_loss(newest, now)
+            if rtt is not None and rtt > self.min_rtt + DELAY_TARGET and newest > self._cut_at:
+                self._cut()  # queueing delay: once a round trip, like a loss
         self._fill()
 
     def _acked(self, seq: int) -> None:
@@ -274,7 +283,7 @@ class ArqStream:
         if not segment.lost:
             segment.lost = True
             self._in_flight -= 1
-            self._queue.appendleft(segment)
+            heapq.heappush(self._lost, segment.seq)
         if segment.send > self._cut_at:  # one cut a round trip: later sends only
             self._cut()
 
@@ -283,17 +292,17 @@ class ArqStream:
         self._ssthresh = self.window
         self._cut_at = self._next_send
 
-    def _sample(self, rtt: float) -> None:
+    def _sample(self, rtt: float, now: float) -> float | None:
         if rtt <= 0 or rtt > 60:
-            return
-        self.min_rtt = min(self.min_rtt, rtt)
+            return None
+        if rtt <= self.min_rtt or now - self._min_rtt_at > MIN_RTT_WINDOW:
+            self.min_rtt, self._min_rtt_at = rtt, now  # (a new path's base may be higher)
         if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        if rtt > self.min_rtt + DELAY_TARGET and self._next_send > self._cut_at:
-            self._cut()
+        return rtt
 
     @property
     def rto(self) -> float:
@@ -306,11 +315,14 @@ class ArqStream:
     def _fill(self) -> None:
         """Send what the window allows: retransmissions first, then new segments."""
         limit = min(int(self.window), self._peer_window + 1)
+        while self._lost and self._in_flight < limit:
+            segment = self._unacked.get(heapq.heappop(self._lost))
+            if segment is not None and segment.lost:
+                self._transmit(segment)
         while self._queue and self._in_flight < limit:
             segment = self._queue.popleft()
-            if segment.seq not in self._unacked:
-                continue
-            self._transmit(segment)
+            if segment.seq in self._unacked and segment.send < 0:
+                self._transmit(segment)
 
     def _transmit(self, segment: _Segment) -> None:
         now = time.monotonic()

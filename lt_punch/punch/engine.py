@@ -355,8 +355,9 @@ class PunchEngine:
         uTP whose pair can punch the ``udp`` stream instead (a crawl under loss is then
         worth a re-punch: :data:`~lt_punch.torrent.stall.DEGRADED`)."""
         rec = self._punched_at(infohash, endpoint, transport)
-        if rec is None or rec.method not in LOSSY or "udp" in rec.stalled:
-            return False
+        if rec is None or rec.method not in LOSSY or "udp" in rec.stalled or any(
+                f.get("method") == "udp" for f in rec.failures):
+            return False  # (a crawl is no reason to try again what did not connect)
         peer = self._profiles.get(rec.peer_id)
         return peer is not None and "udp" in plan.plan_methods(self._me(), peer,
                                                                 self.config.methods)

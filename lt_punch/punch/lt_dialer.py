@@ -513,7 +513,7 @@ class LtDialer:
 
         async def entry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             if joined.done():
-                writer.close()  # one connection a stream
+                writer.close()  # one connection a stream (or the stream is gone)
             else:
                 joined.set_result((reader, writer))
 
@@ -522,7 +522,11 @@ class LtDialer:
 
         async def run() -> None:
             try:
-                reader, writer = await joined
+                reader, writer = await joined  # (cancelled: a late entry() closes it)
+            except asyncio.CancelledError:
+                if joined.done() and not joined.cancelled():
+                    joined.result()[1].close()  # accepted, never joined
+                raise
             finally:
                 server.close()
             await stream.join(reader, writer)

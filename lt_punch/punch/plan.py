@@ -277,6 +277,8 @@ def _predict_unusable(me: PeerProfile, peer: PeerProfile) -> str | None:
 
 def _udp_unusable(me: PeerProfile, peer: PeerProfile) -> str | None:
     nats = {me.nat, peer.nat}
+    if "blocked" in nats:
+        return "UDP is blocked on one side"
     if "symmetric" in nats and "open" not in nats:
         # (An open host takes the symmetric side's probes from whatever port they
         # come, and answers there.)

@@ -85,7 +85,8 @@ download over a lossy path that stalls now and then."""
 
 DEGRADED = 0.1
 """A degradable connection (:attr:`PeerSample.degradable`) whose recent rate fell below
-this fraction of its best, while we wait on it, is handed over as stalled: libtorrent's
+this fraction of its best, while we wait on :data:`BLOCKS` requests or more (not the
+last blocks of a download), is handed over as stalled: libtorrent's
 TCP under random loss does not stall but crawls (a block every few seconds for 20 s and
 more, while its recent rate, and so its stall limit, adapts to the crawl), and our
 stream over the same path does not back off (benchmarks/utp_loss.py)."""
@@ -195,8 +196,8 @@ class StallDetector:
                     track.rate = rate if track.rate is None else 0.5 * track.rate + 0.5 * rate
                     track.peak = max(track.peak, track.rate)
                 track.mark, track.mark_time = s.received, now
-                if (s.degradable and track.rate is not None and track.peak >= DEGRADED_PEAK
-                        and track.rate < DEGRADED * track.peak):
+                if (s.degradable and s.requests >= BLOCKS and track.rate is not None
+                        and track.peak >= DEGRADED_PEAK and track.rate < DEGRADED * track.peak):
                     stalls.append(Stall(s, elapsed, self.limit(track.rate, s.transport),
                                         degraded=True))
                     del self.tracks[key]

@@ -193,3 +193,25 @@ async def test_datagrams_from_elsewhere_are_dropped() -> None:
             stranger.close()
         assert got == b"still fine"
         assert a.foreign == 1
+
+
+async def test_a_segment_beyond_the_window_is_not_acknowledged() -> None:
+    """The receiver holds RECEIVE_WINDOW segments past the first missing one; a segment
+    beyond them is dropped and must not be named in an ACK (the sender would forget it
+    and the stream freeze at the gap)."""
+    sent: list[bytes] = []
+    receiver = arq.ArqStream(SID, sent.append)
+    try:
+        for seq in range(1, arq.RECEIVE_WINDOW + 4):  # seq 0 lost
+            receiver.datagram(arq._DATA.pack(arq.DATA, SID, seq, seq, 1) + b"x")
+            await asyncio.sleep(0)  # each ACK goes out
+        named = set()
+        for packet in sent:
+            _, _, cum, window, _, n = arq._ACK.unpack_from(packet)
+            assert cum == 0
+            for i in range(n):
+                named.add(arq._PAIR.unpack_from(packet, arq._ACK.size + i * arq._PAIR.size)[0])
+        assert max(named) < arq.RECEIVE_WINDOW
+        assert window <= 1
+    finally:
+        receiver.close()
