@@ -45,7 +45,7 @@ import hmac
 import logging
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from ..types import Address
@@ -314,17 +314,27 @@ async def easy_side(bridge: UdpBridge, hard_ip: str, *,
                 bridge.send_control(PROBE, (hard_ip, port))
             await asyncio.sleep(batch / rate)
 
-    sender = asyncio.ensure_future(send())
-    try:
-        async with asyncio.timeout(timeout):
-            peer = await found
-    finally:
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+    peer = await _send_until(found, send(), timeout)
     bridge.connect(peer, follow=True)
     bridge.send_control(ACK, peer)
     logger.info("predict: pair found, local %s:%d <-> %s:%d", *bridge.local, *peer)
     return peer
+
+
+async def _send_until(found: asyncio.Future[Address], sending: Coroutine[Any, Any, None],
+                      timeout: float) -> Address:  # noqa: ASYNC109
+    """Run ``sending`` until ``found`` has a result; that result.
+
+    Raises:
+        TimeoutError: none within ``timeout`` seconds.
+    """
+    sender = asyncio.ensure_future(sending)
+    try:
+        async with asyncio.timeout(timeout):
+            return await found
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
 
 
 PUNCH_INTERVAL = 0.05
@@ -360,13 +370,7 @@ async def punch(bridge: UdpBridge, peer: Address, *, timeout: float,  # noqa: AS
             bridge.send_control(PROBE, peer)
             await asyncio.sleep(interval)
 
-    sender = asyncio.ensure_future(send())
-    try:
-        async with asyncio.timeout(timeout):
-            source = await found
-    finally:
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+    source = await _send_until(found, send(), timeout)
     bridge.connect(source)
     logger.info("udp punch: path found, local %s:%d <-> %s:%d", *bridge.local, *source)
 
