@@ -98,6 +98,16 @@ def _after_stalls(method: str, stalled: set[str]) -> int:
     return 1
 
 
+def _refused_mapping(mapping: Address | None, peer: PeerProfile, what: str) -> str | None:
+    """Why a punch may not aim at ``mapping`` (named ``what``), or None: our probes go
+    only to the address signaling saw the peer at."""
+    if mapping is None:
+        return f"peer answered without a {what}"
+    if mapping[0] not in peer.ips():
+        return f"{what} {mapping[0]} is not the peer's address"
+    return None
+
+
 class DialFailed(Exception):
     """libtorrent gave up on a connection (the reason is libtorrent's message)."""
 
@@ -559,11 +569,10 @@ class PunchEngine:
             plan.OFFER, rec.infohash, "predict", attempt, self._punch_id(), secret=secret))
         if isinstance(answer, str):
             return answer
-        if answer.probe is None:
-            return "peer answered without a probe mapping"
-        if answer.probe[0] not in peer.ips():
-            # Our 256 flows go where the answer says: only to the peer's own address.
-            return f"probe mapping {answer.probe[0]} is not the peer's address"
+        # Our 256 flows go where the answer says: only to the peer's own address.
+        why = _refused_mapping(answer.probe, peer, "probe mapping")
+        if why is not None or answer.probe is None:
+            return why
         watch = await self._dialer.predict_hard(rec.infohash, secret, answer.probe,
                                                 within=self.config.connection_timeout)
         return await self._connected(rec, "predict", watch)
@@ -584,17 +593,12 @@ class PunchEngine:
         except BaseException:
             sock.close()
             raise
-        why = None
-        if isinstance(answer, str):
-            why = answer
-        elif answer.probe is None:
-            why = "peer answered without its mapping"
-        elif answer.probe[0] not in peer.ips():
-            why = f"mapping {answer.probe[0]} is not the peer's address"
-        if why is not None or isinstance(answer, str) or answer.probe is None:
+        probe = None if isinstance(answer, str) else answer.probe
+        why = answer if isinstance(answer, str) else _refused_mapping(probe, peer, "mapping")
+        if why is not None or probe is None:
             sock.close()
             return why
-        watch = self._dialer.udp_punch(rec.infohash, sock, answer.probe,
+        watch = self._dialer.udp_punch(rec.infohash, sock, probe,
                                        within=self.config.connection_timeout, carry_out=False)
         return await self._connected(rec, "udp", watch)
 
@@ -757,9 +761,7 @@ class PunchEngine:
         reason = None
         if offer.secret is None or offer.probe is None:
             reason = "udp offer without a secret or a mapping"
-        elif offer.probe[0] not in peer.ips():
-            reason = f"mapping {offer.probe[0]} is not the peer's address"
-        else:
+        elif (reason := _refused_mapping(offer.probe, peer, "mapping")) is None:
             try:
                 mapping, sock = await self._dialer.udp_socket(offer.secret)
             except DialFailed as exc:

@@ -159,13 +159,11 @@ class EnhancedTorrentSession:
             except (SignalingError, LtTimeoutError, OSError) as exc:
                 # Other peer sources keep working; say so once, clearly, and try again
                 # in the background unless the server refused us for good.
-                self._signaling_error = (f"cannot connect to {cfg.signaling_url}: "
-                                         f"{str(exc) or type(exc).__name__}")
-                fatal = isinstance(exc, SignalingError) and exc.code in FATAL_CODES
+                retry = self._signaling_failed(exc)
                 logger.warning("signaling unavailable (%s): %s", self._signaling_error,
-                               "continuing without it" if fatal
-                               else "continuing, and trying again in the background")
-                if not fatal:
+                               "continuing, and trying again in the background" if retry
+                               else "continuing without it")
+                if retry:
                     self._signaling_retry = self._spawn(self._connect_signaling_later(),
                                                         "signaling-retry")
         if self.relay is not None:
@@ -349,6 +347,13 @@ class EnhancedTorrentSession:
         self._rooms = RoomLink(client, self._engine, self.torrents, self._spawn)
         self._spawn(self._rooms.run(), "signaling")
 
+    def _signaling_failed(self, exc: Exception) -> bool:
+        """Say why signaling is not connected; whether trying again can help (not after
+        a refusal for good, :data:`~lt_punch.signaling.retry.FATAL_CODES`)."""
+        self._signaling_error = (f"cannot connect to {self.config.signaling_url}: "
+                                 f"{str(exc) or type(exc).__name__}")
+        return not (isinstance(exc, SignalingError) and exc.code in FATAL_CODES)
+
     async def _connect_signaling_later(self) -> None:
         """The first connection failed for a reason that may pass (a lossy or busy
         network, a server restarting): try again with the client's backoff (full
@@ -366,9 +371,7 @@ class EnhancedTorrentSession:
             try:
                 await self._connect_signaling()
             except (SignalingError, LtTimeoutError, OSError) as exc:
-                self._signaling_error = (f"cannot connect to {self.config.signaling_url}: "
-                                         f"{str(exc) or type(exc).__name__}")
-                if isinstance(exc, SignalingError) and exc.code in FATAL_CODES:
+                if not self._signaling_failed(exc):
                     logger.warning("signaling refused (%s): giving up", self._signaling_error)
                     return
                 logger.info("signaling attempt %d failed: %s", attempt, self._signaling_error)
