@@ -195,6 +195,8 @@ def main() -> int:
     parser.add_argument("--turn", action="store_true",
                         help="both sides have the lab's TURN server (the relay): every "
                              "pair connects")
+    parser.add_argument("--mbit", type=float, default=0,
+                        help="limit each host's uplink to this rate (tc tbf); 0: none")
     args = parser.parse_args()
     reason = lab_unavailable_reason()
     if reason:
@@ -215,6 +217,9 @@ def main() -> int:
                 tempfile.TemporaryDirectory(prefix="ltp-first-", dir=tmp_root) as tmp:
             stun = lab.start_stun()
             start_signaling(lab)
+            if args.mbit:
+                for side in ("s", "l"):
+                    lab.shape(side, args.mbit)
             base = Path(tmp)
             torrent, sha = make_payload(base, args.size_mb << 20)
             url = f"ws://{lab.server_ips[0]}:{SIGNAL_PORT}"

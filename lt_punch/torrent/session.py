@@ -21,6 +21,7 @@ import os
 import random
 import secrets
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -129,6 +130,8 @@ class EnhancedTorrentSession:
         if settings.wants_outgoing_port(cfg):
             self.outgoing_port = settings.free_tcp_port(cfg.listen_host)
         pack = settings.build(cfg, self._lt_settings, self.outgoing_port)
+        signaling = cfg.signaling_enabled and bool(cfg.signaling_url)
+        bootstrap = settings.defer_bootstrap(pack)
         self.session = lt.session(settings.session_params(pack, self._state))
         self._pump = AlertPump(self.session)
         self._pump.start()
@@ -147,10 +150,13 @@ class EnhancedTorrentSession:
         self._pump.subscribe(AlertDispatch(self.torrents, self._engine, self._peers,
                                            self._hub.emit, self.port_mappings,
                                            self._listening))
-        if cfg.signaling_enabled and cfg.signaling_url:
+        if signaling:
             try:
                 began = time.monotonic()
-                await self._discover(int(pack["alert_mask"]))
+                try:
+                    await self._discover(int(pack["alert_mask"]))
+                finally:
+                    self._bootstrap_later(bootstrap)
                 discovered = time.monotonic()
                 await self._connect_signaling()
                 logger.info("started: session %.3f s, discovery %.3f s, signaling %.3f s",
@@ -166,11 +172,33 @@ class EnhancedTorrentSession:
                 if retry:
                     self._signaling_retry = self._spawn(self._connect_signaling_later(),
                                                         "signaling-retry")
+        else:
+            self._bootstrap_later(bootstrap)
         if self.relay is not None:
             self._spawn(self.relay.check(), "relay-check")
         if cfg.hole_punching_enabled and reflector_of(cfg) is not None:
             extra = lambda: [self._reflector] if self._reflector else []  # noqa: E731
             self._spawn(self._engine.keepalive(extra), "keepalive")
+
+    def _bootstrap_later(self, nodes: str) -> None:
+        """Give libtorrent the DHT bootstrap ``nodes`` (taken out of its settings at
+        start: :func:`~lt_punch.torrent.settings.defer_bootstrap`) once resolved, by a
+        daemon thread: a lookup that hangs neither delays anything nor the exit."""
+        if not nodes:
+            return
+        loop = asyncio.get_running_loop()
+
+        def apply(resolved: str) -> None:
+            if self.session is not None and resolved:
+                self.session.apply_settings({"dht_bootstrap_nodes": resolved})
+                logger.info("DHT bootstrap nodes: %s", resolved)
+
+        def resolve() -> None:
+            resolved = settings.resolve_nodes(nodes)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are done
+                loop.call_soon_threadsafe(apply, resolved)
+
+        threading.Thread(target=resolve, name="dht-bootstrap", daemon=True).start()
 
     async def close(self) -> None:
         """Leave rooms, stop tasks, close signaling and the libtorrent session."""

@@ -114,6 +114,47 @@ def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) 
     return settings
 
 
+def defer_bootstrap(pack: dict[str, Any]) -> str:
+    """Take the DHT bootstrap nodes out of ``pack``; returns them ("" for none).
+
+    libtorrent starts its DHT only once every bootstrap host name has resolved. Where
+    DNS does not answer (an offline LAN, a broken resolver, the NAT lab) that is the
+    resolver's timeout, 5 s by default, and discovery's reflector query (a DHT ping
+    from libtorrent's socket) waits as long: measured, 5.0 s from session start to the
+    room. Worse, destroying the session waits for the lookup too, so the process
+    cannot exit before it ends. Started without them, the DHT runs at once; the
+    session resolves them itself (:func:`resolve_nodes`, on a thread that does not
+    hold up the exit) and hands libtorrent the addresses.
+    """
+    if not pack.get("enable_dht", True):
+        return ""
+    nodes = str(pack.get("dht_bootstrap_nodes",
+                         lt.default_settings()["dht_bootstrap_nodes"]))
+    pack["dht_bootstrap_nodes"] = ""
+    return nodes
+
+
+def resolve_nodes(nodes: str, *, per_host: int = 4) -> str:
+    """``nodes`` in libtorrent's form (``host:port,[v6]:port,...``) with each host name
+    replaced by up to ``per_host`` of its addresses; an entry that does not resolve or
+    does not parse is left out (and logged). Blocks for as long as DNS takes."""
+    out: list[str] = []
+    for entry in filter(None, (e.strip() for e in nodes.split(","))):
+        host, _, port_text = entry.rpartition(":")
+        host = host.strip("[]")
+        try:
+            port = int(port_text)
+            if not host or not 0 < port < 65536:
+                raise ValueError(entry)
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (ValueError, OSError) as exc:
+            logger.info("DHT bootstrap node %r left out: %s", entry, exc)
+            continue
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))[:per_host]
+        out.extend(_hostport((ip, port)) for ip in addresses)
+    return ",".join(out)
+
+
 def _hostport(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
