@@ -48,6 +48,8 @@ async def run(args: argparse.Namespace) -> int:
         turn_secret=os.environ.get("LTP_TURN_SECRET", ""),
     )
     settings = dict(ISOLATED_SETTINGS)
+    if args.dht_bootstrap:  # e.g. libtorrent's default, as a session that is not isolated
+        settings["dht_bootstrap_nodes"] = args.dht_bootstrap
     async with EnhancedTorrentSession(
         config, peer_id=args.peer_id, lt_settings=settings, save_path=args.save
     ) as session:
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--magnet", action="store_true",
                         help="add the torrent by its magnet link (no metadata)")
     parser.add_argument("--listen-port", type=int, default=0)
+    parser.add_argument("--dht-bootstrap", default="", metavar="HOST:PORT[,...]",
+                        help="DHT bootstrap nodes (default: none, the session is isolated)")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--connection-timeout", type=float, default=10.0)
     parser.add_argument("--upload-limit", type=int, default=0, metavar="BYTES/S",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ..errors import ConfigError, LabError
+from ..errors import ConfigError, LabError, LtTimeoutError
 from . import rules
 from .rules import LabPlan, SidePlan
 
@@ -45,6 +45,9 @@ STOP_GRACE = 3.0
 
 SERVER = "server"
 """Side name that designates the server namespace in :meth:`NatLab.run` and friends."""
+
+NETNS_ETC = "/etc/netns"
+"""Per-namespace files ``ip netns exec`` mounts over ``/etc`` (iproute2)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,8 @@ def delete_namespaces(names: Sequence[str]) -> list[str]:
         result = _run_cmd(["ip", "netns", "del", ns], check=False)
         if result.returncode != 0 and "No such file" not in result.stderr:
             errors.append(f"ip netns del {ns}: {result.stderr.strip()}")
+        # Files there (a resolv.conf: NatLab.hang_dns) outlive the namespace otherwise.
+        shutil.rmtree(os.path.join(NETNS_ETC, ns), ignore_errors=True)
     return errors
 
 
@@ -550,6 +555,36 @@ class NatLab:
             raise LabError(f"coturn (TURN) did not listen on {ip}:{port} within "
                            f"{timeout} s; log tail:\n{tail}")
         return ip, port
+
+    def hang_dns(self, *, timeout: float = 10.0) -> subprocess.Popen[str]:
+        """Give every host of the lab a DNS server that never answers.
+
+        A sink on the server's first address, port 53 (``probe dns-sink``), and a
+        ``resolv.conf`` per host namespace naming it with a 30 s timeout (``ip netns
+        exec`` mounts ``/etc/netns/<namespace>/resolv.conf`` over ``/etc/resolv.conf``).
+        Without it the lab's DNS is the machine's: a lookup fails at once or after 5 s,
+        depending on where that resolver is. Returns the sink; its stdout has one
+        ``{"query": NAME}`` line per query received.
+
+        Raises:
+            LabError: the sink did not start within ``timeout`` seconds.
+        """
+        from .scenario import read_line
+
+        ip = self.server_ips[0]
+        proc = self.popen(SERVER, [sys.executable, "-m", "lt_punch.netlab.probe", "dns-sink",
+                                   "--bind", ip],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            read_line(proc, '{"ready"', timeout)
+        except LtTimeoutError as exc:
+            raise LabError(f"DNS sink did not start: {exc}") from exc
+        for side in self.sides:
+            etc = os.path.join(NETNS_ETC, self.ns_of(side))
+            os.makedirs(etc, exist_ok=True)
+            with open(os.path.join(etc, "resolv.conf"), "w") as f:
+                f.write(f"nameserver {ip}\noptions timeout:30 attempts:1\n")
+        return proc
 
     def start_stun(self, *, timeout: float = 10.0) -> tuple[str, int]:
         """Start coturn as a STUN server in the server namespace and wait until it answers.

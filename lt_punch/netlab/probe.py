@@ -13,6 +13,8 @@ Subcommands (each prints one JSON line on stdout):
 * ``udp-recv --bind IP --port N --duration S [--idle S]`` - count datagrams received.
 * ``udp-send --to IP:PORT --count N [--bind IP --port N] [--interval S] [--end-markers N]``
   - send datagrams (then N end markers, which stop ``udp-recv``).
+* ``dns-sink --bind IP [--port N]`` - a DNS server that never answers: prints
+  ``{"ready": true}``, then ``{"query": NAME}`` for each query until killed.
 
 Kept free of lab logic so that a test can also run these by hand with ``ip netns exec``.
 """
@@ -177,6 +179,32 @@ def tcp_wait(targets: Sequence[tuple[str, int]], timeout: float) -> int:
     return 0
 
 
+def query_name(data: bytes) -> str | None:
+    """The first question's name of a DNS message (RFC 1035 4.1.2), None when it does
+    not parse (no compression in questions of queries)."""
+    labels = []
+    at = 12
+    try:
+        while (size := data[at]) != 0:
+            if size > 63:
+                return None
+            labels.append(data[at + 1:at + 1 + size].decode("ascii"))
+            at += 1 + size
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return ".".join(labels)
+
+
+def dns_sink(bind: str, port: int) -> int:
+    """Read DNS queries on ``bind:port`` and never answer (a resolver that hangs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((bind, port))
+        _emit({"ready": True})
+        while True:
+            data, _ = sock.recvfrom(4096)
+            _emit({"query": query_name(data)})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m lt_punch.netlab.probe``."""
     parser = argparse.ArgumentParser(prog="lt_punch.netlab.probe")
@@ -207,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--interval", type=float, default=0.0)
     p.add_argument("--end-markers", type=int, default=0)
+    p = sub.add_parser("dns-sink")
+    p.add_argument("--bind", required=True)
+    p.add_argument("--port", type=int, default=53)
     args = parser.parse_args(argv)
     if args.cmd == "stun-wait":
         return stun_wait(args.targets, args.timeout)
@@ -216,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return classify(args.bind, args.server, args.port, args.timeout)
     if args.cmd == "discover":
         return discover(args.servers, args.count)
+    if args.cmd == "dns-sink":
+        return dns_sink(args.bind, args.port)
     if args.cmd == "udp-recv":
         return udp_recv(args.bind, args.port, args.duration, args.idle)
     return udp_send(args.to, args.count, args.bind, args.port, args.interval, args.end_markers)

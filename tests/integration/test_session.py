@@ -252,3 +252,30 @@ def test_a_session_without_signaling_does_not_load_it() -> None:
     loaded = set(ast.literal_eval(out.strip().splitlines()[-1]))
     assert "libtorrent" in loaded
     assert not loaded & {"websockets", "aiohttp"}, loaded & {"websockets", "aiohttp"}
+
+
+async def test_dht_bootstrap_nodes_are_resolved_and_handed_back(server, tmp_path):
+    # The session starts libtorrent's DHT without its bootstrap nodes (their lookups
+    # would hold up the reflector query) and gives them back resolved; an entry that
+    # does not parse is left out.
+    lt_settings = dict(SETTINGS, dht_bootstrap_nodes="127.0.0.1:6881, [::1]:6882,no-port")
+    async with EnhancedTorrentSession(config_for(server), lt_settings=lt_settings,
+                                      save_path=tmp_path) as s:
+        assert s.public_udp is not None  # the reflector answered
+        assert s.session is not None
+        async with asyncio.timeout(10):
+            while (s.session.get_settings()["dht_bootstrap_nodes"]
+                   != "127.0.0.1:6881,[::1]:6882"):
+                await asyncio.sleep(0.05)
+
+
+def test_bootstrap_nodes_are_taken_out_of_the_settings() -> None:
+    pack: dict[str, object] = {"enable_dht": True}
+    default = settings_module.lt.default_settings()["dht_bootstrap_nodes"]
+    assert settings_module.defer_bootstrap(pack) == default
+    assert pack["dht_bootstrap_nodes"] == ""
+    off: dict[str, object] = {"enable_dht": False, "dht_bootstrap_nodes": "a:1"}
+    assert settings_module.defer_bootstrap(off) == ""
+    assert off["dht_bootstrap_nodes"] == "a:1"
+    assert settings_module.resolve_nodes("1.2.3.4:1,[::1]:2,x:0,x:99999,:5,,") == \
+        "1.2.3.4:1,[::1]:2"
