@@ -355,10 +355,21 @@ async def _report_until_done(
                          verified=verified)
             code = EXIT_INTERRUPTED
             break
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(report_every):
-                await stop.wait()
+        # The next report, or at once when interrupted or finished (a finish seen only
+        # at the next report added up to ``report_every`` to every download).
+        await _wait_any(report_every, stop,
+                        *(() if torrent.finished.is_set() else (torrent.finished,)))
     return code
+
+
+async def _wait_any(timeout: float, *events: asyncio.Event) -> None:  # noqa: ASYNC109
+    """Until one of ``events`` is set, at most ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _save_resume(session: Any, handle: Any, infohash: str, store: Any,

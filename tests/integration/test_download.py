@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import signal
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 
+from lt_punch.download import Output, run_download
 from lt_punch.torrent.maketorrent import make_torrent, sha256_file, write_random_file
+from lt_punch.torrent.session import ISOLATED_SETTINGS
 
 from .conftest import PIECE, Swarm, seeded
 
@@ -309,3 +312,18 @@ async def test_magnet_peers_come_back_on_resume(tmp_path: Path) -> None:
     assert code == 0, (err, second[-3:])
     assert second[0]["event"] == "resume"
     assert sha256_file(out / "movie.bin") == sha256_file(payload)
+
+
+async def test_done_comes_at_the_finish_not_at_the_next_report(seed: Seed,
+                                                               tmp_path: Path) -> None:
+    # Reports every hour: the finish must still end the download at once (plain output
+    # reports every 5 s, and a finish used to wait for the next report).
+    stream = io.StringIO()
+    async with asyncio.timeout(60):
+        code = await run_download(str(seed.torrent), tmp_path / "out", config=seed.room.config,
+                                  output=Output("json", stream), report_every=3600,
+                                  lt_settings=dict(ISOLATED_SETTINGS))
+    assert code == 0
+    events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events[-1] == "done"
+    assert sha256_file(tmp_path / "out" / "movie.bin") == seed.digest
