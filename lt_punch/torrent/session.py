@@ -112,6 +112,8 @@ class EnhancedTorrentSession:
         self._signaling_error: str | None = None
         self._signaling_retry: asyncio.Task[Any] | None = None
         self._tls: ssl.SSLContext | None = None
+        self._bootstrapped: asyncio.Future[str] | None = None
+        """The DHT bootstrap nodes handed to libtorrent, once resolved."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -187,11 +189,14 @@ class EnhancedTorrentSession:
         if not nodes:
             return
         loop = asyncio.get_running_loop()
+        done = self._bootstrapped = loop.create_future()
 
         def apply(resolved: str) -> None:
             if self.session is not None and resolved:
                 self.session.apply_settings({"dht_bootstrap_nodes": resolved})
                 logger.info("DHT bootstrap nodes: %s", resolved)
+            if not done.done():
+                done.set_result(resolved)
 
         def resolve() -> None:
             resolved = settings.resolve_nodes(nodes)

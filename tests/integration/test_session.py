@@ -262,11 +262,10 @@ async def test_dht_bootstrap_nodes_are_resolved_and_handed_back(server, tmp_path
     async with EnhancedTorrentSession(config_for(server), lt_settings=lt_settings,
                                       save_path=tmp_path) as s:
         assert s.public_udp is not None  # the reflector answered
-        assert s.session is not None
+        assert s.session is not None and s._bootstrapped is not None
         async with asyncio.timeout(10):
-            while (s.session.get_settings()["dht_bootstrap_nodes"]
-                   != "127.0.0.1:6881,[::1]:6882"):
-                await asyncio.sleep(0.05)
+            await s._bootstrapped
+        assert s.session.get_settings()["dht_bootstrap_nodes"] == "127.0.0.1:6881,[::1]:6882"
 
 
 def test_bootstrap_nodes_are_taken_out_of_the_settings() -> None:
