@@ -62,10 +62,34 @@ def state_name(state: Any) -> str:
 
 def free_tcp_port(host: str) -> int:
     """A TCP port free on ``host`` now (another socket may take it later)."""
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_port(host: str, tries: int = 20) -> int:
+    """A port free for both TCP and UDP on ``host`` now (0 when none was found in
+    ``tries``: libtorrent then picks one per interface).
+
+    libtorrent given port 0 on a wildcard address listens on a different random port
+    per interface, and local service discovery announces the loopback one to the LAN:
+    peers dialed a port nothing listened on, and that half-open connection competed
+    with the punch (open/open in the lab: 2.75 s to the first peer against 0.42 s;
+    with one port, 0.72-0.92 s from process start to the verified file). If another
+    socket takes the port meanwhile, libtorrent tries the next ones
+    (``max_retry_port_bind``).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(tries):
+        port = free_tcp_port(host)
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+        return port
+    return 0
 
 
 def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) -> dict[str, Any]:
@@ -75,7 +99,9 @@ def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) 
     mapped), for TCP simultaneous open; None when TCP punching is off.
     """
     settings: dict[str, Any] = {
-        "listen_interfaces": f"{config.listen_host}:{config.listen_port}",
+        # One port on every interface (free_port says why).
+        "listen_interfaces": _hostport((config.listen_host,
+                                        config.listen_port or free_port(config.listen_host))),
         "enable_dht": True,
         "alert_mask": ALERT_MASK,
         "user_agent": "lt_punch/0.1 libtorrent/" + lt.__version__,

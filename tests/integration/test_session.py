@@ -278,3 +278,17 @@ def test_bootstrap_nodes_are_taken_out_of_the_settings() -> None:
     assert off["dht_bootstrap_nodes"] == "a:1"
     assert settings_module.resolve_nodes("1.2.3.4:1,[::1]:2,x:0,x:99999,:5,,") == \
         "1.2.3.4:1,[::1]:2"
+
+
+def test_one_listen_port_on_every_interface() -> None:
+    # Port 0 on a wildcard address: libtorrent would listen on a different random
+    # port per interface, and local service discovery announce the loopback one.
+    for host in ("0.0.0.0", "127.0.0.1"):
+        pack = settings_module.build(Config(listen_host=host), {}, None)
+        addr, _, port = pack["listen_interfaces"].rpartition(":")
+        assert addr == host and int(port) > 0
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):  # free for both
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", int(port)))
+    assert settings_module.build(Config(listen_port=6881), {}, None)[
+        "listen_interfaces"] == "0.0.0.0:6881"
