@@ -46,10 +46,13 @@ async def run(args: argparse.Namespace) -> int:
         turn_username=args.turn_user,
         turn_password=os.environ.get("LTP_TURN_PASSWORD", ""),
         turn_secret=os.environ.get("LTP_TURN_SECRET", ""),
+        hole_punching_enabled=not args.no_punch,
     )
     settings = dict(ISOLATED_SETTINGS)
     if args.dht_bootstrap:  # e.g. libtorrent's default, as a session that is not isolated
         settings["dht_bootstrap_nodes"] = args.dht_bootstrap
+    if args.lsd:
+        settings["enable_lsd"] = True
     async with EnhancedTorrentSession(
         config, peer_id=args.peer_id, lt_settings=settings, save_path=args.save
     ) as session:
@@ -150,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-port", type=int, default=0)
     parser.add_argument("--dht-bootstrap", default="", metavar="HOST:PORT[,...]",
                         help="DHT bootstrap nodes (default: none, the session is isolated)")
+    parser.add_argument("--lsd", action="store_true",
+                        help="local service discovery on (libtorrent's default)")
+    parser.add_argument("--no-punch", action="store_true",
+                        help="no hole punching: peers only from libtorrent's own sources")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--connection-timeout", type=float, default=10.0)
     parser.add_argument("--upload-limit", type=int, default=0, metavar="BYTES/S",
