@@ -29,12 +29,11 @@ from typing import Any
 
 import libtorrent as lt
 
-from lt_punch.errors import ConfigError
-from lt_punch.netlab import NatLab, lab_unavailable_reason
+from lt_punch.netlab import NatLab
 from lt_punch.netlab.scenario import (
     SIGNAL_PORT,
+    bench_pairs,
     make_payload,
-    nat_pairs,
     read_events,
     start_signaling,
 )
@@ -76,14 +75,7 @@ def main() -> int:
     parser.add_argument("--pair", action="append", default=[], metavar="KIND/KIND")
     parser.add_argument("--dns", choices=("hang", "machine"), default="hang")
     args = parser.parse_args()
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"lab unavailable: {reason}", file=sys.stderr)
-        return 2
-    try:
-        pairs = nat_pairs(args.pair)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    pairs = bench_pairs(parser, args.pair)
     tmp_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     print(f"{'pair':24} {'command':12} {'runs':>4} {'->peer':>7} {'->done':>7} "
           f"{'->exit':>7}  max exit  methods")

@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from lt_punch.config import METHODS
-from lt_punch.errors import ConfigError, LabError, LtTimeoutError
-from lt_punch.netlab import NatLab, lab_unavailable_reason
+from lt_punch.errors import LabError, LtTimeoutError
+from lt_punch.netlab import NatLab
 from lt_punch.netlab.scenario import (
     SIGNAL_PORT,
     TURN_PASSWORD,
     TURN_USER,
+    bench_pairs,
     make_payload,
-    nat_pairs,
     read_events,
     start_agent,
     start_signaling,
@@ -198,14 +198,7 @@ def main() -> int:
     parser.add_argument("--mbit", type=float, default=0,
                         help="limit each host's uplink to this rate (tc tbf); 0: none")
     args = parser.parse_args()
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"lab unavailable: {reason}", file=sys.stderr)
-        return 2
-    try:
-        pairs = nat_pairs(args.pair)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    pairs = bench_pairs(parser, args.pair)
     tmp_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     print(f"{'pair':30} {'runs':>4} {'start->peer':>12} {'p95':>6} {'spawn->peer':>12} "
           f"{'ready':>6} {'done':>6}  roles/methods")

@@ -19,9 +19,8 @@ import sys
 import time
 
 from lt_punch.config import METHODS
-from lt_punch.errors import ConfigError
-from lt_punch.netlab import NatLab, lab_unavailable_reason
-from lt_punch.netlab.scenario import nat_pairs, run_pair
+from lt_punch.netlab import NatLab
+from lt_punch.netlab.scenario import bench_pairs, run_pair
 
 
 def main() -> int:
@@ -40,14 +39,7 @@ def main() -> int:
     args = parser.parse_args()
     order = (tuple(args.methods.split(",")) if args.methods
              else tuple(m for m in METHODS if args.turn or m != "relay"))
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"lab unavailable: {reason}", file=sys.stderr)
-        return 2
-    try:
-        pairs = nat_pairs(args.pair)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    pairs = bench_pairs(parser, args.pair)
     tmp = "/dev/shm" if os.path.isdir("/dev/shm") else None
     print(f"{args.loss}% loss on both sides, {args.size_mb} MB, deadline {args.deadline:g} s, "
           f"methods {','.join(order)}")

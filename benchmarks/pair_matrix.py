@@ -22,9 +22,8 @@ import statistics
 import sys
 import time
 
-from lt_punch.errors import ConfigError
-from lt_punch.netlab import NatLab, lab_unavailable_reason
-from lt_punch.netlab.scenario import nat_pairs, run_pair
+from lt_punch.netlab import NatLab
+from lt_punch.netlab.scenario import bench_pairs, run_pair
 
 
 def main() -> int:
@@ -42,15 +41,8 @@ def main() -> int:
                         help="first measure open/open over TCP: rates are then also "
                              "given as a ratio to it")
     args = parser.parse_args()
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"lab unavailable: {reason}", file=sys.stderr)
-        return 2
+    pairs = bench_pairs(parser, args.pair)
     tmp = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    try:
-        pairs = nat_pairs(args.pair)
-    except ConfigError as exc:
-        parser.error(str(exc))
     rows = []
     started = time.monotonic()
     size = int(args.size_mb * (1 << 20))

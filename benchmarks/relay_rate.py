@@ -18,9 +18,8 @@ import os
 import statistics
 import sys
 
-from lt_punch.errors import ConfigError
-from lt_punch.netlab import NatLab, lab_unavailable_reason
-from lt_punch.netlab.scenario import nat_pairs, run_pair
+from lt_punch.netlab import NatLab
+from lt_punch.netlab.scenario import bench_pairs, run_pair
 
 
 def main() -> int:
@@ -29,14 +28,7 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=50)
     parser.add_argument("--pair", default="port/port", metavar="KIND/KIND")
     args = parser.parse_args()
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"lab unavailable: {reason}", file=sys.stderr)
-        return 2
-    try:
-        ((a, b),) = nat_pairs([args.pair])
-    except ConfigError as exc:
-        parser.error(str(exc))
+    ((a, b),) = bench_pairs(parser, [args.pair])
     tmp = "/dev/shm" if os.path.isdir("/dev/shm") else None
     size = args.size_mb << 20
     times: dict[str, list[float]] = {"tcp": [], "relay": []}

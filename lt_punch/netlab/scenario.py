@@ -9,6 +9,7 @@ bootstrap, no LSD.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LabError, LtTimeoutError
-from .lab import NatLab
+from .lab import NatLab, lab_unavailable_reason
 from .rules import TURN_PORT
 
 SIGNAL_PORT = 8765
@@ -215,6 +216,21 @@ def nat_pairs(wanted: Sequence[str] = ()) -> list[tuple[str, str]]:
         raise ConfigError(f"unknown pair(s) {sorted('/'.join(p) for p in unknown)}; "
                           f"kinds in the order {'/'.join(NAT_KINDS)}")
     return [p for p in pairs if p in chosen]
+
+
+def bench_pairs(parser: argparse.ArgumentParser, wanted: Sequence[str] = ()
+                ) -> list[tuple[str, str]]:
+    """For a lab benchmark: :func:`nat_pairs` of its ``--pair`` values. Exits with
+    status 2 and the reason when the lab cannot run here, and through ``parser.error``
+    on a pair that is not one."""
+    reason = lab_unavailable_reason()
+    if reason:
+        sys.stderr.write(f"lab unavailable: {reason}\n")
+        raise SystemExit(2)
+    try:
+        return nat_pairs(wanted)
+    except ConfigError as exc:
+        parser.error(str(exc))
 
 
 def run_pair(
