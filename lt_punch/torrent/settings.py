@@ -68,9 +68,9 @@ def free_tcp_port(host: str) -> int:
         return port
 
 
-def free_port(host: str, tries: int = 20) -> int:
-    """A port free for both TCP and UDP on ``host`` now (0 when none was found in
-    ``tries``: libtorrent then picks one per interface).
+def free_port(host: str, tries: int = 20, *, avoid: int | None = None) -> int:
+    """A port free for both TCP and UDP on ``host`` now, other than ``avoid`` (0 when
+    none was found in ``tries``: libtorrent then picks one per interface).
 
     libtorrent given port 0 on a wildcard address listens on a different random port
     per interface, and local service discovery announces the loopback one to the LAN:
@@ -83,6 +83,8 @@ def free_port(host: str, tries: int = 20) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(tries):
         port = free_tcp_port(host)
+        if port == avoid:
+            continue
         with socket.socket(family, socket.SOCK_DGRAM) as udp:
             try:
                 udp.bind((host, port))
@@ -99,9 +101,10 @@ def build(config: Config, overrides: dict[str, Any], outgoing_port: int | None) 
     mapped), for TCP simultaneous open; None when TCP punching is off.
     """
     settings: dict[str, Any] = {
-        # One port on every interface (free_port says why).
-        "listen_interfaces": _hostport((config.listen_host,
-                                        config.listen_port or free_port(config.listen_host))),
+        # One port on every interface (free_port says why), not the one every dial
+        # leaves from (a free port the session picked a moment ago).
+        "listen_interfaces": _hostport((config.listen_host, config.listen_port or free_port(
+            config.listen_host, avoid=outgoing_port))),
         "enable_dht": True,
         "alert_mask": ALERT_MASK,
         "user_agent": "lt_punch/0.1 libtorrent/" + lt.__version__,
