@@ -60,13 +60,14 @@ def test_refused_turn_credentials_are_one_clear_reason(nat_lab) -> None:
 
 def test_refused_credentials_do_not_stop_the_direct_methods(nat_lab) -> None:
     """The seed's TURN credentials are wrong, but its pair punches directly: the
-    download goes on over uTP, and the seed says once, at start, why it has no relay."""
+    download goes on over uTP (or TCP when the uTP attempt does not connect within its
+    2 s, as once in a CI run), and the seed says once, at start, why it has no relay."""
     lab = nat_lab({"s": "port", "l": "port"})
     result = run_pair(lab, seed_side="s", leech_side="l", size=1 << 20, methods=METHODS,
                       timeout=60, connection_timeout=2.0, turn=["s"],
                       turn_password="not-the-password")
     assert result.error is None and result.sha_ok, result.error
-    assert result.method == "utp"
+    assert result.method in ("utp", "tcp")
     seed = result.seed_stats()
     assert seed is not None
     relay = seed["relay"]
