@@ -8,7 +8,8 @@ from typing import Any, cast
 
 import libtorrent as lt
 
-from ..config import Config
+from ..config import Config, parse_hostport
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -169,14 +170,10 @@ def resolve_nodes(nodes: str, *, per_host: int = 4) -> str:
     does not parse is left out (and logged). Blocks for as long as DNS takes."""
     out: list[str] = []
     for entry in filter(None, (e.strip() for e in nodes.split(","))):
-        host, _, port_text = entry.rpartition(":")
-        host = host.strip("[]")
         try:
-            port = int(port_text)
-            if not host or not 0 < port < 65536:
-                raise ValueError(entry)
+            host, port = parse_hostport(entry, "dht_bootstrap_nodes")
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except (ValueError, OSError) as exc:
+        except (ConfigError, OSError) as exc:
             logger.info("DHT bootstrap node %r left out: %s", entry, exc)
             continue
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))[:per_host]
